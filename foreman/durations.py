@@ -71,10 +71,7 @@ def parse_keep_alive(value: object) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise DurationError(f"unsupported type: '{type(value).__name__}'")
-    if isinstance(value, str):
-        seconds = parse_go_duration(value)
-    else:
-        seconds = float(value)
+    seconds = parse_go_duration(value) if isinstance(value, str) else float(value)
     return FOREVER if seconds < 0 else seconds
 
 

@@ -1,0 +1,231 @@
+"""foreman's HTTP surface: the native Ollama API, plus ``/healthz``.
+
+Metadata calls are relayed (or served from the inventory); generation calls
+go through the :class:`~foreman.generation.GenerationRunner` seam; embedding
+calls are relayed directly and concurrently, always (ADR-0013).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from foreman.auth import BearerTokenGuard
+from foreman.errors import (
+    JSON_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    go_json_error,
+    model_not_found,
+    write_json_error,
+)
+from foreman.generation import Endpoint, GenerationCall, GenerationRunner
+from foreman.health import health_body
+from foreman.inventory import Inventory
+from foreman.relay import Relay
+from foreman.upstream import BytesBodyProducer
+from foreman.upstream_body import request_body_producer
+
+log = Logger()
+
+
+class BadRequest(Exception):
+    """A body foreman must read (for its model name) and cannot."""
+
+
+def _whole(request: IRequest, body: bytes | None) -> bytes | None:
+    """Give a body that is sent in one piece its Content-Length, as Ollama does."""
+    if body is not None:
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _read_json(request: IRequest) -> tuple[bytes, Any]:
+    request.content.seek(0)
+    raw: bytes = request.content.read()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        return raw, json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(go_json_error(e, raw)) from None
+    except UnicodeDecodeError:
+        raise BadRequest("invalid character in request body: not UTF-8") from None
+
+
+def _model_of(parsed: Any) -> str | None:
+    """The model a body names, or ``None`` when Ollama should judge the body."""
+    if isinstance(parsed, dict):
+        model = parsed.get("model")
+        if isinstance(model, str) and model:
+            return model
+    return None
+
+
+class ForemanAPI:
+    app = Klein()
+
+    def __init__(
+        self,
+        relay: Relay,
+        inventory: Inventory,
+        generation: GenerationRunner,
+        *,
+        simulated: bool = False,
+    ) -> None:
+        self._relay = relay
+        self._inventory = inventory
+        self._generation = generation
+        self._simulated = simulated
+
+    def resource(self, guard: BearerTokenGuard) -> IResource:
+        return _Guarded(self.app.resource(), guard)
+
+    # -- answered by foreman itself ----------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root(self, request: IRequest) -> bytes | None:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return _whole(request, b"Ollama is running")
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes | None:
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        body = health_body(self._inventory, self._relay.target, simulated=self._simulated)
+        return _whole(request, body)
+
+    @app.route("/api/tags", methods=["GET", "HEAD"])
+    async def tags(self, request: IRequest) -> bytes | None:
+        if self._inventory.tags_body is None or self._inventory.degraded:
+            await self._inventory.refresh()
+        if self._inventory.tags_body is None:
+            # Never reached the target yet: let the relay say why, in its words.
+            return _whole(request, await self._relay.forward(request, b"GET", b"/api/tags", None))
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return _whole(request, self._inventory.tags_body)
+
+    # -- relayed as they are -------------------------------------------------
+
+    @app.route("/api/version", methods=["GET", "HEAD"])
+    @app.route("/api/ps", methods=["GET", "HEAD"])
+    @app.route("/api/show", methods=["POST"])
+    def passthrough(self, request: IRequest) -> Deferred[bytes | None]:
+        return self._relay_as_is(request)
+
+    @app.route("/api/pull", methods=["POST"])
+    @app.route("/api/push", methods=["POST"])
+    @app.route("/api/create", methods=["POST"])
+    @app.route("/api/copy", methods=["POST"])
+    @app.route("/api/delete", methods=["DELETE"])
+    def manage(self, request: IRequest) -> Deferred[bytes | None]:
+        # These change what the target has; look again once they finish.
+        def refresh_inventory(result: bytes | None) -> bytes | None:
+            self._inventory.refresh()
+            return result
+
+        return self._relay_as_is(request).addCallback(refresh_inventory)
+
+    @app.route("/api/blobs/<string:digest>", methods=["HEAD", "POST"])
+    def blobs(self, request: IRequest, digest: str) -> Deferred[bytes | None]:
+        return self._relay_as_is(request)
+
+    def _relay_as_is(self, request: IRequest) -> Deferred[bytes | None]:
+        body = request_body_producer(request)
+        relayed = self._relay.forward(request, request.method, request.uri, body)
+        return relayed.addCallback(lambda result: _whole(request, result))
+
+    # -- calls that name a model ---------------------------------------------
+
+    @app.route("/api/chat", methods=["POST"])
+    async def chat(self, request: IRequest) -> bytes | None:
+        return await self._generate(request, "chat")
+
+    @app.route("/api/generate", methods=["POST"])
+    async def generate(self, request: IRequest) -> bytes | None:
+        return await self._generate(request, "generate")
+
+    @app.route("/api/embed", methods=["POST"])
+    @app.route("/api/embeddings", methods=["POST"])
+    async def embed(self, request: IRequest) -> bytes | None:
+        raw, parsed = _read_json(request)
+        model = _model_of(parsed)
+        if model is not None:
+            request.model = model  # type: ignore[attr-defined]
+            if await self._inventory.knows_model(model) is False:
+                return write_json_error(request, 404, model_not_found(model))
+        result = await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
+        return _whole(request, result)
+
+    async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
+        raw, parsed = _read_json(request)
+        model = _model_of(parsed)
+        if model is None:
+            # No usable model name: nothing can load or run, so Ollama gives
+            # its own verdict on the body without any queueing.
+            path = request.path
+            result = await self._relay.forward(request, b"POST", path, BytesBodyProducer(raw))
+            return _whole(request, result)
+        request.model = model  # type: ignore[attr-defined]
+        if await self._inventory.knows_model(model) is False:
+            return write_json_error(request, 404, model_not_found(model))
+        stream = parsed.get("stream", True) is not False
+        call = GenerationCall(endpoint=endpoint, model=model, body=raw, stream=stream)
+        return _whole(request, await self._generation.run(call, request))
+
+    # -- errors ----------------------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", TEXT_CONTENT_TYPE)
+        return b"404 page not found"
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader(b"Content-Type", TEXT_CONTENT_TYPE)
+        return b"405 method not allowed"
+
+    @app.handle_errors(BadRequest)
+    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
+        return write_json_error(request, 400, str(failure.value))
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(HTTPException):
+            # Werkzeug's own answers, e.g. the redirect for a trailing slash.
+            exception = failure.value
+            assert isinstance(exception, HTTPException)
+            response = exception.get_response({})
+            request.setResponseCode(exception.code or 500)
+            for name, value in response.headers:
+                request.setHeader(name.encode(), value.encode())
+            return b"".join(response.iter_encoded())
+        log.failure("Unexpected error answering {path}", failure, path=request.path)
+        return write_json_error(request, 500, "foreman: internal error (see foreman's log)")
+
+
+class _Guarded(Resource):
+    """Checks the Bearer token before any route (or 404) is considered."""
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, guard: BearerTokenGuard) -> None:
+        super().__init__()
+        self._inner = inner
+        self._guard = guard
+
+    def render(self, request: IRequest) -> bytes | int:
+        if not self._guard.allows(request):
+            return self._guard.refuse(request)
+        result: bytes | int = self._inner.render(request)
+        return result if result is not None else NOT_DONE_YET

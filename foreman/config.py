@@ -1,0 +1,71 @@
+"""foreman's configuration as one immutable value.
+
+Every setting has a command-line option (see :mod:`foreman.options`) and a
+``FOREMAN_*`` environment variable; this module only holds the result.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+
+import attrs
+
+DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+DEFAULT_POLL_INTERVAL = 30.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+
+
+class UpstreamMode(enum.Enum):
+    """Where generation and metadata calls are sent."""
+
+    #: The Ollama at ``ollama_url``; if it is down foreman reports degraded.
+    OLLAMA = "ollama"
+    #: The built-in simulated Ollama, started inside the foreman process.
+    SIMULATED = "sim"
+    #: Probe ``ollama_url`` once at start-up; fall back to the simulator.
+    AUTO = "auto"
+
+
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def default_data_dir() -> Path:
+    """Where foreman keeps its files when ``FOREMAN_DATA_DIR`` is not set."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "foreman"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else home / ".local" / "share") / "foreman"
+
+
+@attrs.frozen(repr=False)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    ollama_url: str = DEFAULT_OLLAMA_URL
+    upstream: UpstreamMode = UpstreamMode.OLLAMA
+    #: Bearer token callers must present; ``None`` means no auth.
+    token: str | None = None
+    #: Bearer token foreman presents to the target Ollama.
+    ollama_token: str | None = None
+    allow_unauthenticated: bool = False
+    data_dir: Path = attrs.field(factory=default_data_dir)
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    log_format: LogFormat = LogFormat.TEXT
+
+    def __repr__(self) -> str:
+        # Secrets never reach a log line, even through a repr.
+        shown = attrs.asdict(self, recurse=False)
+        for secret in ("token", "ollama_token"):
+            if shown[secret] is not None:
+                shown[secret] = "<redacted>"
+        inner = ", ".join(f"{key}={value!r}" for key, value in shown.items())
+        return f"Config({inner})"

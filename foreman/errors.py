@@ -1,0 +1,70 @@
+"""Answers in Ollama's own error shapes.
+
+Callers are Ollama clients: they parse ``{"error": "..."}`` bodies and raise
+with the status. Whatever foreman refuses itself must look the same.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.iweb import IRequest
+
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+TEXT_CONTENT_TYPE = b"text/plain"
+
+#: Ollama's own text for a full queue (two spaces, as in Ollama).
+SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+def error_line(message: str) -> bytes:
+    """The last NDJSON line of a stream that broke after bytes were sent."""
+    return error_body(message) + b"\n"
+
+
+def write_json_error(
+    request: IRequest,
+    status: int,
+    message: str,
+    headers: dict[bytes, bytes] | None = None,
+) -> bytes:
+    """Set status and headers for an Ollama-shaped error; return the body.
+
+    The body is returned rather than written so Klein (or the caller)
+    finishes the request exactly once.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    return error_body(message)
+
+
+def model_not_found(model: str) -> str:
+    """Ollama's message for a chat, generate or embed call naming an unknown model."""
+    return f"model '{model}' not found"
+
+
+def go_json_error(exc: json.JSONDecodeError, body: bytes) -> str:
+    """Approximate Go's ``encoding/json`` message for a body that does not parse.
+
+    Ollama returns the decoder's message verbatim; clients only show it, so
+    the common cases are matched and the rest stay close in spirit.
+    """
+    position = exc.pos
+    if position >= len(exc.doc.rstrip()):
+        return "unexpected EOF"
+    char = exc.doc[position]
+    if exc.msg.startswith("Expecting value"):
+        return f"invalid character {char!r} looking for beginning of value"
+    if exc.msg.startswith("Expecting property name"):
+        return f"invalid character {char!r} looking for beginning of object key string"
+    if exc.msg.startswith("Extra data"):
+        return f"invalid character {char!r} after top-level value"
+    if exc.msg.startswith("Expecting ',' delimiter") or exc.msg.startswith("Expecting ':'"):
+        return f"invalid character {char!r} after object key:value pair"
+    return f"invalid character {char!r}: {exc.msg.lower()}"

@@ -1,0 +1,133 @@
+"""The HTTP server side: foreman's Request and Site.
+
+Two jobs live here because only the request object sees them early enough:
+refusing an oversized body with 413 as soon as its size is known (before it
+is buffered), and writing one access line per request, including requests
+whose caller hung up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource
+
+from foreman.errors import JSON_CONTENT_TYPE, error_body
+
+#: Model weights are uploaded here; they are gigabytes by nature.
+_UNLIMITED_PREFIXES = (b"/api/blobs/",)
+
+#: After refusing a body we keep reading (and discarding) this much more of
+#: it, so the client is not reset before it can read the 413.
+_DRAIN_ALLOWANCE = 16 * 1024 * 1024
+
+access_log = Logger(namespace="foreman.access")
+
+
+class ForemanRequest(server.Request):
+    """A request that enforces the body limit and logs its own access line."""
+
+    site: ForemanSite
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.perf_counter()
+        #: The model named in the body, once a handler has read it.
+        self.model: str | None = None
+        self._body_limit: int | None = None
+        self._body_received = 0
+        self._refused_size = False
+        self.notifyFinish().addBoth(self._log_access)
+
+    # -- body size limit ------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        site = cast(ForemanSite, self.channel.site)  # type: ignore[attr-defined]
+        # The request line is only on the channel at this point.
+        path: bytes = getattr(self.channel, "_path", b"") or b""
+        if not path.startswith(_UNLIMITED_PREFIXES):
+            self._body_limit = site.max_body_size
+        if length is not None and self._body_limit is not None and length > self._body_limit:
+            self._refuse_oversized_body()
+        super().gotLength(None if self._refused_size else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_received += len(data)
+        if self._refused_size:
+            if self._body_received > (self._body_limit or 0) + _DRAIN_ALLOWANCE:
+                self.channel.loseConnection()
+            return
+        if self._body_limit is not None and self._body_received > self._body_limit:
+            self._refuse_oversized_body()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused_size:
+            # The 413 has been sent; the body was drained only to let the
+            # client read it. Nothing of this request is processed.
+            self.channel.loseConnection()
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse_oversized_body(self) -> None:
+        if self._refused_size:
+            return
+        self._refused_size = True
+        body = error_body(f"request body too large: the limit is {self._body_limit} bytes")
+        # The channel is still reading the body, so the normal response
+        # machinery is not ready; answer directly and close afterwards.
+        head = (
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: " + JSON_CONTENT_TYPE + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        transport = cast(ITransport, self.channel.transport)
+        transport.write(head + body)
+        self.code = 413
+        self.sentLength = len(body)
+        if self.content is not None:
+            self.content.close()
+
+    # -- access log -----------------------------------------------------
+
+    def _log_access(self, result: object) -> None:
+        lost = isinstance(result, Failure) and not self._refused_size
+        path = self.path if getattr(self, "path", None) else getattr(self.channel, "_path", b"?")
+        method = self.method if getattr(self, "method", None) else b"?"
+        access_log.info(
+            "{method} {path} {status} model={model} {duration_ms:.1f}ms {bytes}B{note}",
+            method=method.decode("ascii", "replace"),
+            path=path.decode("utf-8", "replace").split("?", 1)[0],
+            status=self.code,
+            model=self.model or "-",
+            duration_ms=(time.perf_counter() - self.started) * 1000.0,
+            bytes=self.sentLength,
+            client_gone=lost,
+            note=" (client disconnected)" if lost else "",
+        )
+        # notifyFinish's errback is consumed here: a caller hanging up is an
+        # ordinary event, not an unhandled error.
+        return None
+
+
+class ForemanSite(server.Site):
+    """A Site whose requests enforce ``max_body_size`` and log themselves."""
+
+    requestFactory = ForemanRequest
+
+    def __init__(self, resource: IResource, *, max_body_size: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body_size = max_body_size
+        # The version of twisted.web is nobody's business.
+        self.displayTracebacks = False
+
+    def log(self, request: object) -> None:
+        # ForemanRequest writes its own line through twisted.logger.
+        pass

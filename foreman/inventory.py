@@ -1,0 +1,166 @@
+"""What the target Ollama has and holds: a polled view of /api/tags and /api/ps.
+
+foreman serves its own ``/api/tags`` from this view, refuses calls naming a
+model the target does not have (after one fresh look, so a model pulled a
+moment ago is found), and reports itself degraded while the target cannot be
+reached (ADR-0007). An unreachable target is ordinary weather on a laptop:
+the last good view is kept and polling goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from foreman.model_names import canonical_model_name
+from foreman.upstream import Target
+
+log = Logger()
+
+#: Metadata calls are quick; a poll that hangs this long is a failed poll.
+POLL_TIMEOUT = 10.0
+
+
+class UpstreamStatusError(Exception):
+    """The target answered a metadata call with an error status."""
+
+
+class Inventory:
+    """The last known models, resident models and version of the target."""
+
+    def __init__(
+        self,
+        http: HTTPClient,
+        target: Target,
+        clock: IReactorTime,
+        *,
+        timeout: float = POLL_TIMEOUT,
+    ) -> None:
+        self._http = http
+        self._target = target
+        self._clock = clock
+        self._timeout = timeout
+        self._in_flight: Deferred[None] | None = None
+        self._recovery_listeners: list[Callable[[], object]] = []
+        #: ``/api/tags`` exactly as the target last sent it.
+        self.tags_body: bytes | None = None
+        self.model_names: frozenset[str] = frozenset()
+        #: Names of the models the target has loaded, from ``/api/ps``.
+        self.resident: tuple[str, ...] = ()
+        self.ollama_version: str | None = None
+        #: ``None`` until the first poll ends.
+        self.reachable: bool | None = None
+        self.last_poll_at: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.reachable is False
+
+    def on_recovery(self, listener: Callable[[], object]) -> None:
+        """Call ``listener`` each time the target answers again after failing."""
+        self._recovery_listeners.append(listener)
+
+    def refresh(self) -> Deferred[None]:
+        """Poll the target now; concurrent callers share one poll. Never fails."""
+        if self._in_flight is None:
+            self._in_flight = ensureDeferred(self._poll())
+            self._in_flight.addBoth(self._poll_ended)
+        shared: Deferred[None] = Deferred()
+        self._in_flight.addBoth(lambda _: shared.callback(None))
+        return shared
+
+    def _poll_ended(self, result: object) -> None:
+        self._in_flight = None
+
+    def knows_model(self, name: str) -> Deferred[bool | None]:
+        """Does the target have ``name``? ``None`` when it cannot be asked."""
+        wanted = canonical_model_name(name)
+        if wanted in self.model_names:
+            return succeed(True)
+
+        def after_refresh(_: None) -> bool | None:
+            if wanted in self.model_names:
+                return True
+            return False if self.reachable else None
+
+        return self.refresh().addCallback(after_refresh)
+
+    def poller(self, interval: float) -> TimerService:
+        """A service that refreshes every ``interval`` seconds, first at start."""
+        service = TimerService(interval, self.refresh)
+        service.clock = self._clock
+        return service
+
+    async def _poll(self) -> None:
+        try:
+            tags_body = await self._get(b"/api/tags")
+            tags = json.loads(tags_body)
+            ps = json.loads(await self._get(b"/api/ps"))
+            version = json.loads(await self._get(b"/api/version")).get("version")
+        except Exception as e:  # any failure means: keep the last view
+            self._mark_unreachable(Failure(e))
+            return
+        self.tags_body = tags_body
+        self.model_names = frozenset(
+            canonical_model_name(name) for name in _names(tags.get("models"))
+        )
+        self.resident = tuple(_names(ps.get("models")))
+        self.ollama_version = version if isinstance(version, str) else None
+        self.last_poll_at = self._clock.seconds()
+        was_unreachable = self.reachable is False
+        self.reachable = True
+        self.last_error = None
+        if was_unreachable:
+            log.info(
+                "Ollama at {url} answers again; foreman is no longer degraded",
+                url=self._target.base_url,
+            )
+            for listener in list(self._recovery_listeners):
+                listener()
+
+    async def _get(self, path: bytes) -> bytes:
+        headers = Headers()
+        if self._target.token:
+            headers.setRawHeaders(b"Authorization", [b"Bearer " + self._target.token.encode()])
+        response = await self._http.get(
+            self._target.url(path), headers=headers, timeout=self._timeout
+        )
+        body: bytes = await response.content()
+        if response.code != 200:
+            raise UpstreamStatusError(f"{path.decode()} answered {response.code}")
+        return body
+
+    def _mark_unreachable(self, failure: Failure) -> None:
+        reason = failure.getErrorMessage() or repr(failure.value)
+        self.last_poll_at = self._clock.seconds()
+        self.last_error = reason
+        if self.reachable is not False:
+            log.warn(
+                "Cannot reach Ollama at {url} ({reason}); foreman is degraded and keeps "
+                "the last known models",
+                url=self._target.base_url,
+                reason=reason,
+            )
+        self.reachable = False
+
+
+def _names(models: Any) -> list[str]:
+    if not isinstance(models, list):
+        return []
+    names = []
+    for entry in models:
+        if isinstance(entry, dict):
+            name = entry.get("name") or entry.get("model")
+            if isinstance(name, str):
+                names.append(name)
+    return names

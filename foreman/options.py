@@ -1,0 +1,196 @@
+"""``twistd foreman`` command-line options, each backed by a ``FOREMAN_*`` variable.
+
+Precedence: a command-line flag beats the environment, which beats the
+built-in default. Secrets are read from files or the environment only, never
+from flags, so they do not show up in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.python import usage
+
+from foreman.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LISTEN,
+    DEFAULT_OLLAMA_URL,
+    Config,
+    LogFormat,
+    UpstreamMode,
+    default_data_dir,
+)
+from foreman.durations import DurationError, parse_setting_duration
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"64MiB"``, ``"10MB"`` or a plain byte count."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if match is None or unit not in _SIZE_FACTORS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 1048576, 512KiB, 64MiB)")
+    return int(float(match.group(1)) * _SIZE_FACTORS[unit])
+
+
+#: (option name, environment variable, default shown in --help, help text)
+_PARAMETERS: list[tuple[str, str, str | None, str]] = [
+    ("listen", "FOREMAN_LISTEN", DEFAULT_LISTEN, "Twisted endpoint to listen on."),
+    ("ollama-url", "FOREMAN_OLLAMA_URL", DEFAULT_OLLAMA_URL, "Base URL of the target Ollama."),
+    (
+        "upstream",
+        "FOREMAN_UPSTREAM",
+        UpstreamMode.OLLAMA.value,
+        "ollama: the Ollama at --ollama-url; sim: the built-in simulated Ollama; "
+        "auto: the Ollama if one answers at start-up, else the simulator.",
+    ),
+    (
+        "token-file",
+        "FOREMAN_TOKEN_FILE",
+        None,
+        "File holding the Bearer token callers must send (or set FOREMAN_TOKEN).",
+    ),
+    (
+        "ollama-token-file",
+        "FOREMAN_OLLAMA_TOKEN_FILE",
+        None,
+        "File holding a Bearer token to send to the target (or set FOREMAN_OLLAMA_TOKEN).",
+    ),
+    (
+        "data-dir",
+        "FOREMAN_DATA_DIR",
+        None,
+        f"Where foreman keeps its files [{default_data_dir()}].",
+    ),
+    (
+        "poll-interval",
+        "FOREMAN_POLL_INTERVAL",
+        "30s",
+        "How often to read the target's /api/tags and /api/ps (Go duration or seconds).",
+    ),
+    (
+        "connect-timeout",
+        "FOREMAN_CONNECT_TIMEOUT",
+        f"{DEFAULT_CONNECT_TIMEOUT:g}s",
+        "Timeout for opening a connection to the target (responses have none).",
+    ),
+    (
+        "max-body-size",
+        "FOREMAN_MAX_BODY_SIZE",
+        "64MiB",
+        "Largest request body accepted; larger ones get 413 (blob uploads exempt).",
+    ),
+    ("log-format", "FOREMAN_LOG_FORMAT", LogFormat.TEXT.value, "text or json (JSON lines)."),
+]
+
+_FLAGS: list[tuple[str, str, str]] = [
+    (
+        "allow-unauthenticated",
+        "FOREMAN_ALLOW_UNAUTHENTICATED",
+        "Allow listening beyond loopback without a token.",
+    ),
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        secret = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise usage.UsageError(f"cannot read {what} file {path!r}: {e.strerror}") from None
+    if not secret:
+        raise usage.UsageError(f"{what} file {path!r} is empty")
+    return secret
+
+
+class ForemanOptions(usage.Options):
+    """The options of ``twistd foreman``."""
+
+    optParameters = [
+        [name, None, default, f"{text} (env {env})"] for name, env, default, text in _PARAMETERS
+    ]
+    optFlags = [[name, None, f"{text} (env {env})"] for name, env, text in _FLAGS]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        # The environment replaces built-in defaults; flags parsed later win.
+        for name, env, _default, _text in _PARAMETERS:
+            if self.environ.get(env):
+                self[name] = self.environ[env]
+        for name, env, _text in _FLAGS:
+            if self.environ.get(env, "").strip().lower() in _TRUE:
+                self[name] = 1
+        self.config: Config | None = None
+
+    def postOptions(self) -> None:
+        self.config = self._build_config()
+
+    def _build_config(self) -> Config:
+        try:
+            upstream = UpstreamMode(self["upstream"])
+        except ValueError:
+            raise usage.UsageError("--upstream must be one of: ollama, sim, auto") from None
+        try:
+            log_format = LogFormat(self["log-format"])
+        except ValueError:
+            raise usage.UsageError("--log-format must be text or json") from None
+        url = self["ollama-url"].rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise usage.UsageError(f"--ollama-url must be an http(s) URL, not {url!r}")
+
+        token = self.environ.get("FOREMAN_TOKEN") or None
+        if self["token-file"]:
+            token = _read_secret_file(self["token-file"], "token")
+        ollama_token = self.environ.get("FOREMAN_OLLAMA_TOKEN") or None
+        if self["ollama-token-file"]:
+            ollama_token = _read_secret_file(self["ollama-token-file"], "Ollama token")
+
+        fields: dict[str, Any] = {}
+        for name, key in (
+            ("poll-interval", "poll_interval"),
+            ("connect-timeout", "connect_timeout"),
+        ):
+            try:
+                fields[key] = parse_setting_duration(self[name])
+            except DurationError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
+            if not 0 < fields[key] < float("inf"):
+                raise usage.UsageError(f"--{name} must be a positive, finite duration")
+        try:
+            max_body_size = parse_size(self["max-body-size"])
+        except ValueError as e:
+            raise usage.UsageError(f"--max-body-size: {e}") from None
+
+        data_dir = Path(self["data-dir"]).expanduser() if self["data-dir"] else default_data_dir()
+        return Config(
+            listen=self["listen"],
+            ollama_url=url,
+            upstream=upstream,
+            token=token,
+            ollama_token=ollama_token,
+            allow_unauthenticated=bool(self["allow-unauthenticated"]),
+            data_dir=data_dir,
+            max_body_size=max_body_size,
+            log_format=log_format,
+            **fields,
+        )

@@ -1,0 +1,172 @@
+"""Assemble foreman from its parts into one twistd service."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Site
+
+from foreman.api import ForemanAPI
+from foreman.auth import BearerTokenGuard
+from foreman.config import Config, LogFormat, UpstreamMode
+from foreman.generation import DirectGeneration
+from foreman.http_server import ForemanSite
+from foreman.inventory import Inventory
+from foreman.listen_address import is_loopback_only
+from foreman.logging import observer as json_stdout_observer
+from foreman.relay import Relay
+from foreman.upstream import Target, make_agent
+
+log = Logger()
+
+#: How long ``--upstream auto`` waits for an Ollama to answer at start-up.
+PROBE_TIMEOUT = 2.0
+
+
+class StartupRefused(SystemExit):
+    """A configuration foreman will not run with; the message says why."""
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to listen beyond loopback unauthenticated (ADR-0010)."""
+    if config.token or config.allow_unauthenticated or is_loopback_only(config.listen):
+        return
+    raise StartupRefused(
+        f"foreman: refusing to listen on {config.listen!r} without a token: set FOREMAN_TOKEN "
+        "or --token-file, listen on loopback, or pass --allow-unauthenticated"
+    )
+
+
+def ollama_answers(url: str, token: str | None, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Blocking probe used once, before the reactor runs."""
+    probe = urllib.request.Request(url + "/api/version")
+    if token:
+        probe.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+class _ListeningPortService(Service):
+    """Owns a port that was opened before the reactor started."""
+
+    def __init__(self, port: IListeningPort) -> None:
+        self._port = port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self._port.stopListening()
+
+
+class _PoolService(Service):
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
+
+
+class ForemanService(MultiService):
+    """The root service; also installs the chosen log format under twistd."""
+
+    def __init__(self, log_observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self._log_observer = log_observer
+        #: The address the simulated Ollama listens on, when one runs.
+        self.simulated_url: str | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd starts its log observer after makeService, and takes it from
+        # the application when the application offers one.
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+
+def _start_simulator(reactor: Any, root: ForemanService) -> str:
+    from foreman.testing import SimulatedOllama
+
+    simulator = SimulatedOllama(reactor, tokens_per_second=25.0)
+    port = reactor.listenTCP(0, Site(simulator.resource()), interface="127.0.0.1")
+    _ListeningPortService(port).setServiceParent(root)
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    root.simulated_url = url
+    return url
+
+
+def make_service(config: Config, reactor: Any = None) -> ForemanService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    check_exposure(config)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupRefused(
+            f"foreman: cannot create data directory {config.data_dir}: {e}"
+        ) from None
+
+    root = ForemanService(json_stdout_observer() if config.log_format is LogFormat.JSON else None)
+    base_url, simulated = config.ollama_url, False
+    if config.upstream is UpstreamMode.AUTO and not ollama_answers(
+        config.ollama_url, config.ollama_token
+    ):
+        base_url, simulated = _start_simulator(reactor, root), True
+        _announce_simulator(config.ollama_url, base_url)
+    elif config.upstream is UpstreamMode.SIMULATED:
+        base_url, simulated = _start_simulator(reactor, root), True
+        _announce_simulator(None, base_url)
+
+    target = Target(base_url, None if simulated else config.ollama_token)
+    agent, pool = make_agent(reactor, config.connect_timeout)
+    _PoolService(pool).setServiceParent(root)
+    relay = Relay(agent, target)
+    inventory = Inventory(HTTPClient(agent), target, reactor)
+    inventory.poller(config.poll_interval).setServiceParent(root)
+
+    api = ForemanAPI(relay, inventory, DirectGeneration(relay), simulated=simulated)
+    site = ForemanSite(
+        api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size
+    )
+    StreamServerEndpointService(serverFromString(reactor, config.listen), site).setServiceParent(
+        root
+    )
+    log.info(
+        "foreman listening on {listen}, relaying to {url}{auth}",
+        listen=config.listen,
+        url=base_url,
+        auth=" (Bearer token required)" if config.token else " (no token: loopback only)",
+    )
+    return root
+
+
+def _announce_simulator(missing_url: str | None, simulator_url: str) -> None:
+    why = (
+        f"No Ollama answered at {missing_url}, so foreman"
+        if missing_url
+        else "--upstream sim was given, so foreman"
+    )
+    bar = "!" * 78
+    log.warn(
+        "\n{bar}\n!! {why} is relaying to its built-in SIMULATED Ollama at {url}.\n"
+        "!! Replies are generated text, not a model's. Start Ollama and restart foreman\n"
+        "!! (or pass --upstream ollama) to use the real thing.\n{bar}",
+        bar=bar,
+        why=why,
+        url=simulator_url,
+    )
