@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
+import attrs
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -108,11 +109,19 @@ def _start_simulator(reactor: Any, root: ForemanService) -> str:
     return url
 
 
-def make_service(config: Config, reactor: Any = None) -> ForemanService:
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
+@attrs.frozen
+class Foreman:
+    """foreman's parts, wired together but not yet listening."""
 
-        reactor = global_reactor
+    root: ForemanService
+    site: ForemanSite
+    relay: Relay
+    inventory: Inventory
+    simulated: bool
+
+
+def build_foreman(config: Config, reactor: Any) -> Foreman:
+    """Wire every part of foreman; the caller decides where it listens."""
     check_exposure(config)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,16 +152,25 @@ def make_service(config: Config, reactor: Any = None) -> ForemanService:
     site = ForemanSite(
         api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size
     )
-    StreamServerEndpointService(serverFromString(reactor, config.listen), site).setServiceParent(
-        root
-    )
+    return Foreman(root=root, site=site, relay=relay, inventory=inventory, simulated=simulated)
+
+
+def make_service(config: Config, reactor: Any = None) -> ForemanService:
+    """The service twistd runs: foreman listening on ``config.listen``."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    foreman = build_foreman(config, reactor)
+    listening = StreamServerEndpointService(serverFromString(reactor, config.listen), foreman.site)
+    listening.setServiceParent(foreman.root)
     log.info(
         "foreman listening on {listen}, relaying to {url}{auth}",
         listen=config.listen,
-        url=base_url,
-        auth=" (Bearer token required)" if config.token else " (no token: loopback only)",
+        url=foreman.relay.target.base_url,
+        auth=" (Bearer token required)" if config.token else " (no token required)",
     )
-    return root
+    return foreman.root
 
 
 def _announce_simulator(missing_url: str | None, simulator_url: str) -> None:

@@ -1,0 +1,57 @@
+# foreman — two commands matter: `make run` and `make test`.
+
+# The first Python >= 3.11 on PATH (macOS's own python3 may be older).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo $$p && break; done)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A path-based editable install: twistd finds plugins by scanning sys.path
+# for twisted/plugins, which an import-hook editable install would hide.
+EDITABLE := --config-settings editable_mode=compat
+RUN_ARGS ?= --upstream auto
+
+.PHONY: run test install install-test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "foreman needs Python 3.11 or newer on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet $(EDITABLE) -e .
+	@# Regenerate twistd's plugin cache as the installing user.
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg
+	$(BIN)/pip install --quiet $(EDITABLE) -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## Start foreman in the foreground: the Ollama at FOREMAN_OLLAMA_URL, or the
+## built-in simulated Ollama when none answers.
+run: install
+	$(BIN)/twistd --nodaemon --pidfile= foreman $(RUN_ARGS)
+
+## Lint, type-check and run every test.
+test: install-test lint typecheck pytest
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-test
+	$(BIN)/mypy
+
+pytest: install-test
+	$(BIN)/pytest
+
+bench: install-test
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name dropin.cache -delete
