@@ -81,6 +81,9 @@ class Relay:
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         if content_type.split(b";", 1)[0].strip().lower() == NDJSON:
             request.setHeader(b"X-Accel-Buffering", b"no")
+            # Pass the headers on as soon as Ollama sent them, not with the
+            # first line: the caller learns at once that the model is ready.
+            request.write(b"")
             streaming = _LineRelay(request, self.target)
             response.deliverBody(streaming)
             return streaming.finished

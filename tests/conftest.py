@@ -1,0 +1,117 @@
+"""Shared fixtures: the reactor, a simulated Ollama on a real socket, foreman in-process.
+
+The reactor is imported inside fixtures, never at module level, so that
+pytest-twisted can install the reactor it was asked for first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from foreman.config import Config
+from foreman.service import Foreman, build_foreman
+
+if TYPE_CHECKING:
+    from foreman.testing import SimulatedOllama
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@attrs.frozen
+class RunningSimulator:
+    sim: SimulatedOllama
+    url: str
+    port: IListeningPort
+
+
+@attrs.frozen
+class RunningForeman:
+    foreman: Foreman
+    url: str
+    port: IListeningPort
+
+
+StartSimulator = Callable[..., Awaitable[RunningSimulator]]
+StartForeman = Callable[..., Awaitable[RunningForeman]]
+
+
+@pytest_twisted.async_yield_fixture
+async def start_simulator(reactor: Any) -> AsyncIterator[StartSimulator]:
+    """Start simulated Ollamas on 127.0.0.1 with any constructor arguments."""
+    ports: list[IListeningPort] = []
+
+    from foreman.testing import SimulatedOllama
+
+    async def start(**kwargs: Any) -> RunningSimulator:
+        sim = SimulatedOllama(reactor, **kwargs)
+        port = reactor.listenTCP(0, Site(sim.resource()), interface="127.0.0.1")
+        ports.append(port)
+        return RunningSimulator(sim, f"http://127.0.0.1:{port.getHost().port}", port)
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def simulator(start_simulator: StartSimulator) -> AsyncIterator[RunningSimulator]:
+    yield await start_simulator()
+
+
+@pytest_twisted.async_yield_fixture
+async def start_foreman(reactor: Any, tmp_path: Path) -> AsyncIterator[StartForeman]:
+    """Start foreman in-process in front of ``ollama_url``; stopped afterwards."""
+    running: list[RunningForeman] = []
+
+    async def start(ollama_url: str, **overrides: Any) -> RunningForeman:
+        settings: dict[str, Any] = {
+            "ollama_url": ollama_url,
+            "listen": "tcp:0:interface=127.0.0.1",
+            "data_dir": tmp_path / "data",
+        }
+        settings.update(overrides)
+        foreman = build_foreman(Config(**settings), reactor)
+        foreman.root.startService()
+        # The poller's first look is under way; let it land so tests start
+        # from a known inventory.
+        await foreman.inventory.refresh()
+        port = reactor.listenTCP(0, foreman.site, interface="127.0.0.1")
+        instance = RunningForeman(foreman, f"http://127.0.0.1:{port.getHost().port}", port)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        await instance.port.stopListening()
+        await instance.foreman.root.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def foreman(
+    simulator: RunningSimulator, start_foreman: StartForeman
+) -> AsyncIterator[RunningForeman]:
+    """foreman in front of a default simulated Ollama."""
+    yield await start_foreman(simulator.url)
+
+
+@pytest_twisted.async_yield_fixture
+async def http(reactor: Any) -> AsyncIterator[HTTPClient]:
+    """A treq client whose connections are closed when the test ends."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    yield HTTPClient(Agent(reactor, pool=pool))
+    await pool.closeCachedConnections()

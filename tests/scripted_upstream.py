@@ -1,0 +1,87 @@
+"""An upstream whose every move the test makes by hand.
+
+The simulated Ollama shows what Ollama does; this shows what the relay does
+with timing and failures Ollama only produces by accident: a header that is
+held back, lines released one at a time, a connection that dies mid-body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+
+class HeldRequest:
+    """One request that reached the upstream and waits for the test."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.method: bytes = request.method
+        self.path: bytes = request.uri
+        request.content.seek(0)
+        self.body: bytes = request.content.read()
+        self.headers = request.requestHeaders
+        #: Fires when foreman closes the connection before the reply is done.
+        self.disconnected: Deferred[None] = Deferred()
+        self.finished = False
+        request.notifyFinish().addErrback(lambda _: self.disconnected.callback(None))
+
+    def start(self, code: int = 200, content_type: bytes = b"application/x-ndjson") -> None:
+        self.request.setResponseCode(code)
+        self.request.setHeader(b"Content-Type", content_type)
+        # Flushes the status line and headers without any body yet.
+        self.request.write(b"")
+
+    def send(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.request.finish()
+
+    def die(self) -> None:
+        """The upstream process vanishes mid-reply."""
+        transport: Any = self.request.channel.transport
+        transport.abortConnection()
+
+
+class ScriptedUpstream(Resource):
+    """Holds every call for the test, but answers the inventory's polls itself."""
+
+    isLeaf = True
+
+    def __init__(self, models: tuple[str, ...] = ("scripted:latest",)) -> None:
+        super().__init__()
+        self.requests: DeferredQueue[HeldRequest] = DeferredQueue()
+        self.models = models
+
+    def render(self, request: Request) -> bytes | int:
+        metadata = self._metadata(request.path)
+        if metadata is not None:
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            return json.dumps(metadata).encode()
+        self.requests.put(HeldRequest(request))
+        return NOT_DONE_YET
+
+    def _metadata(self, path: bytes) -> dict[str, Any] | None:
+        if path == b"/api/tags":
+            return {"models": [{"name": name, "model": name} for name in self.models]}
+        if path == b"/api/ps":
+            return {"models": []}
+        if path == b"/api/version":
+            return {"version": "0.0.0-scripted"}
+        return None
+
+    def next_request(self) -> Deferred[HeldRequest]:
+        return self.requests.get()
+
+
+async def listen_scripted(reactor: Any) -> tuple[ScriptedUpstream, IListeningPort, str]:
+    upstream = ScriptedUpstream()
+    port = reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")
+    return upstream, port, f"http://127.0.0.1:{port.getHost().port}"

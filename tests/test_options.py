@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from foreman.config import Config, LogFormat, UpstreamMode
+from foreman.options import ForemanOptions, parse_size
+
+
+def parse(args: list[str], environ: dict[str, str] | None = None) -> Config:
+    options = ForemanOptions(environ or {})
+    options.parseOptions(args)
+    assert options.config is not None
+    return options.config
+
+
+def test_defaults() -> None:
+    config = parse([])
+    assert config.listen == "tcp:11435:interface=127.0.0.1"
+    assert config.ollama_url == "http://127.0.0.1:11434"
+    assert config.upstream is UpstreamMode.OLLAMA
+    assert config.token is None
+    assert config.poll_interval == 30.0
+    assert config.max_body_size == 64 * 1024 * 1024
+    assert config.log_format is LogFormat.TEXT
+
+
+def test_environment_sets_every_option(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    config = parse(
+        [],
+        {
+            "FOREMAN_LISTEN": "tcp:9999:interface=127.0.0.1",
+            "FOREMAN_OLLAMA_URL": "http://10.0.0.5:11434/",
+            "FOREMAN_UPSTREAM": "auto",
+            "FOREMAN_TOKEN_FILE": str(token_file),
+            "FOREMAN_OLLAMA_TOKEN": "upstream-secret",
+            "FOREMAN_DATA_DIR": str(tmp_path / "d"),
+            "FOREMAN_POLL_INTERVAL": "5s",
+            "FOREMAN_CONNECT_TIMEOUT": "2",
+            "FOREMAN_MAX_BODY_SIZE": "1MiB",
+            "FOREMAN_LOG_FORMAT": "json",
+            "FOREMAN_ALLOW_UNAUTHENTICATED": "yes",
+        },
+    )
+    assert config.listen == "tcp:9999:interface=127.0.0.1"
+    assert config.ollama_url == "http://10.0.0.5:11434"
+    assert config.upstream is UpstreamMode.AUTO
+    assert config.token == "from-file"
+    assert config.ollama_token == "upstream-secret"
+    assert config.data_dir == tmp_path / "d"
+    assert config.poll_interval == 5.0
+    assert config.connect_timeout == 2.0
+    assert config.max_body_size == 1024 * 1024
+    assert config.log_format is LogFormat.JSON
+    assert config.allow_unauthenticated
+
+
+def test_flags_beat_the_environment() -> None:
+    config = parse(["--listen", "tcp:1:interface=127.0.0.1"], {"FOREMAN_LISTEN": "tcp:2"})
+    assert config.listen == "tcp:1:interface=127.0.0.1"
+
+
+def test_token_from_environment() -> None:
+    assert parse([], {"FOREMAN_TOKEN": "s3cret"}).token == "s3cret"
+
+
+def test_token_never_in_repr() -> None:
+    config = parse([], {"FOREMAN_TOKEN": "s3cret", "FOREMAN_OLLAMA_TOKEN": "other"})
+    assert "s3cret" not in repr(config)
+    assert "other" not in repr(config)
+
+
+def test_help_names_every_environment_variable() -> None:
+    text = str(ForemanOptions({}))
+    for env in [
+        "FOREMAN_LISTEN",
+        "FOREMAN_OLLAMA_URL",
+        "FOREMAN_UPSTREAM",
+        "FOREMAN_TOKEN",
+        "FOREMAN_OLLAMA_TOKEN",
+        "FOREMAN_DATA_DIR",
+        "FOREMAN_POLL_INTERVAL",
+        "FOREMAN_CONNECT_TIMEOUT",
+        "FOREMAN_MAX_BODY_SIZE",
+        "FOREMAN_LOG_FORMAT",
+        "FOREMAN_ALLOW_UNAUTHENTICATED",
+    ]:
+        assert env in text
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--upstream", "cloud"], "--upstream"),
+        (["--log-format", "xml"], "--log-format"),
+        (["--ollama-url", "ftp://x"], "--ollama-url"),
+        (["--poll-interval", "soon"], "--poll-interval"),
+        (["--poll-interval", "0"], "--poll-interval"),
+        (["--max-body-size", "lots"], "--max-body-size"),
+        (["--token-file", "/nonexistent/token"], "cannot read token file"),
+    ],
+)
+def test_bad_values_are_usage_errors(args: list[str], complaint: str) -> None:
+    with pytest.raises(usage.UsageError, match=complaint):
+        parse(args)
+
+
+def test_empty_token_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("  \n")
+    with pytest.raises(usage.UsageError, match="empty"):
+        parse(["--token-file", str(empty)])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 1048576), ("512KiB", 524288), ("64MiB", 67108864), ("10MB", 10_000_000)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
