@@ -117,6 +117,7 @@ class Foreman:
     site: ForemanSite
     relay: Relay
     inventory: Inventory
+    pool: HTTPConnectionPool
     simulated: bool
 
 
@@ -152,7 +153,9 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     site = ForemanSite(
         api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size
     )
-    return Foreman(root=root, site=site, relay=relay, inventory=inventory, simulated=simulated)
+    return Foreman(
+        root=root, site=site, relay=relay, inventory=inventory, pool=pool, simulated=simulated
+    )
 
 
 def make_service(config: Config, reactor: Any = None) -> ForemanService:
