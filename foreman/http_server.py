@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -25,6 +24,7 @@ _UNLIMITED_PREFIXES = (b"/api/blobs/",)
 #: After refusing a body we keep reading (and discarding) this much more of
 #: it, so the client is not reset before it can read the 413.
 _DRAIN_ALLOWANCE = 16 * 1024 * 1024
+_DRAIN_SECONDS = 5.0
 
 access_log = Logger(namespace="foreman.access")
 
@@ -42,6 +42,7 @@ class ForemanRequest(server.Request):
         self._body_limit: int | None = None
         self._body_received = 0
         self._refused_size = False
+        self._drain_deadline: Any = None
         self.notifyFinish().addBoth(self._log_access)
 
     # -- body size limit ------------------------------------------------
@@ -71,6 +72,8 @@ class ForemanRequest(server.Request):
         if self._refused_size:
             # The 413 has been sent; the body was drained only to let the
             # client read it. Nothing of this request is processed.
+            if self._drain_deadline is not None and self._drain_deadline.active():
+                self._drain_deadline.cancel()
             self.channel.loseConnection()
             return
         super().requestReceived(command, path, version)
@@ -88,12 +91,22 @@ class ForemanRequest(server.Request):
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n"
         )
-        transport = cast(ITransport, self.channel.transport)
+        transport = cast(Any, self.channel.transport)
         transport.write(head + body)
+        # Half-close: the caller reads the 413 and sees the end of the reply
+        # while whatever it still sends is drained, so it is not reset
+        # before reading the answer. A caller that never stops is cut off.
+        transport.loseWriteConnection()
+        self._drain_deadline = self.channel.callLater(_DRAIN_SECONDS, self.channel.loseConnection)
         self.code = 413
         self.sentLength = len(body)
         if self.content is not None:
             self.content.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._drain_deadline is not None and self._drain_deadline.active():
+            self._drain_deadline.cancel()
+        super().connectionLost(reason)
 
     # -- access log -----------------------------------------------------
 

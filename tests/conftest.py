@@ -14,7 +14,6 @@ import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
-from twisted.internet.interfaces import IListeningPort
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -36,14 +35,14 @@ def reactor() -> Any:
 class RunningSimulator:
     sim: SimulatedOllama
     url: str
-    port: IListeningPort
+    port: Any
 
 
 @attrs.frozen
 class RunningForeman:
     foreman: Foreman
     url: str
-    port: IListeningPort
+    port: Any
 
 
 StartSimulator = Callable[..., Awaitable[RunningSimulator]]
@@ -53,7 +52,7 @@ StartForeman = Callable[..., Awaitable[RunningForeman]]
 @pytest_twisted.async_yield_fixture
 async def start_simulator(reactor: Any) -> AsyncIterator[StartSimulator]:
     """Start simulated Ollamas on 127.0.0.1 with any constructor arguments."""
-    ports: list[IListeningPort] = []
+    ports: list[Any] = []
 
     from foreman.testing import SimulatedOllama
 

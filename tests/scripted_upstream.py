@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredQueue
-from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -23,8 +22,9 @@ class HeldRequest:
         self.request = request
         self.method: bytes = request.method
         self.path: bytes = request.uri
-        request.content.seek(0)
-        self.body: bytes = request.content.read()
+        content: Any = request.content
+        content.seek(0)
+        self.body: bytes = content.read()
         self.headers = request.requestHeaders
         #: Fires when foreman closes the connection before the reply is done.
         self.disconnected: Deferred[None] = Deferred()
@@ -81,7 +81,7 @@ class ScriptedUpstream(Resource):
         return self.requests.get()
 
 
-async def listen_scripted(reactor: Any) -> tuple[ScriptedUpstream, IListeningPort, str]:
+async def listen_scripted(reactor: Any) -> tuple[ScriptedUpstream, Any, str]:
     upstream = ScriptedUpstream()
     port = reactor.listenTCP(0, Site(upstream), interface="127.0.0.1")
     return upstream, port, f"http://127.0.0.1:{port.getHost().port}"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.web.http_headers import Headers
 
 from tests.conftest import RunningForeman, StartForeman
 from tests.http_helpers import within
@@ -49,9 +50,10 @@ async def guarded(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[Ri
 @pytest.fixture
 def log_events() -> Iterator[list[LogEvent]]:
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     yield events
-    globalLogPublisher.removeObserver(events.append)
+    globalLogPublisher.removeObserver(observer)
 
 
 # -- routing ------------------------------------------------------------------
@@ -228,7 +230,7 @@ async def test_blob_uploads_are_not_limited(
 async def test_missing_or_wrong_token_is_401(
     guarded: Rig, http: HTTPClient, authorization: bytes | None
 ) -> None:
-    headers = {b"Authorization": [authorization]} if authorization else {}
+    headers: Any = {b"Authorization": [authorization]} if authorization else {}
     for method, path in [("GET", "/api/tags"), ("POST", "/api/chat"), ("GET", "/no/such")]:
         response = await http.request(method, guarded.url(path), headers=headers)
         assert response.code == 401, path
@@ -240,7 +242,7 @@ async def test_missing_or_wrong_token_is_401(
 @pytest_twisted.ensureDeferred
 async def test_right_token_passes_and_healthz_needs_none(guarded: Rig, http: HTTPClient) -> None:
     response = await http.get(
-        guarded.url("/api/tags"), headers={b"Authorization": [b"bearer " + TOKEN.encode()]}
+        guarded.url("/api/tags"), headers=Headers({b"Authorization": [b"bearer " + TOKEN.encode()]})
     )
     assert response.code == 200
     assert (await response.json())["models"][0]["name"] == "scripted:latest"
@@ -255,9 +257,9 @@ async def test_token_and_prompt_never_reach_the_log(
     await http.post(
         guarded.url("/api/chat"),
         data=b'{"model":"nope","messages":[{"role":"user","content":"my secret prompt"}]}',
-        headers={b"Authorization": [b"Bearer " + TOKEN.encode()]},
+        headers=Headers({b"Authorization": [b"Bearer " + TOKEN.encode()]}),
     )
-    await http.get(guarded.url("/api/tags"), headers={b"Authorization": [b"Bearer guess"]})
+    await http.get(guarded.url("/api/tags"), headers=Headers({b"Authorization": [b"Bearer guess"]}))
     text = repr(log_events)
     assert TOKEN not in text and "guess" not in text
     assert "my secret prompt" not in text

@@ -10,7 +10,6 @@ import attrs
 import pytest_twisted
 import treq
 from treq.client import HTTPClient
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone
 
@@ -41,7 +40,7 @@ async def rig(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[Rig]:
     await _stop(port)
 
 
-async def _stop(port: IListeningPort) -> None:
+async def _stop(port: Any) -> None:
     await port.stopListening()
 
 
