@@ -303,7 +303,7 @@ async def test_tags_are_served_from_the_inventory(rig: Rig, http: HTTPClient) ->
 async def test_healthz_reports_target_and_degradation(
     reactor: Any, start_foreman: StartForeman, http: HTTPClient
 ) -> None:
-    upstream, port, url = await listen_scripted(reactor)
+    _upstream, port, url = await listen_scripted(reactor)
     running = await start_foreman(url)
     report = await (await http.get(running.url + "/healthz")).json()
     assert report["status"] == "ok" and report["degraded"] is False
