@@ -100,7 +100,9 @@ def float_array(values: Iterable[float], bits: int = 64) -> str:
 
 def rfc3339(seconds: float) -> str:
     """Format a Unix time like Go's ``time.Time`` JSON (RFC 3339, trimmed nanos, UTC)."""
-    return rfc3339_ns(round(seconds * 1e9))
+    whole = math.floor(seconds)
+    # Split first: at today's magnitudes seconds * 1e9 loses the nanoseconds.
+    return rfc3339_ns(whole * 1_000_000_000 + round((seconds - whole) * 1e9))
 
 
 def rfc3339_ns(nanoseconds: int) -> str:
