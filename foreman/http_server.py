@@ -134,6 +134,7 @@ class ForemanSite(server.Site):
     """A Site whose requests enforce ``max_body_size`` and log themselves."""
 
     requestFactory = ForemanRequest
+    noisy = False
 
     def __init__(self, resource: IResource, *, max_body_size: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)

@@ -15,7 +15,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site
 
 from foreman.api import ForemanAPI
 from foreman.auth import BearerTokenGuard
@@ -102,7 +101,7 @@ def _start_simulator(reactor: Any, root: ForemanService) -> str:
     from foreman.testing import SimulatedOllama
 
     simulator = SimulatedOllama(reactor, tokens_per_second=25.0)
-    port = reactor.listenTCP(0, Site(simulator.resource()), interface="127.0.0.1")
+    port = reactor.listenTCP(0, simulator.site(reactor), interface="127.0.0.1")
     _ListeningPortService(port).setServiceParent(root)
     url = f"http://127.0.0.1:{port.getHost().port}"
     root.simulated_url = url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTCP
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
@@ -40,10 +40,16 @@ def make_agent(reactor: IReactorTCP, connect_timeout: float) -> tuple[IAgent, HT
     on a laptop) into a spurious error, so there is none.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = CACHED_CONNECTION_TIMEOUT
     pool.retryAutomatically = True
     return Agent(reactor, connectTimeout=connect_timeout, pool=pool), pool
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Without this every new upstream connection logs "Starting factory".
+    noisy = False
 
 
 @implementer(IBodyProducer)

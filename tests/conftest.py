@@ -15,7 +15,6 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 
 from foreman.config import Config
 from foreman.service import Foreman, build_foreman
@@ -58,7 +57,7 @@ async def start_simulator(reactor: Any) -> AsyncIterator[StartSimulator]:
 
     async def start(**kwargs: Any) -> RunningSimulator:
         sim = SimulatedOllama(reactor, **kwargs)
-        port = reactor.listenTCP(0, Site(sim.resource()), interface="127.0.0.1")
+        port = reactor.listenTCP(0, sim.site(reactor), interface="127.0.0.1")
         ports.append(port)
         return RunningSimulator(sim, f"http://127.0.0.1:{port.getHost().port}", port)
 
