@@ -72,15 +72,17 @@ class Inventory:
 
     def refresh(self) -> Deferred[None]:
         """Poll the target now; concurrent callers share one poll. Never fails."""
-        if self._in_flight is None:
-            self._in_flight = ensureDeferred(self._poll())
-            self._in_flight.addBoth(self._poll_ended)
+        in_flight = self._in_flight
+        if in_flight is None:
+            in_flight = self._in_flight = ensureDeferred(self._poll())
+            in_flight.addBoth(self._poll_ended, in_flight)
         shared: Deferred[None] = Deferred()
-        self._in_flight.addBoth(lambda _: shared.callback(None))
+        in_flight.addBoth(lambda _: shared.callback(None))
         return shared
 
-    def _poll_ended(self, result: object) -> None:
-        self._in_flight = None
+    def _poll_ended(self, result: object, ended: Deferred[None]) -> None:
+        if self._in_flight is ended:
+            self._in_flight = None
 
     def knows_model(self, name: str) -> Deferred[bool | None]:
         """Does the target have ``name``? ``None`` when it cannot be asked."""
@@ -132,8 +134,10 @@ class Inventory:
         headers = Headers()
         if self._target.token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._target.token.encode()])
+        # treq only uses the reactor for the timeout's callLater.
+        clock: Any = self._clock
         response = await self._http.get(
-            self._target.url(path), headers=headers, timeout=self._timeout
+            self._target.url(path), headers=headers, timeout=self._timeout, reactor=clock
         )
         body: bytes = await response.content()
         if response.code != 200:
