@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet.task import deferLater
+from twisted.web.http_headers import Headers
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -159,7 +160,8 @@ async def test_json_log_format_and_token(
     await wait_until_up(daemon, http, reactor)
     refused = await http.get(daemon.url + "/api/tags")
     assert refused.code == 401
-    allowed = await http.get(daemon.url + "/api/tags", headers={"Authorization": "Bearer tok-123"})
+    bearer = Headers({b"Authorization": [b"Bearer tok-123"]})
+    allowed = await http.get(daemon.url + "/api/tags", headers=bearer)
     assert allowed.code == 200
     stop(daemon)
     records = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.strip()]

@@ -1,0 +1,72 @@
+"""Start the simulated Ollama and foreman as real processes for benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer in {seconds} s")
+
+
+@contextmanager
+def _process(command: list[str], ready_url: str) -> Iterator[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+    )
+    try:
+        _wait_for(ready_url, process)
+        yield ready_url.rsplit("/", 1)[0] if ready_url.endswith("healthz") else ready_url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@contextmanager
+def simulated_ollama(*arguments: str) -> Iterator[str]:
+    """A simulated Ollama in its own process; yields its base URL."""
+    port = free_port()
+    command = [str(BIN / "python"), "-m", "foreman.testing"]
+    command += ["--listen", f"tcp:{port}:interface=127.0.0.1", *arguments]
+    with _process(command, f"http://127.0.0.1:{port}/api/version"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def foreman(ollama_url: str, *arguments: str) -> Iterator[str]:
+    """foreman under twistd in front of ``ollama_url``; yields its base URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile=/dev/null"]
+        command += ["foreman", "--ollama-url", ollama_url, "--data-dir", data_dir]
+        command += ["--listen", f"tcp:{port}:interface=127.0.0.1", *arguments]
+        with _process(command, f"http://127.0.0.1:{port}/healthz"):
+            yield f"http://127.0.0.1:{port}"
