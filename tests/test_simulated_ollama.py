@@ -94,6 +94,9 @@ class PausingTransport(StringTransport):
             self.pauses += 1
             self.producer.pauseProducing()
 
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
     def drain(self) -> bytes:
         """Let the "network" take everything and resume the producer."""
         data: bytes = self.value()
@@ -137,6 +140,15 @@ class Wire:
     def reply(self) -> Reply | None:
         self.received += self.transport.drain()
         return parse_response(self.received, to_head=self.method == "HEAD")
+
+    def pause(self) -> None:
+        """Stop reading, as a slow client does (the server's transport pauses)."""
+        self.transport.producer.pauseProducing()
+        self.transport.producerState = "paused"
+
+    def resume(self) -> None:
+        self.transport.producerState = "producing"
+        self.transport.producer.resumeProducing()
 
     def disconnect(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionDone("client went away")))
