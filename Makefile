@@ -28,8 +28,17 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg
 	$(BIN)/pip install --quiet $(EDITABLE) -e '.[test]'
 	@touch $@
 
+# The official JavaScript client, for tests/test_js_client.py (skipped without Node).
+JS_CLIENT := tests/js/node_modules/.installed
+$(JS_CLIENT): tests/js/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/js && npm install --no-package-lock --no-audit --no-fund --silent \
+		&& touch node_modules/.installed \
+		|| echo "npm install failed: the JavaScript client test will be skipped"; \
+	else echo "npm not found: the JavaScript client test will be skipped"; fi
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test $(JS_CLIENT)
 
 ## Start foreman in the foreground: the Ollama at FOREMAN_OLLAMA_URL, or the
 ## built-in simulated Ollama when none answers.
@@ -53,5 +62,5 @@ bench: install-test
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
 	find . -name dropin.cache -delete
