@@ -62,19 +62,20 @@ def parse_response(data: bytes, *, to_head: bool = False) -> Reply | None:
     if to_head:
         return Reply(status, headers, b"", True)
     if headers.get("transfer-encoding") == ["chunked"]:
-        body, complete = b"", False
-        while rest:
-            size_line, crlf, rest = rest.partition(b"\r\n")
-            if not crlf:
+        pieces, complete, position = [], False, 0
+        while position < len(rest):
+            end = rest.find(b"\r\n", position)
+            if end == -1:
                 break
-            size = int(size_line, 16)
+            size = int(rest[position:end], 16)
             if size == 0:
                 complete = True
                 break
-            if len(rest) < size + 2:
+            if len(rest) < end + 2 + size + 2:
                 break
-            body, rest = body + rest[:size], rest[size + 2:]
-        return Reply(status, headers, body, complete)
+            pieces.append(rest[end + 2:end + 2 + size])
+            position = end + 2 + size + 2
+        return Reply(status, headers, b"".join(pieces), complete)
     length = int(headers.get("content-length", ["0"])[0])
     return Reply(status, headers, rest[:length], len(rest) >= length)
 
@@ -86,12 +87,14 @@ class PausingTransport(StringTransport):
         super().__init__(**kwargs)
         self.limit = limit
         self.pauses = 0
+        self.full = False
 
     def write(self, data: bytes) -> None:
         super().write(data)
         if self.limit is not None and len(self.value()) > self.limit \
-                and self.producer is not None and self.producerState == "producing":
+                and self.producer is not None and not self.full:
             self.pauses += 1
+            self.full = True
             self.producer.pauseProducing()
 
     def writeSequence(self, data: Any) -> None:
@@ -101,7 +104,8 @@ class PausingTransport(StringTransport):
         """Let the "network" take everything and resume the producer."""
         data: bytes = self.value()
         self.clear()
-        if self.producer is not None and self.producerState == "paused":
+        if self.producer is not None and self.full:
+            self.full = False
             self.producer.resumeProducing()
         return data
 
@@ -143,11 +147,11 @@ class Wire:
 
     def pause(self) -> None:
         """Stop reading, as a slow client does (the server's transport pauses)."""
+        assert self.transport.producer is not None
         self.transport.producer.pauseProducing()
-        self.transport.producerState = "paused"
 
     def resume(self) -> None:
-        self.transport.producerState = "producing"
+        assert self.transport.producer is not None
         self.transport.producer.resumeProducing()
 
     def disconnect(self) -> None:

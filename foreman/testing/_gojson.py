@@ -98,11 +98,16 @@ def float_array(values: Iterable[float], bits: int = 64) -> str:
     return "[" + ",".join(format_float(v, bits) for v in values) + "]"
 
 
-def rfc3339(seconds: float) -> str:
-    """Format a Unix time like Go's ``time.Time`` JSON (RFC 3339, trimmed nanos, UTC)."""
+def to_ns(seconds: float) -> int:
+    """Unix seconds as integer nanoseconds."""
     whole = math.floor(seconds)
     # Split first: at today's magnitudes seconds * 1e9 loses the nanoseconds.
-    return rfc3339_ns(whole * 1_000_000_000 + round((seconds - whole) * 1e9))
+    return whole * 1_000_000_000 + round((seconds - whole) * 1e9)
+
+
+def rfc3339(seconds: float) -> str:
+    """Format a Unix time like Go's ``time.Time`` JSON (RFC 3339, trimmed nanos, UTC)."""
+    return rfc3339_ns(to_ns(seconds))
 
 
 def rfc3339_ns(nanoseconds: int) -> str:

@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from foreman.testing._gojson import MAX_DURATION_NS
+from foreman.testing._gojson import duration_ns, to_ns
 from foreman.testing._models import SimModel
 
 #: Ollama's 503 message, two spaces included.
@@ -58,21 +58,19 @@ class Runner:
     slots: DeferredSemaphore
     ready: bool = False
     ref_count: int = 0
-    #: Set when the runner last went idle (or was told to unload), as Ollama does.
-    expires_at: float | None = None
+    #: Unix nanoseconds, set when the runner last went idle (or was told to
+    #: unload); like Ollama's, it goes stale while the runner is busy again.
+    expires_at_ns: int | None = None
     expiry_timer: IDelayedCall | None = None
     load_timer: IDelayedCall | None = None
     waiters: list[tuple[Deferred[Lease], Lease]] = attrs.Factory(list)
 
-    def expiry_seconds(self, now: float) -> float:
-        """``expires_at`` as ``/api/ps`` shows it (Unix seconds; may be ~292 years away)."""
-        if self.expires_at is not None:
-            return self.expires_at
-        return now + _duration_seconds(self.keep_alive)
-
-
-def _duration_seconds(keep_alive: float) -> float:
-    return MAX_DURATION_NS / 1e9 if math.isinf(keep_alive) else keep_alive
+    def expiry_ns(self, now: float) -> int:
+        """``expires_at`` as ``/api/ps`` shows it (may be ~292 years away)."""
+        if self.expires_at_ns is not None:
+            return self.expires_at_ns
+        # Never idle yet: Ollama estimates from the keep-alive.
+        return to_ns(now) + duration_ns(self.keep_alive)
 
 
 def _eviction_order(runner: Runner) -> tuple[float, str]:
@@ -200,7 +198,7 @@ class Residency:
         runner = self._runners.get(model.key)
         if runner is None:
             return
-        runner.expires_at = self._clock.seconds()
+        runner.expires_at_ns = to_ns(self._clock.seconds())
         self._cancel_expiry(runner)
         runner.keep_alive = 0.0
         if runner.ref_count <= 0:
@@ -336,8 +334,7 @@ class Residency:
         if runner.keep_alive <= 0:
             self._unload(runner)
             return
-        now = self._clock.seconds()
-        runner.expires_at = now + _duration_seconds(runner.keep_alive)
+        runner.expires_at_ns = to_ns(self._clock.seconds()) + duration_ns(runner.keep_alive)
         if not math.isinf(runner.keep_alive):
             runner.expiry_timer = self._clock.callLater(runner.keep_alive, self._expired, runner)
 

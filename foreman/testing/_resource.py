@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from foreman.testing import _inference, _management
-from foreman.testing._gojson import rfc3339
+from foreman.testing._gojson import rfc3339_ns
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
 from foreman.testing._models import (
@@ -57,23 +57,24 @@ def _ps(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byte
     entries = []
     for runner in sim.residency.runners():
         name = display_shortest(runner.model.name)
+        expires_ns = runner.expiry_ns(now)
         entries.append(
             (
-                runner.expiry_seconds(now),
+                expires_ns // 1_000_000_000,
                 {
                     "name": name,
                     "model": name,
                     "size": runner.model.size,
                     "digest": runner.model.digest,
                     "details": details(runner.model),
-                    "expires_at": rfc3339(runner.expiry_seconds(now)),
+                    "expires_at": rfc3339_ns(expires_ns),
                     "size_vram": runner.model.size,
                     "context_length": runner.num_ctx,
                 },
             )
         )
     # Longest remaining keep-alive first, compared in whole seconds as Ollama does.
-    entries.sort(key=lambda entry: -int(entry[0]))
+    entries.sort(key=lambda entry: -entry[0])
     return json_body(request, 200, {"models": [entry for _, entry in entries]})
 
 
