@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.testing import _inference, _management
+from foreman.testing import _embeddings, _inference, _management
 from foreman.testing._gojson import rfc3339_ns
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
@@ -104,8 +104,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/show": {"POST": _show},
     "/api/chat": {"POST": _inference.chat},
     "/api/generate": {"POST": _inference.generate},
-    "/api/embed": {"POST": _inference.embed},
-    "/api/embeddings": {"POST": _inference.embeddings},
+    "/api/embed": {"POST": _embeddings.embed},
+    "/api/embeddings": {"POST": _embeddings.embeddings},
     "/api/pull": {"POST": _management.pull},
     "/api/push": {"POST": _management.push},
     "/api/create": {"POST": _management.create},

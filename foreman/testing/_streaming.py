@@ -20,13 +20,13 @@ from zope.interface import implementer
 T = TypeVar("T")
 
 
-class _Pace:
+class Pace:
     def __repr__(self) -> str:
         return "PACE"
 
 
 #: Yielded before each token: wait for that token's share of time.
-PACE = _Pace()
+PACE = Pace()
 
 # Clock arithmetic in floats: 0.1 * 3 > 0.3. Tokens within this of their
 # due time are written without another timer.
@@ -40,7 +40,7 @@ class EventPump(Generic[T]):
     def __init__(
         self,
         clock: IReactorTime,
-        events: Iterator[T | _Pace],
+        events: Iterator[T | Pace],
         emit: Callable[[T], None],
         *,
         tokens_per_second: float,
@@ -113,7 +113,7 @@ class EventPump(Generic[T]):
                 self._stopped = True
                 self._on_finished()
                 return
-            if isinstance(event, _Pace):
+            if isinstance(event, Pace):
                 if self._interval > 0:
                     self._paced += 1
                     self._due = self._start + self._paced * self._interval
