@@ -232,6 +232,11 @@ def test_host_check_refuses_other_hosts(sim: SimulatedOllama, clock: Clock, host
     assert sim.loads == 0
 
 
+def test_options_preflight_from_a_local_host(sim: SimulatedOllama, clock: Clock) -> None:
+    reply = call(sim, clock, "OPTIONS", "/api/chat")
+    assert (reply.status, reply.body) == (204, b"")
+
+
 def test_host_check_can_be_disabled(clock: Clock) -> None:
     sim = SimulatedOllama(clock, check_host=False)
     assert call(sim, clock, "GET", "/", host="example.com").status == 200
