@@ -720,3 +720,22 @@ def test_add_model_and_reset_counters(sim: SimulatedOllama, clock: Clock) -> Non
     assert (sim.loads, sim.load_history, sim.completed_generations, sim.requests) == \
         (0, [], 0, [])
     assert sim.loaded_models() == ["tiny:1b"]
+
+
+def test_the_resource_works_with_a_dummy_request(clock: Clock) -> None:
+    """Tests may drive the resource without HTTP at all (``DummyRequest``)."""
+    from io import BytesIO
+
+    from twisted.web.server import NOT_DONE_YET
+    from twisted.web.test.requesthelper import DummyRequest
+
+    sim = SimulatedOllama(clock, models=[attrs.evolve(DEFAULT_MODELS[0], load_seconds=1.0)])
+    request: Any = DummyRequest([b"api", b"chat"])
+    request.method, request.path = b"POST", b"/api/chat"
+    request.requestHeaders.setRawHeaders(b"host", [b"localhost"])
+    request.content = BytesIO(json.dumps(chat_body(text="hi", stream=False)).encode())
+    assert sim.resource().render(request) == NOT_DONE_YET
+    assert request.written == []
+    clock.advance(1.0)
+    assert request.finished
+    assert json.loads(b"".join(request.written))["message"]["content"].startswith("hi hi")

@@ -19,7 +19,14 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from foreman.testing._gojson import dumps_line, duration_ns
-from foreman.testing._http import JSON_UTF8, NDJSON, error_body, json_body, write_and_finish
+from foreman.testing._http import (
+    JSON_UTF8,
+    NDJSON,
+    error_body,
+    is_over,
+    json_body,
+    write_and_finish,
+)
 from foreman.testing._models import SimModel
 from foreman.testing._residency import Lease, QueueFull
 from foreman.testing._streaming import EventPump, Pace
@@ -107,7 +114,7 @@ class InferenceCall:
 
     def _stream_finished(self) -> None:
         self.request.unregisterProducer()
-        if not self.request._disconnected:
+        if not is_over(self.request):
             self.request.finish()
         self._end(completed=True)
 
@@ -151,9 +158,9 @@ class InferenceCall:
         if reason.check(CancelledError):
             return
         _log.failure("simulated Ollama failed a request", reason)
-        if not self.request.startedWriting:
+        if not getattr(self.request, "startedWriting", False):
             self.respond(500, {"error": reason.getErrorMessage()})
-        elif not self.request._disconnected and not self.request.finished:
+        elif not is_over(self.request):
             self.request.finish()
         self._end(completed=False)
 

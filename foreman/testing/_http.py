@@ -35,9 +35,14 @@ def empty_body(request: Request, status: int = 200) -> bytes:
     return b""
 
 
+def is_over(request: Request) -> bool:
+    """Finished, or the client left (``getattr``: test doubles lack the flag)."""
+    return bool(getattr(request, "_disconnected", False) or request.finished)
+
+
 def write_and_finish(request: Request, body: bytes) -> None:
     """Finish an asynchronous response, unless the client already left."""
-    if request._disconnected or request.finished:
+    if is_over(request):
         return
     request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)

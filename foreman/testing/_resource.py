@@ -155,7 +155,8 @@ class OllamaResource(Resource):
         # gin sends no Server header and no default Content-Type.
         request.responseHeaders.removeHeader(b"server")
         request.defaultContentType = None
-        body = request.content.read() if request.content is not None else b""
+        content = getattr(request, "content", None)  # DummyRequest may have none
+        body = content.read() if content is not None else b""
         _record(self._sim, request, body)
         method = request.method.decode("latin-1")
         if self._sim.check_host:
