@@ -7,7 +7,6 @@ calls are relayed directly and concurrently, always (ADR-0013).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from klein import Klein
@@ -19,11 +18,12 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from foreman import gojson
 from foreman.auth import BearerTokenGuard
 from foreman.errors import (
     JSON_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
-    go_json_error,
+    embedding_model_not_found,
     model_not_found,
     write_json_error,
 )
@@ -49,16 +49,15 @@ def _whole(request: IRequest, body: bytes | None) -> bytes | None:
 
 
 def _read_json(request: IRequest) -> tuple[bytes, Any]:
+    """The raw body and its value, decoded with the leniency and wording of Go."""
     request.content.seek(0)
     raw: bytes = request.content.read()
-    if not raw.strip():
-        raise BadRequest("missing request body")
     try:
-        return raw, json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BadRequest(go_json_error(e, raw)) from None
-    except UnicodeDecodeError:
-        raise BadRequest("invalid character in request body: not UTF-8") from None
+        return raw, gojson.loads(raw)
+    except gojson.EmptyBody:
+        raise BadRequest("missing request body") from None
+    except gojson.GoJSONError as e:
+        raise BadRequest(str(e)) from None
 
 
 def _model_of(parsed: Any) -> str | None:
@@ -161,7 +160,7 @@ class ForemanAPI:
         if model is not None:
             request.model = model  # type: ignore[attr-defined]
             if await self._inventory.knows_model(model) is False:
-                return write_json_error(request, 404, model_not_found(model))
+                return write_json_error(request, 404, embedding_model_not_found(model))
         result = await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
         return _whole(request, result)
 

@@ -45,26 +45,10 @@ def write_json_error(
 
 
 def model_not_found(model: str) -> str:
-    """Ollama's message for a chat, generate or embed call naming an unknown model."""
+    """Ollama's message for a chat or generate call naming an unknown model."""
     return f"model '{model}' not found"
 
 
-def go_json_error(exc: json.JSONDecodeError, body: bytes) -> str:
-    """Approximate Go's ``encoding/json`` message for a body that does not parse.
-
-    Ollama returns the decoder's message verbatim; clients only show it, so
-    the common cases are matched and the rest stay close in spirit.
-    """
-    position = exc.pos
-    if position >= len(exc.doc.rstrip()):
-        return "unexpected EOF"
-    char = exc.doc[position]
-    if exc.msg.startswith("Expecting value"):
-        return f"invalid character {char!r} looking for beginning of value"
-    if exc.msg.startswith("Expecting property name"):
-        return f"invalid character {char!r} looking for beginning of object key string"
-    if exc.msg.startswith("Extra data"):
-        return f"invalid character {char!r} after top-level value"
-    if exc.msg.startswith("Expecting ',' delimiter") or exc.msg.startswith("Expecting ':'"):
-        return f"invalid character {char!r} after object key:value pair"
-    return f"invalid character {char!r}: {exc.msg.lower()}"
+def embedding_model_not_found(model: str) -> str:
+    """Ollama's message for ``/api/embed`` and ``/api/embeddings`` (Go's ``%q``)."""
+    return f"model {json.dumps(model, ensure_ascii=False)} not found, try pulling it first"

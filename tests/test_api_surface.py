@@ -117,11 +117,17 @@ async def test_invalid_json_is_a_400_like_ollamas(
 async def test_unknown_model_is_ollamas_404_after_one_fresh_look(
     rig: Rig, http: HTTPClient
 ) -> None:
-    for path in ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings"]:
+    embed_message = 'model "nope" not found, try pulling it first'
+    for path, message in [
+        ("/api/chat", "model 'nope' not found"),
+        ("/api/generate", "model 'nope' not found"),
+        ("/api/embed", embed_message),
+        ("/api/embeddings", embed_message),
+    ]:
         response = await http.post(rig.url(path), data=b'{"model":"nope","prompt":"x"}')
         assert response.code == 404, path
         assert response.headers.getRawHeaders(b"content-type") == JSON
-        assert await response.json() == {"error": "model 'nope' not found"}
+        assert await response.json() == {"error": message}
 
 
 @pytest_twisted.ensureDeferred

@@ -15,8 +15,7 @@ def slow_models(load_seconds: float) -> list[SimModel]:
     return [attrs.evolve(m, load_seconds=load_seconds) for m in DEFAULT_MODELS]
 
 
-def start(sim: SimulatedOllama, clock: Clock, path: str, body: object,
-          **kwargs: object) -> Wire:
+def start(sim: SimulatedOllama, clock: Clock, path: str, body: object, **kwargs: object) -> Wire:
     wire = Wire(sim, clock, **kwargs)  # type: ignore[arg-type]
     wire.send("POST", path, body)
     return wire
@@ -180,14 +179,22 @@ def test_ps_shape_and_order() -> None:
     clock = Clock()
     sim = SimulatedOllama(clock)
     call(sim, clock, "POST", "/api/chat", loaded_call("llama3.2", "1m"))
-    call(sim, clock, "POST", "/api/embed", {"model": "all-minilm", "input": "x",
-                                           "keep_alive": "1h"})
+    call(
+        sim, clock, "POST", "/api/embed", {"model": "all-minilm", "input": "x", "keep_alive": "1h"}
+    )
     first, second = ps(sim, clock)
-    assert list(first) == ["name", "model", "size", "digest", "details", "expires_at",
-                           "size_vram", "context_length"]
+    assert list(first) == [
+        "name",
+        "model",
+        "size",
+        "digest",
+        "details",
+        "expires_at",
+        "size_vram",
+        "context_length",
+    ]
     assert first["name"] == "all-minilm:latest" and first["context_length"] == 512
-    assert second["name"] == "llama3.2:latest" and second["expires_at"] == \
-        "1970-01-01T00:01:00Z"
+    assert second["name"] == "llama3.2:latest" and second["expires_at"] == "1970-01-01T00:01:00Z"
     assert second["size_vram"] == second["size"] == 2019393189
 
 
@@ -242,8 +249,10 @@ def test_num_parallel_lets_requests_share_a_runner() -> None:
 def test_generations_on_different_models_run_concurrently() -> None:
     clock = Clock()
     sim = SimulatedOllama(clock, tokens_per_second=10)
-    wires = [start(sim, clock, "/api/chat", chat_body(m, think=False))
-             for m in ("llama3.2", "qwen3:8b", "gemma3:12b")]
+    wires = [
+        start(sim, clock, "/api/chat", chat_body(m, think=False))
+        for m in ("llama3.2", "qwen3:8b", "gemma3:12b")
+    ]
     clock.advance(0.1)
     assert sim.active_generations == 3
     # An embedding does not wait for a generation slot.
@@ -265,8 +274,9 @@ def test_a_full_load_queue_answers_503() -> None:
     refused = start(sim, clock, "/api/chat", chat_body("llama3.2", options={"num_ctx": 2048}))
     reply = done(refused)
     assert reply.status == 503
-    assert reply.body == (b'{"error":"server busy, please try again.  '
-                          b'maximum pending requests exceeded"}')
+    assert reply.body == (
+        b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+    )
     # Requests for a model that is loaded (or loading) are never refused.
     same = start(sim, clock, "/api/chat", chat_body("llama3.2"))
     clock.advance(1.0)
@@ -296,7 +306,9 @@ def test_tokens_are_paced_on_the_clock() -> None:
     final = done(wire).lines()[-1]
     assert final["eval_duration"] == 1_000_000_000 and final["eval_count"] == 4
     assert [c["created_at"] for c in done(wire).lines()[:2]] == [
-        "1970-01-01T00:00:00.25Z", "1970-01-01T00:00:00.5Z"]
+        "1970-01-01T00:00:00.25Z",
+        "1970-01-01T00:00:00.5Z",
+    ]
 
 
 def test_stream_false_waits_for_the_whole_reply() -> None:
@@ -312,8 +324,7 @@ def test_stream_false_waits_for_the_whole_reply() -> None:
 def test_a_paused_transport_stops_the_stream() -> None:
     clock = Clock()
     sim = SimulatedOllama(clock, token_size=1000)
-    wire = start(sim, clock, "/api/chat", chat_body(options={"num_predict": 5000}),
-                 limit=64 * 1024)
+    wire = start(sim, clock, "/api/chat", chat_body(options={"num_predict": 5000}), limit=64 * 1024)
     # Unpaced, the simulator writes until the transport says stop.
     assert wire.transport.pauses == 1
     assert 64 * 1024 < len(wire.transport.value()) < 70 * 1024
@@ -386,8 +397,7 @@ def test_disconnect_mid_stream_stops_generating() -> None:
     reply = wire.reply()
     assert reply is not None and len(reply.lines()) == 3
     wire.disconnect()
-    assert (sim.cancelled_requests, sim.active_generations, sim.completed_generations) == \
-        (1, 0, 0)
+    assert (sim.cancelled_requests, sim.active_generations, sim.completed_generations) == (1, 0, 0)
     written = len(wire.transport.value())
     clock.advance(10)
     assert len(wire.transport.value()) == written
@@ -405,19 +415,20 @@ def test_disconnect_while_waiting_for_a_slot() -> None:
     waiting.disconnect()
     clock.advance(5)
     assert done(running).status == 200
-    assert (sim.cancelled_requests, sim.completed_generations, sim.max_active_generations) == \
-        (1, 1, 1)
+    assert (sim.cancelled_requests, sim.completed_generations, sim.max_active_generations) == (
+        1,
+        1,
+        1,
+    )
     assert sim.residency.runners()[0].ref_count == 0
 
 
 def test_disconnect_during_a_non_streamed_reply() -> None:
     clock = Clock()
     sim = SimulatedOllama(clock, tokens_per_second=10)
-    wire = start(sim, clock, "/api/generate",
-                 {"model": "llama3.2", "prompt": "x", "stream": False})
+    wire = start(sim, clock, "/api/generate", {"model": "llama3.2", "prompt": "x", "stream": False})
     clock.advance(0.5)
     wire.disconnect()
     clock.advance(5)
-    assert (sim.cancelled_requests, sim.active_generations, sim.completed_generations) == \
-        (1, 0, 0)
+    assert (sim.cancelled_requests, sim.active_generations, sim.completed_generations) == (1, 0, 0)
     assert wire.transport.value() == b""

@@ -71,7 +71,9 @@ class RawClient(Protocol):
         assert self.transport is not None
         self.transport.write(
             f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n"
-            "Connection: close\r\n\r\n".encode() + data)
+            "Connection: close\r\n\r\n".encode()
+            + data
+        )
 
     @property
     def complete(self) -> bool:
@@ -81,8 +83,9 @@ class RawClient(Protocol):
 async def connect(port: int) -> RawClient:
     from twisted.internet import reactor
 
-    client: RawClient = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-                                              RawClient())
+    client: RawClient = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient()
+    )
     return client
 
 
@@ -96,8 +99,11 @@ async def test_listen_serves_the_api(running: Callable[..., Any]) -> None:
     lines = (await response.content()).splitlines()
     assert json.loads(lines[0])["message"]["content"] == "hello"
     assert json.loads(lines[-1])["done"] is True
-    refused = await treq.get(f"http://127.0.0.1:{port}/api/tags",
-                             headers=Headers({"Host": ["attacker.example"]}), persistent=False)
+    refused = await treq.get(
+        f"http://127.0.0.1:{port}/api/tags",
+        headers=Headers({"Host": ["attacker.example"]}),
+        persistent=False,
+    )
     assert refused.code == 403
     await refused.content()
     assert [r.header("host") for r in sim.requests][-1] == "attacker.example"
@@ -122,16 +128,16 @@ async def test_tokens_arrive_paced_in_real_time(running: Callable[..., Any]) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reader_that_stops_reading_stops_the_generator(
-        running: Callable[..., Any]) -> None:
+async def test_a_reader_that_stops_reading_stops_the_generator(running: Callable[..., Any]) -> None:
     from twisted.internet import reactor
 
     sim, port = await running(token_size=10_000)
     client = await connect(port)
     transport: Any = client.transport
     transport.pauseProducing()  # stop reading: kernel buffers fill up
-    client.request("/api/generate", {"model": "llama3.2", "prompt": "bulk",
-                                     "options": {"num_predict": 2_000}})  # ~20 MB
+    client.request(
+        "/api/generate", {"model": "llama3.2", "prompt": "bulk", "options": {"num_predict": 2_000}}
+    )  # ~20 MB
     await deferLater(reactor, 0.5)
     # Unthrottled, 20 MB would have been generated in well under 0.5 s.
     assert sim.active_generations == 1 and sim.completed_generations == 0
@@ -142,8 +148,7 @@ async def test_a_reader_that_stops_reading_stops_the_generator(
 
 
 @pytest_twisted.ensureDeferred
-async def test_hanging_up_mid_stream_cancels_the_generation(
-        running: Callable[..., Any]) -> None:
+async def test_hanging_up_mid_stream_cancels_the_generation(running: Callable[..., Any]) -> None:
     sim, port = await running(tokens_per_second=100, reply_tokens=1000)
     client = await connect(port)
     client.request("/api/chat", _CHAT)
@@ -188,10 +193,24 @@ async def test_the_command_line_runs_a_simulator() -> None:
     from twisted.internet import reactor
 
     output = _Output()
-    process = reactor.spawnProcess(output, sys.executable, [
-        sys.executable, "-m", "foreman.testing", "--listen", "tcp:0:interface=127.0.0.1",
-        "--tokens-per-second", "200", "--load-seconds", "0.1", "--token-size", "4",
-    ], env=None)
+    process = reactor.spawnProcess(
+        output,
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "foreman.testing",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--tokens-per-second",
+            "200",
+            "--load-seconds",
+            "0.1",
+            "--token-size",
+            "4",
+        ],
+        env=None,
+    )
     try:
         url = await output.listening
         response = await treq.post(f"{url}/api/chat", json=_CHAT, persistent=False)

@@ -45,25 +45,52 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Serve a SIMULATED Ollama (foreman.testing): the native API with "
         "deterministic replies, for tests, benchmarks and demos.",
     )
-    parser.add_argument("--listen", default="tcp:11434:interface=127.0.0.1",
-                        help="Twisted server endpoint (default: %(default)s)")
-    parser.add_argument("--tokens-per-second", type=float, default=0.0,
-                        help="token pacing; 0 = as fast as the client reads (default)")
-    parser.add_argument("--load-seconds", type=float, default=None,
-                        help="load latency of every model (default: each model's own, 0)")
+    parser.add_argument(
+        "--listen",
+        default="tcp:11434:interface=127.0.0.1",
+        help="Twisted server endpoint (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=0.0,
+        help="token pacing; 0 = as fast as the client reads (default)",
+    )
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        default=None,
+        help="load latency of every model (default: each model's own, 0)",
+    )
     parser.add_argument("--max-loaded-models", type=int, default=3)
     parser.add_argument("--num-parallel", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=512)
-    parser.add_argument("--keep-alive", type=_duration, default=300.0,
-                        help="default keep_alive, Go duration or seconds (default: 5m)")
+    parser.add_argument(
+        "--keep-alive",
+        type=_duration,
+        default=300.0,
+        help="default keep_alive, Go duration or seconds (default: 5m)",
+    )
     parser.add_argument("--reply-tokens", type=int, default=12)
-    parser.add_argument("--token-size", type=int, default=0,
-                        help="make every token exactly N characters (bulk transfer tests)")
-    parser.add_argument("--version", dest="ollama_version", default="0.13.0",
-                        help="version reported by /api/version")
-    parser.add_argument("--check-host", action=argparse.BooleanOptionalAction, default=None,
-                        help="refuse non-local Host headers (default: only when listening "
-                        "on a loopback interface, as Ollama does)")
+    parser.add_argument(
+        "--token-size",
+        type=int,
+        default=0,
+        help="make every token exactly N characters (bulk transfer tests)",
+    )
+    parser.add_argument(
+        "--version",
+        dest="ollama_version",
+        default="0.13.0",
+        help="version reported by /api/version",
+    )
+    parser.add_argument(
+        "--check-host",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse non-local Host headers (default: only when listening "
+        "on a loopback interface, as Ollama does)",
+    )
     return parser.parse_args(argv)
 
 
@@ -74,7 +101,7 @@ def _listens_on_loopback(endpoint: str) -> bool:
         return True
     for argument in arguments:
         if argument.startswith("interface="):
-            interface = argument[len("interface="):].replace("\\:", ":")
+            interface = argument[len("interface=") :].replace("\\:", ":")
             if interface == "localhost":
                 return True
             try:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.testing._gojson import dumps_line, duration_ns
+from foreman.gojson import dumps_line, duration_ns
 from foreman.testing._http import (
     JSON_UTF8,
     NDJSON,
@@ -81,8 +81,12 @@ class InferenceCall:
         leased.addCallback(loaded).addErrback(self._failed)
         return NOT_DONE_YET
 
-    def generate(self, events: Callable[[], Iterator[Chunk | Pace]], stream: bool,
-                 merge: Callable[[list[Chunk]], Chunk]) -> None:
+    def generate(
+        self,
+        events: Callable[[], Iterator[Chunk | Pace]],
+        stream: bool,
+        merge: Callable[[list[Chunk]], Chunk],
+    ) -> None:
         assert self.lease is not None
         slot = self.lease.acquire_slot()
         self.waiting = slot
@@ -94,15 +98,23 @@ class InferenceCall:
             self.sim._generation_started()
             if stream:
                 self.request.setHeader(b"content-type", NDJSON)
-                self.pump = EventPump(self.sim.clock, events(), self._write_line,
-                                      tokens_per_second=self.sim.tokens_per_second,
-                                      on_finished=self._stream_finished)
+                self.pump = EventPump(
+                    self.sim.clock,
+                    events(),
+                    self._write_line,
+                    tokens_per_second=self.sim.tokens_per_second,
+                    on_finished=self._stream_finished,
+                )
                 self.request.registerProducer(self.pump, True)
             else:
                 chunks: list[Chunk] = []
-                self.pump = EventPump(self.sim.clock, events(), chunks.append,
-                                      tokens_per_second=self.sim.tokens_per_second,
-                                      on_finished=lambda: self._whole_finished(merge(chunks)))
+                self.pump = EventPump(
+                    self.sim.clock,
+                    events(),
+                    chunks.append,
+                    tokens_per_second=self.sim.tokens_per_second,
+                    on_finished=lambda: self._whole_finished(merge(chunks)),
+                )
             self.pump.start()
 
         slot.addCallback(start).addErrback(self._failed)

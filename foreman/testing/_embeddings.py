@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from twisted.web.server import Request
 
+from foreman.gojson import dumps, duration_ns, float_array
 from foreman.testing._call import InferenceCall
 from foreman.testing._generation import count_tokens, normalize, raw_embedding
-from foreman.testing._gojson import dumps, duration_ns, float_array
 from foreman.testing._http import error_body, go_quote
 from foreman.testing._models import is_valid_name
 from foreman.testing._requests import EMBED, EMBEDDINGS, RequestError, check_options, decode
@@ -74,13 +74,19 @@ def embed(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> by
                 vector = normalize(vector[:dimensions])
             vectors.append(vector)
             tokens += count
-        metrics = {"total_duration": duration_ns(call.now() - call.started),
-                   "load_duration": duration_ns(call.loaded_at - call.started),
-                   "prompt_eval_count": tokens}
+        metrics = {
+            "total_duration": duration_ns(call.now() - call.started),
+            "load_duration": duration_ns(call.loaded_at - call.started),
+            "prompt_eval_count": tokens,
+        }
         text = (
-            '{"model":' + dumps(name) + ',"embeddings":['
-            + ",".join(float_array(v, 32) for v in vectors) + "]"
-            + "".join(f',"{k}":{v}' for k, v in metrics.items() if v) + "}"
+            '{"model":'
+            + dumps(name)
+            + ',"embeddings":['
+            + ",".join(float_array(v, 32) for v in vectors)
+            + "]"
+            + "".join(f',"{k}":{v}' for k, v in metrics.items() if v)
+            + "}"
         )
         call.respond_raw_json(text)
         call.done_without_generation()

@@ -61,15 +61,16 @@ def thinking_token_count(reply_tokens: int) -> int:
 
 def thinking_tokens(words: Sequence[str], reply_tokens: int, token_size: int = 0) -> Iterator[str]:
     """What a thinking model "thinks": ``Thinking about`` and then the prompt's words."""
-    return word_tokens(["Thinking", "about", *words], thinking_token_count(reply_tokens),
-                       token_size)
+    return word_tokens(
+        ["Thinking", "about", *words], thinking_token_count(reply_tokens), token_size
+    )
 
 
 def json_tokens(document: str, count: int, token_size: int = 0) -> Iterator[str]:
     """Split a JSON document into about ``count`` tokens (or ``token_size`` pieces)."""
     size = token_size if token_size > 0 else max(1, math.ceil(len(document) / max(count, 1)))
     for start in range(0, len(document), size):
-        yield document[start:start + size]
+        yield document[start : start + size]
 
 
 # --- structured output and tool arguments ------------------------------------
@@ -196,8 +197,12 @@ def plan_reply(
     words = tuple(words_of(source_text))
     tool = tools[0] if tools and not answering_tool_result else None
     count, reason = reply_tokens, "stop"
-    if tool is None and not is_structured(format_value) and num_predict is not None \
-            and num_predict > 0:
+    if (
+        tool is None
+        and not is_structured(format_value)
+        and num_predict is not None
+        and num_predict > 0
+    ):
         count, reason = num_predict, "length"
     return ReplyPlan(words, count, token_size, think, reason, tool, format_value, source_text)
 

@@ -23,7 +23,7 @@ def split_host_port(host: str) -> str:
     """Go's ``net.SplitHostPort``, falling back to the whole value as Ollama does."""
     if host.startswith("["):
         end = host.find("]")
-        if end != -1 and host[end + 1:end + 2] == ":" and host.count("]") == 1:
+        if end != -1 and host[end + 1 : end + 2] == ":" and host.count("]") == 1:
             return host[1:end]
         return host
     if host.count(":") == 1:

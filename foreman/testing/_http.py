@@ -4,27 +4,30 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from foreman.testing._gojson import dumps
+from foreman.gojson import dumps
 
 JSON_UTF8 = b"application/json; charset=utf-8"
 NDJSON = b"application/x-ndjson"
 
 
-def json_body(request: Request, status: int, value: object,
-              content_type: bytes = JSON_UTF8) -> bytes:
+def json_body(
+    request: Request, status: int, value: object, content_type: bytes = JSON_UTF8
+) -> bytes:
     """gin's ``c.JSON``: status, content type, compact HTML-safe JSON."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", content_type)
     return dumps(value).encode("utf-8")
 
 
-def error_body(request: Request, status: int, message: str,
-               content_type: bytes = JSON_UTF8) -> bytes:
+def error_body(
+    request: Request, status: int, message: str, content_type: bytes = JSON_UTF8
+) -> bytes:
     return json_body(request, status, {"error": message}, content_type)
 
 
-def text_body(request: Request, status: int, text: str,
-              content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
+def text_body(
+    request: Request, status: int, text: str, content_type: bytes = b"text/plain; charset=utf-8"
+) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", content_type)
     return text.encode("utf-8")

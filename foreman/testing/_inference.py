@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.web.server import Request
 
+from foreman.gojson import rfc3339
 from foreman.testing._call import Chunk, InferenceCall
 from foreman.testing._generation import (
     ReplyPlan,
@@ -22,7 +23,6 @@ from foreman.testing._generation import (
     plan_reply,
     prompt_token_count,
 )
-from foreman.testing._gojson import rfc3339
 from foreman.testing._http import JSON_UTF8, error_body, go_quote, json_body
 from foreman.testing._models import SimModel, full_name, is_valid_name
 from foreman.testing._requests import CHAT, GENERATE, RequestError, Struct, check_options, decode
@@ -83,11 +83,17 @@ def chat(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
         keep_alive = req.get("keep_alive")
         if not messages and keep_alive == 0:
             sim.residency.expire(model)
-            return json_body(request, 200, {
-                "model": name, "created_at": rfc3339(sim.clock.seconds()),
-                "message": {"role": "assistant", "content": ""},
-                "done": True, "done_reason": "unload",
-            })
+            return json_body(
+                request,
+                200,
+                {
+                    "model": name,
+                    "created_at": rfc3339(sim.clock.seconds()),
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": "unload",
+                },
+            )
         think = _resolve_think(model, req.get("think"), name)
         tools = [t for t in req.get("tools") or [] if t is not None]
         if model.embedding_only:
@@ -101,11 +107,13 @@ def chat(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
     call = InferenceCall(sim, request, model, name)
     stream = req.get("stream") is not False
     roles = [(m.get("role") or "").lower() for m in messages]
-    user_texts = [m.get("content") or "" for m, role in zip(messages, roles, strict=True)
-                  if role == "user"]
+    user_texts = [
+        m.get("content") or "" for m, role in zip(messages, roles, strict=True) if role == "user"
+    ]
     plan = plan_reply(
-        source_text=user_texts[-1] if user_texts else
-        (messages[-1].get("content") or "" if messages else ""),
+        source_text=user_texts[-1]
+        if user_texts
+        else (messages[-1].get("content") or "" if messages else ""),
         reply_tokens=sim.reply_tokens,
         num_predict=_num_predict(options),
         token_size=sim.token_size,
@@ -118,42 +126,58 @@ def chat(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
 
     def loaded() -> None:
         if not messages:
-            call.respond(200, {
-                "model": name, "created_at": rfc3339(call.now()),
-                "message": {"role": "assistant", "content": ""},
-                "done": True, "done_reason": "load",
-            })
+            call.respond(
+                200,
+                {
+                    "model": name,
+                    "created_at": rfc3339(call.now()),
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": "load",
+                },
+            )
             call.done_without_generation()
             return
         if (problem := format_error(req.get("format"))) is not None:
-            call.respond(500, {"error": problem},
-                         b"application/json" if stream else JSON_UTF8)
+            call.respond(500, {"error": problem}, b"application/json" if stream else JSON_UTF8)
             call.done_without_generation()
             return
-        call.generate(lambda: _chat_events(call, plan, prompt_tokens), stream,
-                      lambda chunks: _merge_chat(chunks, bool(tools)))
+        call.generate(
+            lambda: _chat_events(call, plan, prompt_tokens),
+            stream,
+            lambda chunks: _merge_chat(chunks, bool(tools)),
+        )
 
     return call.wait_for_runner(keep_alive, options.get("num_ctx"), loaded)
 
 
-def _chat_events(call: InferenceCall, plan: ReplyPlan,
-                 prompt_tokens: int) -> Iterator[Chunk | Pace]:
+def _chat_events(
+    call: InferenceCall, plan: ReplyPlan, prompt_tokens: int
+) -> Iterator[Chunk | Pace]:
     produced = 0
     for piece in plan.pieces():
         yield PACE
         produced += 1
-        message: Chunk = {"role": "assistant", "content": piece.text if piece.kind == "content"
-                          else ""}
+        message: Chunk = {
+            "role": "assistant",
+            "content": piece.text if piece.kind == "content" else "",
+        }
         if piece.kind == "thinking":
             message["thinking"] = piece.text
         if piece.tool_calls:
             message["tool_calls"] = list(piece.tool_calls)
-        yield {"model": call.name, "created_at": rfc3339(call.now()), "message": message,
-               "done": False}
+        yield {
+            "model": call.name,
+            "created_at": rfc3339(call.now()),
+            "message": message,
+            "done": False,
+        }
     yield {
-        "model": call.name, "created_at": rfc3339(call.now()),
+        "model": call.name,
+        "created_at": rfc3339(call.now()),
         "message": {"role": "assistant", "content": ""},
-        "done": True, "done_reason": plan.done_reason,
+        "done": True,
+        "done_reason": plan.done_reason,
         **call.metrics(prompt_tokens, produced),
     }
 
@@ -181,16 +205,22 @@ def generate(sim: SimulatedOllama, request: Request, body: bytes, param: str) ->
     try:
         req = _decode(body, GENERATE)
         name = req.get("model", "")
-        model = _find_model(sim, name,
-                            missing_name=RequestError(404, f"model '{name}' not found"))
+        model = _find_model(sim, name, missing_name=RequestError(404, f"model '{name}' not found"))
         prompt = req.get("prompt") or ""
         keep_alive = req.get("keep_alive")
         if not prompt and keep_alive == 0:
             sim.residency.expire(model)
-            return json_body(request, 200, {
-                "model": name, "created_at": rfc3339(sim.clock.seconds()),
-                "response": "", "done": True, "done_reason": "unload",
-            })
+            return json_body(
+                request,
+                200,
+                {
+                    "model": name,
+                    "created_at": rfc3339(sim.clock.seconds()),
+                    "response": "",
+                    "done": True,
+                    "done_reason": "unload",
+                },
+            )
         raw = bool(req.get("raw"))
         if raw and (req.get("template") or req.get("system") or req.get("context")):
             raise RequestError(400, "raw mode does not support template, system, or context")
@@ -205,43 +235,65 @@ def generate(sim: SimulatedOllama, request: Request, body: bytes, param: str) ->
 
     call = InferenceCall(sim, request, model, name)
     stream = req.get("stream") is not False
-    plan = plan_reply(source_text=prompt, reply_tokens=sim.reply_tokens,
-                      num_predict=_num_predict(options), token_size=sim.token_size,
-                      think=think, format_value=req.get("format"))
+    plan = plan_reply(
+        source_text=prompt,
+        reply_tokens=sim.reply_tokens,
+        num_predict=_num_predict(options),
+        token_size=sim.token_size,
+        think=think,
+        format_value=req.get("format"),
+    )
     texts = [t for t in (req.get("system") or "", prompt) if t]
     prompt_tokens = prompt_token_count(texts) + len(req.get("context") or [])
 
     def loaded() -> None:
         if not prompt:
-            call.respond(200, {"model": name, "created_at": rfc3339(call.now()),
-                               "response": "", "done": True, "done_reason": "load"})
+            call.respond(
+                200,
+                {
+                    "model": name,
+                    "created_at": rfc3339(call.now()),
+                    "response": "",
+                    "done": True,
+                    "done_reason": "load",
+                },
+            )
             call.done_without_generation()
             return
         if (problem := format_error(req.get("format"))) is not None:
-            call.respond(500, {"error": problem},
-                         b"application/json" if stream else JSON_UTF8)
+            call.respond(500, {"error": problem}, b"application/json" if stream else JSON_UTF8)
             call.done_without_generation()
             return
-        call.generate(lambda: _generate_events(call, plan, prompt_tokens, raw), stream,
-                      _merge_generate)
+        call.generate(
+            lambda: _generate_events(call, plan, prompt_tokens, raw), stream, _merge_generate
+        )
 
     return call.wait_for_runner(keep_alive, options.get("num_ctx"), loaded)
 
 
-def _generate_events(call: InferenceCall, plan: ReplyPlan, prompt_tokens: int,
-                     raw: bool) -> Iterator[Chunk | Pace]:
+def _generate_events(
+    call: InferenceCall, plan: ReplyPlan, prompt_tokens: int, raw: bool
+) -> Iterator[Chunk | Pace]:
     produced = 0
     for piece in plan.pieces():
         yield PACE
         produced += 1
-        chunk: Chunk = {"model": call.name, "created_at": rfc3339(call.now()),
-                        "response": piece.text if piece.kind == "content" else ""}
+        chunk: Chunk = {
+            "model": call.name,
+            "created_at": rfc3339(call.now()),
+            "response": piece.text if piece.kind == "content" else "",
+        }
         if piece.kind == "thinking":
             chunk["thinking"] = piece.text
         chunk["done"] = False
         yield chunk
-    final: Chunk = {"model": call.name, "created_at": rfc3339(call.now()), "response": "",
-                    "done": True, "done_reason": plan.done_reason}
+    final: Chunk = {
+        "model": call.name,
+        "created_at": rfc3339(call.now()),
+        "response": "",
+        "done": True,
+        "done_reason": plan.done_reason,
+    }
     if not raw:
         final["context"] = context_ids(plan.seed, prompt_tokens + produced)
     final.update(call.metrics(prompt_tokens, produced))
@@ -250,8 +302,11 @@ def _generate_events(call: InferenceCall, plan: ReplyPlan, prompt_tokens: int,
 
 def _merge_generate(chunks: list[Chunk]) -> Chunk:
     final = chunks[-1]
-    merged: Chunk = {"model": final["model"], "created_at": final["created_at"],
-                     "response": "".join(c["response"] for c in chunks)}
+    merged: Chunk = {
+        "model": final["model"],
+        "created_at": final["created_at"],
+        "response": "".join(c["response"] for c in chunks),
+    }
     thinking = "".join(c.get("thinking", "") for c in chunks)
     if thinking:
         merged["thinking"] = thinking

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.web.server import NOT_DONE_YET, Request
 
+from foreman.gojson import dumps_line
 from foreman.model_names import canonical_model_name
-from foreman.testing._gojson import dumps_line
 from foreman.testing._http import NDJSON, empty_body, error_body, go_quote, json_body
 from foreman.testing._models import DEFAULT_MODELS, SimModel, display_shortest, is_valid_name
 from foreman.testing._requests import COPY, CREATE, DELETE, PULL, PUSH, RequestError, decode
@@ -30,8 +30,9 @@ _DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 _GENERIC_SIZE = 1_000_000_000
 
 
-def _stream_statuses(request: Request, statuses: list[Status], stream: bool,
-                     error: str | None = None) -> bytes | int:
+def _stream_statuses(
+    request: Request, statuses: list[Status], stream: bool, error: str | None = None
+) -> bytes | int:
     """Answer like Ollama's ``streamResponse`` / ``waitForStream``."""
     if not stream:
         if error is not None:
@@ -48,11 +49,17 @@ def _stream_statuses(request: Request, statuses: list[Status], stream: bool,
 
 def _layers(model: SimModel) -> list[tuple[str, int]]:
     """The blobs a model is made of: weights, then template, license, params, config."""
+
     def small(kind: str, size: int) -> tuple[str, int]:
         return "sha256:" + hashlib.sha256(f"{kind}:{model.key}".encode()).hexdigest(), size
 
-    return [(model.layer_digest, model.size), small("template", 1429), small("license", 7711),
-            small("params", 96), small("config", 561)]
+    return [
+        (model.layer_digest, model.size),
+        small("template", 1429),
+        small("license", 7711),
+        small("params", 96),
+        small("config", 561),
+    ]
 
 
 def _manifest_path(name: str) -> str:
@@ -81,12 +88,22 @@ def _pull_statuses(sim: SimulatedOllama, name: str) -> tuple[SimModel, list[Stat
     statuses: list[Status] = [{"status": "pulling manifest"}]
     for digest, size in _layers(model):
         steps = [size] if existing is not None else [0, size // 2, size]
-        statuses.extend({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size,
-                         "completed": done} if done else
-                        {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size}
-                        for done in steps)
-    statuses += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-                 {"status": "success"}]
+        statuses.extend(
+            {
+                "status": f"pulling {digest[7:19]}",
+                "digest": digest,
+                "total": size,
+                "completed": done,
+            }
+            if done
+            else {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size}
+            for done in steps
+        )
+    statuses += [
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
     sim.library.blobs.update(digest for digest, _ in _layers(model))
     return model, statuses
 
@@ -117,18 +134,28 @@ def push(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
     model = sim.library.get(name)
     if model is None:
         statuses.append({"status": "couldn't retrieve manifest"})
-        return _stream_statuses(request, statuses, stream,
-                                f"open {_manifest_path(name)}: no such file or directory")
+        return _stream_statuses(
+            request, statuses, stream, f"open {_manifest_path(name)}: no such file or directory"
+        )
     for digest, size in _layers(model):
-        statuses.append({"status": f"pushing {digest[7:19]}", "digest": digest, "total": size,
-                         "completed": size})
+        statuses.append(
+            {
+                "status": f"pushing {digest[7:19]}",
+                "digest": digest,
+                "total": size,
+                "completed": size,
+            }
+        )
     statuses += [{"status": "pushing manifest"}, {"status": "success"}]
     return _stream_statuses(request, statuses, stream)
 
 
 def _info_overrides(info: dict[str, Any] | None) -> dict[str, Any]:
-    fields = {"model_family": "family", "parameter_size": "parameter_size",
-              "quantization_level": "quantization_level"}
+    fields = {
+        "model_family": "family",
+        "parameter_size": "parameter_size",
+        "quantization_level": "quantization_level",
+    }
     overrides: dict[str, Any] = {}
     for key, field in fields.items():
         value = (info or {}).get(key)
@@ -166,8 +193,9 @@ def create(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> b
         overrides = _info_overrides(req.get("info"))
     except RequestError as e:
         return error_body(request, e.status, e.message, b"application/json")
-    model = attrs.evolve(base, name=display_shortest(name), modified_at=sim.clock.seconds(),
-                         **overrides)
+    model = attrs.evolve(
+        base, name=display_shortest(name), modified_at=sim.clock.seconds(), **overrides
+    )
     statuses += [{"status": f"using existing layer {digest}"} for digest, _ in _layers(base)[:2]]
     for field in ("template", "system", "license", "parameters", "messages"):
         if req.get(field):
@@ -179,8 +207,9 @@ def create(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> b
     return _stream_statuses(request, statuses, stream)
 
 
-def _create_base(sim: SimulatedOllama, req: dict[str, Any],
-                 name: str) -> tuple[SimModel, list[Status]]:
+def _create_base(
+    sim: SimulatedOllama, req: dict[str, Any], name: str
+) -> tuple[SimModel, list[Status]]:
     """The model a create builds on, and the statuses getting it produced."""
     source = req.get("from") or ""
     if source:
@@ -196,10 +225,14 @@ def _create_base(sim: SimulatedOllama, req: dict[str, Any],
     if req.get("files"):
         for digest in req["files"].values():
             if _blob_key(digest) not in sim.library.blobs:
-                raise RequestError(500, f"open /root/.ollama/models/blobs/"
-                                        f"{digest.replace(':', '-')}: no such file or directory")
+                raise RequestError(
+                    500,
+                    f"open /root/.ollama/models/blobs/"
+                    f"{digest.replace(':', '-')}: no such file or directory",
+                )
         return SimModel(name=display_shortest(name), size=_GENERIC_SIZE), [
-            {"status": "parsing GGUF"}]
+            {"status": "parsing GGUF"}
+        ]
     raise RequestError(400, "neither 'from' or 'files' was specified")
 
 
@@ -216,8 +249,9 @@ def copy(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
     model = sim.library.get(source)
     if model is None:
         return error_body(request, 404, f"model {go_quote(source)} not found")
-    sim.library.add(attrs.evolve(model, name=display_shortest(destination),
-                                 modified_at=sim.clock.seconds()))
+    sim.library.add(
+        attrs.evolve(model, name=display_shortest(destination), modified_at=sim.clock.seconds())
+    )
     return empty_body(request)
 
 
@@ -256,7 +290,8 @@ def create_blob(sim: SimulatedOllama, request: Request, body: bytes, param: str)
         return empty_body(request)
     actual = "sha256:" + hashlib.sha256(body).hexdigest()
     if actual != param:
-        return error_body(request, 400,
-                          f"digest mismatch, expected {go_quote(param)}, got {go_quote(actual)}")
+        return error_body(
+            request, 400, f"digest mismatch, expected {go_quote(param)}, got {go_quote(actual)}"
+        )
     sim.library.blobs.add(actual)
     return empty_body(request, 201)

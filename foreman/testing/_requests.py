@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from foreman.durations import DurationError, parse_keep_alive
-from foreman.testing._gojson import GoJSONError, format_float, loads
+from foreman.gojson import GoJSONError, format_float, loads
 
 
 class RequestError(Exception):
@@ -277,21 +277,61 @@ GENERATE = _struct(
     images=SliceOf("[]api.ImageData", lambda v: True, element=IMAGE),
     **_GENERATION_COMMON,
 )
-EMBED = _struct("EmbedRequest", model=STRING, input=ANY, keep_alive=KEEP_ALIVE,
-                truncate=BOOL, dimensions=INT, options=MAP)
-EMBEDDINGS = _struct("EmbeddingRequest", model=STRING, prompt=STRING, keep_alive=KEEP_ALIVE,
-                     options=MAP)
-SHOW = _struct("ShowRequest", model=STRING, system=STRING, template=STRING, verbose=BOOL,
-               options=MAP, name=STRING)
-PULL = _struct("PullRequest", model=STRING, insecure=BOOL, username=STRING, password=STRING,
-               stream=BOOL, name=STRING)
-PUSH = _struct("PushRequest", model=STRING, insecure=BOOL, username=STRING, password=STRING,
-               stream=BOOL, name=STRING)
-CREATE = _struct("CreateRequest", model=STRING, stream=BOOL, quantize=STRING, from_=STRING,
-                 files=STRING_MAP, adapters=STRING_MAP, template=STRING, license=ANY,
-                 system=STRING, parameters=MAP, messages=SliceOf(
-                     "[]api.Message", lambda v: True, element=MESSAGE),
-                 info=MAP, name=STRING)
+EMBED = _struct(
+    "EmbedRequest",
+    model=STRING,
+    input=ANY,
+    keep_alive=KEEP_ALIVE,
+    truncate=BOOL,
+    dimensions=INT,
+    options=MAP,
+)
+EMBEDDINGS = _struct(
+    "EmbeddingRequest", model=STRING, prompt=STRING, keep_alive=KEEP_ALIVE, options=MAP
+)
+SHOW = _struct(
+    "ShowRequest",
+    model=STRING,
+    system=STRING,
+    template=STRING,
+    verbose=BOOL,
+    options=MAP,
+    name=STRING,
+)
+PULL = _struct(
+    "PullRequest",
+    model=STRING,
+    insecure=BOOL,
+    username=STRING,
+    password=STRING,
+    stream=BOOL,
+    name=STRING,
+)
+PUSH = _struct(
+    "PushRequest",
+    model=STRING,
+    insecure=BOOL,
+    username=STRING,
+    password=STRING,
+    stream=BOOL,
+    name=STRING,
+)
+CREATE = _struct(
+    "CreateRequest",
+    model=STRING,
+    stream=BOOL,
+    quantize=STRING,
+    from_=STRING,
+    files=STRING_MAP,
+    adapters=STRING_MAP,
+    template=STRING,
+    license=ANY,
+    system=STRING,
+    parameters=MAP,
+    messages=SliceOf("[]api.Message", lambda v: True, element=MESSAGE),
+    info=MAP,
+    name=STRING,
+)
 DELETE = _struct("DeleteRequest", model=STRING, name=STRING)
 COPY = _struct("CopyRequest", source=STRING, destination=STRING)
 
@@ -332,10 +372,28 @@ def decode(body: bytes, struct: Struct) -> dict[str, Any]:
 
 # --- options -----------------------------------------------------------------------
 
-_INT_OPTIONS = {"num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx",
-                "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict"}
-_FLOAT_OPTIONS = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty",
-                  "presence_penalty", "frequency_penalty"}
+_INT_OPTIONS = {
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "repeat_last_n",
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "draft_num_predict",
+}
+_FLOAT_OPTIONS = {
+    "top_p",
+    "min_p",
+    "typical_p",
+    "temperature",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+}
 _BOOL_OPTIONS = {"use_mmap"}
 
 

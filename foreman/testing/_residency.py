@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from foreman.testing._gojson import duration_ns, to_ns
+from foreman.gojson import duration_ns, to_ns
 from foreman.testing._models import SimModel
 
 #: Ollama's 503 message, two spaces included.
@@ -177,8 +177,9 @@ class Residency:
         Cancelling the Deferred withdraws the request.
         """
         auto = num_ctx is None
-        effective = min(max(self._default_num_ctx if num_ctx is None else num_ctx, 4),
-                        model.context_length)
+        effective = min(
+            max(self._default_num_ctx if num_ctx is None else num_ctx, 4), model.context_length
+        )
         pending = _Pending(model, keep_alive, effective, auto)
         deferred: Deferred[Lease] = Deferred(lambda d: self._withdraw(pending))
         pending.deferred = deferred
@@ -301,8 +302,9 @@ class Residency:
         model = pending.model
         keep_alive = self._default_keep_alive if pending.keep_alive is None else pending.keep_alive
         slots = 1 if model.embedding_only else self._num_parallel
-        runner = Runner(model, pending.num_ctx, pending.num_ctx_auto, keep_alive,
-                        DeferredSemaphore(slots))
+        runner = Runner(
+            model, pending.num_ctx, pending.num_ctx_auto, keep_alive, DeferredSemaphore(slots)
+        )
         self._runners[model.key] = runner
         self._attach(pending, runner)
         if model.load_seconds > 0:
@@ -355,4 +357,3 @@ class Residency:
         del self._runners[runner.model.key]
         self._on_unload(runner.model)
         self._process()
-

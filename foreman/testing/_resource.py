@@ -16,8 +16,8 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from foreman.gojson import rfc3339_ns
 from foreman.testing import _embeddings, _inference, _management
-from foreman.testing._gojson import rfc3339_ns
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
 from foreman.testing._models import (
@@ -117,7 +117,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
 
 def _route(path: str) -> tuple[dict[str, Handler] | None, str]:
     if path.startswith("/api/blobs/"):
-        digest = path[len("/api/blobs/"):]
+        digest = path[len("/api/blobs/") :]
         if digest and "/" not in digest:
             return ROUTES["/api/blobs/"], digest
         return None, ""

@@ -163,8 +163,16 @@ def _quote_char(byte: int) -> str:
     if byte == ord('"'):
         return "'\"'"
     char = chr(byte)
-    named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-             "\v": "\\v", "\\": "\\\\"}
+    named = {
+        "\a": "\\a",
+        "\b": "\\b",
+        "\f": "\\f",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+        "\v": "\\v",
+        "\\": "\\\\",
+    }
     if char in named:
         return f"'{named[char]}'"
     if byte < 0x20 or byte == 0x7F:
