@@ -657,14 +657,15 @@ def test_empty_generate_loads_and_unloads(sim: SimulatedOllama, clock: Clock) ->
             "/api/chat",
             b'{"model": "llama3.2", "messages": [{"content": 1}]}',
             400,
-            "json: cannot unmarshal number into Go struct field ChatRequest.messages.content of type "
-            "string",
+            "json: cannot unmarshal number into Go struct field "
+            "ChatRequest.messages.content of type string",
         ),
         (
             "/api/generate",
             b'{"model": "llama3.2", "stream": "yes"}',
             400,
-            "json: cannot unmarshal string into Go struct field GenerateRequest.stream of type bool",
+            "json: cannot unmarshal string into Go struct field "
+            "GenerateRequest.stream of type bool",
         ),
         (
             "/api/chat",
