@@ -10,6 +10,8 @@ import json
 
 from twisted.web.iweb import IRequest
 
+from foreman import gojson
+
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 TEXT_CONTENT_TYPE = b"text/plain"
 
@@ -18,7 +20,8 @@ SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode("utf-8")
+    """``{"error": …}`` in the bytes gin writes: compact, HTML-safe."""
+    return gojson.dumps({"error": message}).encode("utf-8")
 
 
 def error_line(message: str) -> bytes:

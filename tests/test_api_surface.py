@@ -287,7 +287,7 @@ async def test_one_access_line_per_request(
     assert event["path"] == "/api/chat"
     assert event["status"] == 404
     assert event["model"] == "nope"
-    assert event["bytes"] == len(b'{"error": "model \'nope\' not found"}')
+    assert event["bytes"] == len(b'{"error":"model \'nope\' not found"}')
     assert event["duration_ms"] >= 0
 
 
