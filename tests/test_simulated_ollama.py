@@ -963,3 +963,18 @@ def test_the_resource_works_with_a_dummy_request(clock: Clock) -> None:
     clock.advance(1.0)
     assert request.finished
     assert json.loads(b"".join(request.written))["message"]["content"].startswith("hi hi")
+
+
+def test_recorded_requests_stay_bounded() -> None:
+    from treq.testing import StubTreq
+    from twisted.internet.task import Clock
+
+    from foreman.testing import SimulatedOllama
+
+    sim = SimulatedOllama(Clock(), check_host=False, max_recorded_requests=10)
+    client = StubTreq(sim.resource())
+    for _ in range(25):
+        client.get("http://ollama.test/api/version")
+        client.flush()
+    assert 5 <= len(sim.requests) <= 10
+    assert all(r.path == "/api/version" for r in sim.requests)

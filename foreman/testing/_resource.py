@@ -140,6 +140,10 @@ def _record(sim: SimulatedOllama, request: Request, body: bytes) -> None:
             uri=request.uri.decode("latin-1"),
         )
     )
+    # A simulator left running (``make run`` without Ollama) must not grow
+    # without bound: past the limit, the older half is forgotten.
+    if len(sim.requests) > sim.max_recorded_requests:
+        del sim.requests[: len(sim.requests) // 2]
 
 
 class OllamaResource(Resource):

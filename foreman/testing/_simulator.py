@@ -65,6 +65,7 @@ class SimulatedOllama:
         version: str = "0.13.0",
         check_host: bool = True,
         default_num_ctx: int = 4096,
+        max_recorded_requests: int = 10_000,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -99,6 +100,8 @@ class SimulatedOllama:
         self.cancelled_requests = 0
         self.completed_generations = 0
         self.requests: list[RecordedRequest] = []
+        #: ``requests`` keeps at most about this many of the latest requests.
+        self.max_recorded_requests = max_recorded_requests
         self._resource: OllamaResource | None = None
 
     # --- serving ------------------------------------------------------------
