@@ -107,17 +107,20 @@ class Inventory:
         try:
             tags_body = await self._get(b"/api/tags")
             tags = json.loads(tags_body)
-            ps = json.loads(await self._get(b"/api/ps"))
-            version = json.loads(await self._get(b"/api/version")).get("version")
         except Exception as e:  # any failure means: keep the last view
             self._mark_unreachable(Failure(e))
             return
+        # What is loaded and which version runs are good to know, but a
+        # target that cannot say is still a working target.
+        ps = await self._optional_json(b"/api/ps")
+        version = await self._optional_json(b"/api/version")
         self.tags_body = tags_body
         self.model_names = frozenset(
-            canonical_model_name(name) for name in _names(tags.get("models"))
+            canonical_model_name(name) for name in _names(_field(tags, "models"))
         )
-        self.resident = tuple(_names(ps.get("models")))
-        self.ollama_version = version if isinstance(version, str) else None
+        self.resident = tuple(_names(_field(ps, "models")))
+        found_version = _field(version, "version")
+        self.ollama_version = found_version if isinstance(found_version, str) else None
         self.last_poll_at = self._clock.seconds()
         was_unreachable = self.reachable is False
         self.reachable = True
@@ -129,6 +132,12 @@ class Inventory:
             )
             for listener in list(self._recovery_listeners):
                 listener()
+
+    async def _optional_json(self, path: bytes) -> Any:
+        try:
+            return json.loads(await self._get(path))
+        except Exception:
+            return None
 
     async def _get(self, path: bytes) -> bytes:
         headers = Headers()
@@ -156,6 +165,10 @@ class Inventory:
                 reason=reason,
             )
         self.reachable = False
+
+
+def _field(document: Any, name: str) -> Any:
+    return document.get(name) if isinstance(document, dict) else None
 
 
 def _names(models: Any) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -48,13 +49,19 @@ def check_exposure(config: Config) -> None:
 
 
 def ollama_answers(url: str, token: str | None, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Blocking probe used once, before the reactor runs."""
-    probe = urllib.request.Request(url + "/api/version")
+    """Blocking probe used once, before the reactor runs.
+
+    Any HTTP answer counts: whatever listens at the configured URL is the
+    operator's Ollama, even if it dislikes this particular request.
+    """
+    probe = urllib.request.Request(url + "/api/tags")
     if token:
         probe.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(probe, timeout=timeout) as response:
-            return bool(response.status == 200)
+        with urllib.request.urlopen(probe, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
     except (OSError, ValueError):
         return False
 

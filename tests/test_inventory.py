@@ -148,3 +148,26 @@ def test_a_hung_poll_times_out_in_simulated_time() -> None:
     stub.flush()
     assert d.called
     assert inventory.degraded
+
+
+class TagsOnly(Resource):
+    """A minimal stand-in Ollama that only knows /api/tags."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        if request.path == b"/api/tags":
+            return b'{"models": [{"model": "tiny:1b"}]}'
+        request.setResponseCode(404)
+        return b"404 page not found"
+
+
+def test_a_target_without_ps_or_version_is_still_reachable() -> None:
+    clock = Clock()
+    stub = StubTreq(TagsOnly())
+    inventory = Inventory(stub, Target("http://ollama.test"), clock)  # type: ignore[arg-type]
+    settle(stub, inventory.refresh())
+    assert inventory.reachable is True
+    assert inventory.model_names == frozenset({"tiny:1b"})
+    assert inventory.resident == ()
+    assert inventory.ollama_version is None

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from foreman.config import Config
 from foreman.service import StartupRefused, check_exposure, ollama_answers
@@ -38,3 +43,14 @@ def test_unusable_data_dir_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(StartupRefused, match="data directory"):
         build_foreman(Config(data_dir=blocker / "sub"), reactor=None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_counts_any_http_answer(reactor: Any) -> None:
+    # Even a 404 means something answers at the URL: it is not replaced.
+    port = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        assert await deferToThread(ollama_answers, url, None, 2.0)
+    finally:
+        await port.stopListening()
