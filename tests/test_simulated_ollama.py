@@ -974,7 +974,7 @@ def test_recorded_requests_stay_bounded() -> None:
     sim = SimulatedOllama(Clock(), check_host=False, max_recorded_requests=10)
     client = StubTreq(sim.resource())
     for _ in range(25):
-        client.get("http://ollama.test/api/version")
+        client.get("http://ollama.test/api/version")  # type: ignore[attr-defined]
         client.flush()
     assert 5 <= len(sim.requests) <= 10
     assert all(r.path == "/api/version" for r in sim.requests)
