@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgent, IBodyProducer, IRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
 
 from foreman.errors import error_line, write_json_error
 from foreman.upstream import (
@@ -79,7 +79,10 @@ class Relay:
                 if kept:
                     request.responseHeaders.setRawHeaders(name, kept)
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
-        if content_type.split(b";", 1)[0].strip().lower() == NDJSON:
+        is_ndjson = content_type.split(b";", 1)[0].strip().lower() == NDJSON
+        # Ollama streams NDJSON, chunked; an Ollama-alike that streams under
+        # another content type still has no length up front, so it streams too.
+        if is_ndjson or response.length is UNKNOWN_LENGTH:
             request.setHeader(b"X-Accel-Buffering", b"no")
             # Pass the headers on as soon as Ollama sent them, not with the
             # first line: the caller learns at once that the model is ready.

@@ -60,7 +60,8 @@ def ollama_answers(url: str, token: str | None, timeout: float = PROBE_TIMEOUT) 
     try:
         with urllib.request.urlopen(probe, timeout=timeout):
             return True
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as answer:
+        answer.close()
         return True
     except (OSError, ValueError):
         return False

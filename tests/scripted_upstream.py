@@ -31,9 +31,17 @@ class HeldRequest:
         self.finished = False
         request.notifyFinish().addErrback(lambda _: self.disconnected.callback(None))
 
-    def start(self, code: int = 200, content_type: bytes = b"application/x-ndjson") -> None:
+    def start(
+        self,
+        code: int = 200,
+        content_type: bytes = b"application/x-ndjson",
+        length: int | None = None,
+    ) -> None:
+        """Send the status and headers; ``length`` as gin sets it for whole bodies."""
         self.request.setResponseCode(code)
         self.request.setHeader(b"Content-Type", content_type)
+        if length is not None:
+            self.request.setHeader(b"Content-Length", b"%d" % length)
         # Flushes the status line and headers without any body yet.
         self.request.write(b"")
 

@@ -216,10 +216,26 @@ async def test_non_streamed_reply_cut_short_is_a_502(
 ) -> None:
     response_d = http.post(rig.url("/api/show"), data=b'{"model":"scripted"}')
     held = await within(rig.upstream.next_request(), 5, reactor)
-    held.start(200, b"application/json; charset=utf-8")
+    held.start(200, b"application/json; charset=utf-8", length=100)
     held.send(b'{"license":"')
     await deferLater(reactor, 0.05, lambda: None)
     held.die()
     response = await within(response_d, 5, reactor)
     assert response.code == 502
     assert "error" in await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ollama_alike_streaming_without_ndjson_type_still_streams(
+    rig: Rig, reactor: Any
+) -> None:
+    # No Content-Length means a stream, whatever the content type says.
+    response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
+    held = await within(rig.upstream.next_request(), 5, reactor)
+    held.start(200, b"application/json")
+    held.send(chunk("early"))
+    reader = rig.client.read_lines(await within(response_d, 5, reactor))
+    assert json.loads(await within(reader.lines.get(), 5, reactor))["message"]["content"] == "early"
+    held.send(chunk("", done=True))
+    held.finish()
+    await within(reader.ended, 5, reactor)
