@@ -18,6 +18,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.config import Config
 from foreman.service import Foreman, build_foreman
+from tests.http_helpers import StreamingClient
+from tests.scripted_upstream import ScriptedUpstream, listen_scripted
 
 if TYPE_CHECKING:
     from foreman.testing import SimulatedOllama
@@ -105,6 +107,43 @@ async def foreman(
 ) -> AsyncIterator[RunningForeman]:
     """foreman in front of a default simulated Ollama."""
     yield await start_foreman(simulator.url)
+
+
+@attrs.frozen
+class ScriptedRig:
+    """foreman in front of an upstream the test drives by hand."""
+
+    upstream: ScriptedUpstream
+    foreman: RunningForeman
+    upstream_url: str
+    client: StreamingClient
+
+    def url(self, path: str) -> str:
+        return self.foreman.url + path
+
+
+StartScripted = Callable[..., Awaitable[ScriptedRig]]
+
+
+@pytest_twisted.async_yield_fixture
+async def start_scripted(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[StartScripted]:
+    """Start foreman (with any config overrides) in front of a scripted upstream."""
+    ports: list[Any] = []
+
+    async def start(**overrides: Any) -> ScriptedRig:
+        upstream, port, url = await listen_scripted(reactor)
+        ports.append(port)
+        running = await start_foreman(url, **overrides)
+        return ScriptedRig(upstream, running, url, StreamingClient(reactor))
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def rig(start_scripted: StartScripted) -> AsyncIterator[ScriptedRig]:
+    yield await start_scripted()
 
 
 @pytest_twisted.async_yield_fixture

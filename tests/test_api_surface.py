@@ -7,7 +7,6 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
-import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
@@ -15,36 +14,17 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.web.http_headers import Headers
 
-from tests.conftest import RunningForeman, StartForeman
+from tests.conftest import ScriptedRig, StartForeman, StartScripted
 from tests.http_helpers import within
-from tests.scripted_upstream import ScriptedUpstream, listen_scripted
+from tests.scripted_upstream import listen_scripted
 
 JSON = [b"application/json; charset=utf-8"]
 TOKEN = "correct horse battery staple"
 
 
-@attrs.frozen
-class Rig:
-    upstream: ScriptedUpstream
-    foreman: RunningForeman
-    upstream_url: str
-
-    def url(self, path: str) -> str:
-        return self.foreman.url + path
-
-
 @pytest_twisted.async_yield_fixture
-async def rig(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[Rig]:
-    upstream, port, url = await listen_scripted(reactor)
-    yield Rig(upstream, await start_foreman(url), url)
-    await port.stopListening()
-
-
-@pytest_twisted.async_yield_fixture
-async def guarded(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[Rig]:
-    upstream, port, url = await listen_scripted(reactor)
-    yield Rig(upstream, await start_foreman(url, token=TOKEN), url)
-    await port.stopListening()
+async def guarded(start_scripted: StartScripted) -> AsyncIterator[ScriptedRig]:
+    yield await start_scripted(token=TOKEN)
 
 
 @pytest.fixture
@@ -60,7 +40,7 @@ def log_events() -> Iterator[list[LogEvent]]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_root_says_ollama_is_running(rig: Rig, http: HTTPClient) -> None:
+async def test_root_says_ollama_is_running(rig: ScriptedRig, http: HTTPClient) -> None:
     response = await http.get(rig.url("/"))
     assert response.code == 200
     assert await response.text() == "Ollama is running"
@@ -69,14 +49,14 @@ async def test_root_says_ollama_is_running(rig: Rig, http: HTTPClient) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_path_is_gins_404(rig: Rig, http: HTTPClient) -> None:
+async def test_unknown_path_is_gins_404(rig: ScriptedRig, http: HTTPClient) -> None:
     response = await http.get(rig.url("/api/nope"))
     assert response.code == 404
     assert await response.text() == "404 page not found"
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_method_is_405(rig: Rig, http: HTTPClient) -> None:
+async def test_wrong_method_is_405(rig: ScriptedRig, http: HTTPClient) -> None:
     response = await http.get(rig.url("/api/chat"))
     assert response.code == 405
     assert await response.text() == "405 method not allowed"
@@ -89,7 +69,9 @@ async def test_wrong_method_is_405(rig: Rig, http: HTTPClient) -> None:
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings"])
 @pytest_twisted.ensureDeferred
-async def test_empty_body_is_missing_request_body(rig: Rig, http: HTTPClient, path: str) -> None:
+async def test_empty_body_is_missing_request_body(
+    rig: ScriptedRig, http: HTTPClient, path: str
+) -> None:
     response = await http.post(rig.url(path), data=b"")
     assert response.code == 400
     assert response.headers.getRawHeaders(b"content-type") == JSON
@@ -106,7 +88,7 @@ async def test_empty_body_is_missing_request_body(rig: Rig, http: HTTPClient, pa
 )
 @pytest_twisted.ensureDeferred
 async def test_invalid_json_is_a_400_like_ollamas(
-    rig: Rig, http: HTTPClient, body: bytes, message: str
+    rig: ScriptedRig, http: HTTPClient, body: bytes, message: str
 ) -> None:
     response = await http.post(rig.url("/api/chat"), data=body)
     assert response.code == 400
@@ -115,7 +97,7 @@ async def test_invalid_json_is_a_400_like_ollamas(
 
 @pytest_twisted.ensureDeferred
 async def test_unknown_model_is_ollamas_404_after_one_fresh_look(
-    rig: Rig, http: HTTPClient
+    rig: ScriptedRig, http: HTTPClient
 ) -> None:
     embed_message = 'model "nope" not found, try pulling it first'
     for path, message in [
@@ -132,7 +114,7 @@ async def test_unknown_model_is_ollamas_404_after_one_fresh_look(
 
 @pytest_twisted.ensureDeferred
 async def test_a_model_pulled_since_the_last_poll_is_found(
-    rig: Rig, http: HTTPClient, reactor: Any
+    rig: ScriptedRig, http: HTTPClient, reactor: Any
 ) -> None:
     rig.upstream.models = ("scripted:latest", "fresh:7b")
     response_d = http.post(rig.url("/api/chat"), data=b'{"model":"FRESH:7b","messages":[]}')
@@ -146,7 +128,7 @@ async def test_a_model_pulled_since_the_last_poll_is_found(
 
 @pytest_twisted.ensureDeferred
 async def test_bodies_foreman_cannot_judge_go_to_ollama(
-    rig: Rig, http: HTTPClient, reactor: Any
+    rig: ScriptedRig, http: HTTPClient, reactor: Any
 ) -> None:
     # No model name: Ollama's own validation answers, not foreman's guess.
     response_d = http.post(rig.url("/api/chat"), data=b'{"messages":[]}')
@@ -234,7 +216,7 @@ async def test_blob_uploads_are_not_limited(
 )
 @pytest_twisted.ensureDeferred
 async def test_missing_or_wrong_token_is_401(
-    guarded: Rig, http: HTTPClient, authorization: bytes | None
+    guarded: ScriptedRig, http: HTTPClient, authorization: bytes | None
 ) -> None:
     headers: Any = {b"Authorization": [authorization]} if authorization else {}
     for method, path in [("GET", "/api/tags"), ("POST", "/api/chat"), ("GET", "/no/such")]:
@@ -246,7 +228,9 @@ async def test_missing_or_wrong_token_is_401(
 
 
 @pytest_twisted.ensureDeferred
-async def test_right_token_passes_and_healthz_needs_none(guarded: Rig, http: HTTPClient) -> None:
+async def test_right_token_passes_and_healthz_needs_none(
+    guarded: ScriptedRig, http: HTTPClient
+) -> None:
     response = await http.get(
         guarded.url("/api/tags"), headers=Headers({b"Authorization": [b"bearer " + TOKEN.encode()]})
     )
@@ -258,7 +242,7 @@ async def test_right_token_passes_and_healthz_needs_none(guarded: Rig, http: HTT
 
 @pytest_twisted.ensureDeferred
 async def test_token_and_prompt_never_reach_the_log(
-    guarded: Rig, http: HTTPClient, log_events: list[LogEvent]
+    guarded: ScriptedRig, http: HTTPClient, log_events: list[LogEvent]
 ) -> None:
     await http.post(
         guarded.url("/api/chat"),
@@ -276,7 +260,7 @@ async def test_token_and_prompt_never_reach_the_log(
 
 @pytest_twisted.ensureDeferred
 async def test_one_access_line_per_request(
-    rig: Rig, http: HTTPClient, log_events: list[LogEvent]
+    rig: ScriptedRig, http: HTTPClient, log_events: list[LogEvent]
 ) -> None:
     response = await http.post(rig.url("/api/chat"), data=b'{"model":"nope","messages":[]}')
     await response.content()
@@ -295,7 +279,7 @@ async def test_one_access_line_per_request(
 
 
 @pytest_twisted.ensureDeferred
-async def test_tags_are_served_from_the_inventory(rig: Rig, http: HTTPClient) -> None:
+async def test_tags_are_served_from_the_inventory(rig: ScriptedRig, http: HTTPClient) -> None:
     response = await http.get(rig.url("/api/tags"))
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == JSON

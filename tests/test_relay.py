@@ -3,45 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import attrs
 import pytest_twisted
 import treq
 from treq.client import HTTPClient
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone
 
-from tests.conftest import RunningForeman, StartForeman
+from tests.conftest import ScriptedRig, StartForeman
 from tests.http_helpers import StreamingClient, within
-from tests.scripted_upstream import ScriptedUpstream, listen_scripted
+from tests.scripted_upstream import listen_scripted
 
 CHAT = json.dumps(
     {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "think": False}
 ).encode()
-
-
-@attrs.frozen
-class Rig:
-    upstream: ScriptedUpstream
-    foreman: RunningForeman
-    client: StreamingClient
-
-    def url(self, path: str) -> str:
-        return self.foreman.url + path
-
-
-@pytest_twisted.async_yield_fixture
-async def rig(reactor: Any, start_foreman: StartForeman) -> AsyncIterator[Rig]:
-    upstream, port, url = await listen_scripted(reactor)
-    running = await start_foreman(url)
-    yield Rig(upstream, running, StreamingClient(reactor))
-    await _stop(port)
-
-
-async def _stop(port: Any) -> None:
-    await port.stopListening()
 
 
 def chunk(text: str, done: bool = False) -> bytes:
@@ -58,7 +34,7 @@ def chunk(text: str, done: bool = False) -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_each_line_reaches_the_caller_before_the_next_is_produced(
-    rig: Rig, reactor: Any
+    rig: ScriptedRig, reactor: Any
 ) -> None:
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
@@ -122,7 +98,9 @@ async def test_body_and_headers_reach_ollama_as_sent_with_a_local_host(
 
 
 @pytest_twisted.ensureDeferred
-async def test_caller_hanging_up_while_model_loads_aborts_upstream(rig: Rig, reactor: Any) -> None:
+async def test_caller_hanging_up_while_model_loads_aborts_upstream(
+    rig: ScriptedRig, reactor: Any
+) -> None:
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
     # Ollama sends no headers while loading; the caller gives up.
@@ -131,7 +109,7 @@ async def test_caller_hanging_up_while_model_loads_aborts_upstream(rig: Rig, rea
 
 
 @pytest_twisted.ensureDeferred
-async def test_caller_hanging_up_mid_stream_aborts_upstream(rig: Rig, reactor: Any) -> None:
+async def test_caller_hanging_up_mid_stream_aborts_upstream(rig: ScriptedRig, reactor: Any) -> None:
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
     held.start()
@@ -143,7 +121,9 @@ async def test_caller_hanging_up_mid_stream_aborts_upstream(rig: Rig, reactor: A
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_dying_mid_stream_ends_with_one_error_line(rig: Rig, reactor: Any) -> None:
+async def test_upstream_dying_mid_stream_ends_with_one_error_line(
+    rig: ScriptedRig, reactor: Any
+) -> None:
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
     held.start()
@@ -165,7 +145,7 @@ async def test_upstream_dying_mid_stream_ends_with_one_error_line(rig: Rig, reac
 
 @pytest_twisted.ensureDeferred
 async def test_error_before_first_byte_keeps_ollamas_status_and_body(
-    rig: Rig, reactor: Any, http: HTTPClient
+    rig: ScriptedRig, reactor: Any, http: HTTPClient
 ) -> None:
     response_d = http.post(rig.url("/api/chat"), data=CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
@@ -181,7 +161,7 @@ async def test_error_before_first_byte_keeps_ollamas_status_and_body(
 
 @pytest_twisted.ensureDeferred
 async def test_upstream_dying_before_headers_is_a_502(
-    rig: Rig, reactor: Any, http: HTTPClient
+    rig: ScriptedRig, reactor: Any, http: HTTPClient
 ) -> None:
     response_d = http.post(rig.url("/api/generate"), data=b'{"model":"scripted","prompt":"x"}')
     held = await within(rig.upstream.next_request(), 5, reactor)
@@ -212,7 +192,7 @@ async def test_unreachable_target_is_a_502_in_ollamas_shape(
 
 @pytest_twisted.ensureDeferred
 async def test_non_streamed_reply_cut_short_is_a_502(
-    rig: Rig, reactor: Any, http: HTTPClient
+    rig: ScriptedRig, reactor: Any, http: HTTPClient
 ) -> None:
     response_d = http.post(rig.url("/api/show"), data=b'{"model":"scripted"}')
     held = await within(rig.upstream.next_request(), 5, reactor)
@@ -227,7 +207,7 @@ async def test_non_streamed_reply_cut_short_is_a_502(
 
 @pytest_twisted.ensureDeferred
 async def test_an_ollama_alike_streaming_without_ndjson_type_still_streams(
-    rig: Rig, reactor: Any
+    rig: ScriptedRig, reactor: Any
 ) -> None:
     # No Content-Length means a stream, whatever the content type says.
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
