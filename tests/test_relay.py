@@ -105,6 +105,7 @@ async def test_caller_hanging_up_while_model_loads_aborts_upstream(
     held = await within(rig.upstream.next_request(), 5, reactor)
     # Ollama sends no headers while loading; the caller gives up.
     response_d.cancel()
+    response_d.addErrback(lambda _: None)  # the client side of a hang-up
     await within(held.disconnected, 5, reactor)
 
 
