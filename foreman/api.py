@@ -108,7 +108,8 @@ class ForemanAPI:
             await self._inventory.refresh()
         if self._inventory.tags_body is None:
             # Never reached the target yet: let the relay say why, in its words.
-            return _whole(request, await self._relay.forward(request, b"GET", b"/api/tags", None))
+            await self._relay.forward(request, b"GET", b"/api/tags", None)
+            return None
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
         return _whole(request, self._inventory.tags_body)
 
@@ -117,7 +118,7 @@ class ForemanAPI:
     @app.route("/api/version", methods=["GET", "HEAD"])
     @app.route("/api/ps", methods=["GET", "HEAD"])
     @app.route("/api/show", methods=["POST"])
-    def passthrough(self, request: IRequest) -> Deferred[bytes | None]:
+    def passthrough(self, request: IRequest) -> Deferred[None]:
         return self._relay_as_is(request)
 
     @app.route("/api/pull", methods=["POST"])
@@ -125,22 +126,20 @@ class ForemanAPI:
     @app.route("/api/create", methods=["POST"])
     @app.route("/api/copy", methods=["POST"])
     @app.route("/api/delete", methods=["DELETE"])
-    def manage(self, request: IRequest) -> Deferred[bytes | None]:
+    def manage(self, request: IRequest) -> Deferred[None]:
         # These change what the target has; look again once they finish.
-        def refresh_inventory(result: bytes | None) -> bytes | None:
+        def refresh_inventory(result: None) -> None:
             self._inventory.refresh()
-            return result
 
         return self._relay_as_is(request).addCallback(refresh_inventory)
 
     @app.route("/api/blobs/<string:digest>", methods=["HEAD", "POST"])
-    def blobs(self, request: IRequest, digest: str) -> Deferred[bytes | None]:
+    def blobs(self, request: IRequest, digest: str) -> Deferred[None]:
         return self._relay_as_is(request)
 
-    def _relay_as_is(self, request: IRequest) -> Deferred[bytes | None]:
+    def _relay_as_is(self, request: IRequest) -> Deferred[None]:
         body = request_body_producer(request)
-        relayed = self._relay.forward(request, request.method, request.uri, body)
-        return relayed.addCallback(lambda result: _whole(request, result))
+        return self._relay.forward(request, request.method, request.uri, body)
 
     # -- calls that name a model ---------------------------------------------
 
@@ -161,8 +160,8 @@ class ForemanAPI:
             request.model = model  # type: ignore[attr-defined]
             if await self._inventory.knows_model(model) is False:
                 return write_json_error(request, 404, embedding_model_not_found(model))
-        result = await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
-        return _whole(request, result)
+        await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
+        return None
 
     async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
         raw, parsed = _read_json(request)
@@ -171,14 +170,15 @@ class ForemanAPI:
             # No usable model name: nothing can load or run, so Ollama gives
             # its own verdict on the body without any queueing.
             path = request.path
-            result = await self._relay.forward(request, b"POST", path, BytesBodyProducer(raw))
-            return _whole(request, result)
+            await self._relay.forward(request, b"POST", path, BytesBodyProducer(raw))
+            return None
         request.model = model  # type: ignore[attr-defined]
         if await self._inventory.knows_model(model) is False:
             return write_json_error(request, 404, model_not_found(model))
         stream = parsed.get("stream", True) is not False
         call = GenerationCall(endpoint=endpoint, model=model, body=raw, stream=stream)
-        return _whole(request, await self._generation.run(call, request))
+        await self._generation.run(call, request)
+        return None
 
     # -- errors ----------------------------------------------------------------
 

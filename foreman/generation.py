@@ -36,7 +36,7 @@ class GenerationCall:
 
 
 class GenerationRunner(Protocol):
-    def run(self, call: GenerationCall, request: IRequest) -> Deferred[bytes | None]:
+    def run(self, call: GenerationCall, request: IRequest) -> Deferred[None]:
         """Answer ``request`` with the result of ``call`` (see :meth:`Relay.forward`)."""
 
 
@@ -46,5 +46,5 @@ class DirectGeneration:
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
 
-    def run(self, call: GenerationCall, request: IRequest) -> Deferred[bytes | None]:
+    def run(self, call: GenerationCall, request: IRequest) -> Deferred[None]:
         return self._relay.forward(request, b"POST", call.path, BytesBodyProducer(call.body))

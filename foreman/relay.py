@@ -14,8 +14,11 @@ Ollama learns to stop generating.
 
 from __future__ import annotations
 
+import enum
+import json
 from typing import Any
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IPushProducer
@@ -24,11 +27,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
 
-from foreman.errors import error_line, write_json_error
+from foreman.errors import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, error_body, error_line
 from foreman.upstream import (
     DROPPED_RESPONSE_HEADERS,
+    BytesBodyProducer,
     Target,
     outgoing_headers,
     unreachable_message,
@@ -44,6 +49,29 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 _DONE = Failure(ResponseDone())
 
 
+class Outcome(enum.Enum):
+    """How one upstream call ended, as far as a retry decision cares."""
+
+    #: A success status, relayed in full.
+    DELIVERED = "delivered"
+    #: Ollama answered with an error status (404, 400, a failed load...).
+    REFUSED = "refused"
+    #: A stream broke after bytes were sent; one error line ended it.
+    BROKEN = "broken"
+    #: Nothing usable came back and nothing was written: safe to retry.
+    UNREACHABLE = "unreachable"
+
+
+@attrs.frozen
+class Attempt:
+    outcome: Outcome
+    status: int | None = None
+    #: Ollama's error message, or foreman's description of the failure.
+    error: str | None = None
+    #: The body, when it was received whole.
+    body: bytes | None = None
+
+
 class Relay:
     """Relays calls to one target through one Agent."""
 
@@ -57,63 +85,140 @@ class Relay:
         method: bytes,
         path: bytes,
         body: IBodyProducer | None,
-    ) -> Deferred[bytes | None]:
-        """Send the call upstream and answer ``request`` with Ollama's reply.
+    ) -> Deferred[None]:
+        """Answer ``request`` with Ollama's reply to the same call, or a 502.
 
-        The result is a body for the caller to write, or ``None`` when the
-        reply was already streamed into ``request``. Never fails, except
-        with :class:`CancelledError` when the caller is gone.
+        Never fails, except with :class:`CancelledError` when the caller is
+        gone (which Klein expects and ignores).
+        """
+
+        def answer(attempt: Attempt) -> None:
+            if attempt.outcome is Outcome.UNREACHABLE:
+                write_whole(request, 502, attempt.error or "", json_error=True)
+
+        return self.relay(request, method, path, body).addCallback(answer)
+
+    def relay(
+        self,
+        request: IRequest,
+        method: bytes,
+        path: bytes,
+        body: IBodyProducer | None,
+    ) -> Deferred[Attempt]:
+        """Send the call upstream and relay what comes back into ``request``.
+
+        Nothing is written when the outcome is ``UNREACHABLE``, so the caller
+        of this method may try again or answer in its own words.
         """
         headers = outgoing_headers(request.requestHeaders, self.target)
         sent = self._agent.request(method, self.target.url(path), headers, body)
-        relayed: Deferred[bytes | None] = sent.addCallback(self._relay_response, request)
-        relayed.addErrback(self._upstream_failed, request)
+        relayed: Deferred[Attempt] = sent.addCallback(self._relay_response, request)
+        relayed.addErrback(self._unreachable)
         return relayed
 
-    def _relay_response(self, response: IResponse, request: IRequest) -> Deferred[bytes | None]:
-        request.setResponseCode(response.code)
-        for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in DROPPED_RESPONSE_HEADERS:
-                # treq-era lesson: an empty header value is noise, not data.
-                kept = [value for value in values if value]
-                if kept:
-                    request.responseHeaders.setRawHeaders(name, kept)
+    def fetch(self, method: bytes, path: bytes, body: bytes) -> Deferred[Attempt]:
+        """Make a call of foreman's own and keep the whole reply."""
+        headers = outgoing_headers(Headers({b"Content-Type": [b"application/json"]}), self.target)
+        sent = self._agent.request(method, self.target.url(path), headers, BytesBodyProducer(body))
+
+        def collect(response: IResponse) -> Deferred[Attempt]:
+            whole = _WholeBody()
+            response.deliverBody(whole)
+
+            def judge(content: bytes | None) -> Attempt:
+                return _judged(response.code, content or b"")
+
+            return whole.finished.addCallback(judge)
+
+        fetched: Deferred[Attempt] = sent.addCallback(collect)
+        fetched.addErrback(self._unreachable)
+        return fetched
+
+    def _relay_response(self, response: IResponse, request: IRequest) -> Deferred[Attempt]:
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         is_ndjson = content_type.split(b";", 1)[0].strip().lower() == NDJSON
         # Ollama streams NDJSON, chunked; an Ollama-alike that streams under
         # another content type still has no length up front, so it streams too.
         if is_ndjson or response.length is UNKNOWN_LENGTH:
+            _copy_response_head(response, request)
             request.setHeader(b"X-Accel-Buffering", b"no")
             # Pass the headers on as soon as Ollama sent them, not with the
             # first line: the caller learns at once that the model is ready.
             request.write(b"")
             streaming = _LineRelay(request, self.target)
             response.deliverBody(streaming)
-            return streaming.finished
+            return streaming.finished.addCallback(
+                lambda broke: (
+                    Attempt(Outcome.BROKEN, response.code, broke)
+                    if broke
+                    else _judged(response.code, b"")
+                )
+            )
         whole = _WholeBody()
         response.deliverBody(whole)
-        return whole.finished
 
-    def _upstream_failed(self, failure: Failure, request: IRequest) -> bytes:
-        if _is_cancellation(failure):
-            # The caller is gone; Klein expects exactly this and stays quiet.
+        def deliver(content: bytes | None) -> Attempt:
+            # Status and headers are copied only now: a reply cut short
+            # leaves the caller's response untouched for a retry.
+            _copy_response_head(response, request)
+            body = content or b""
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            request.write(body)
+            return _judged(response.code, body)
+
+        return whole.finished.addCallback(deliver)
+
+    def _unreachable(self, failure: Failure) -> Attempt:
+        if _is_cancellation(failure) or failure.check(CancelledError):
             raise CancelledError()
         if failure.check(ConnectError, TimeoutError):
             reason = failure.getErrorMessage()
-            return write_json_error(request, 502, unreachable_message(self.target, reason))
-        if failure.check(_BodyFailed):
-            message = "foreman: Ollama's reply was cut short"
-            return write_json_error(request, 502, message)
-        if failure.check(CancelledError):
-            raise CancelledError()
-        # ResponseNeverReceived, RequestTransmissionFailed and anything else:
-        # Ollama went away before answering (crashed, restarted, killed).
-        log.info(
-            "Upstream call failed before a reply: {why}",
-            why=failure.getErrorMessage() or repr(failure.value),
-        )
-        message = unreachable_message(self.target, "the connection closed before a reply")
-        return write_json_error(request, 502, message)
+        elif failure.check(_BodyFailed):
+            reason = "the reply was cut short"
+        else:
+            # ResponseNeverReceived, RequestTransmissionFailed and the like:
+            # Ollama went away before answering (crashed, restarted, killed).
+            log.info(
+                "Upstream call failed before a reply: {why}",
+                why=failure.getErrorMessage() or repr(failure.value),
+            )
+            reason = "the connection closed before a reply"
+        return Attempt(Outcome.UNREACHABLE, None, unreachable_message(self.target, reason))
+
+
+def _copy_response_head(response: IResponse, request: IRequest) -> None:
+    request.setResponseCode(response.code)
+    for name, values in response.headers.getAllRawHeaders():
+        if name.lower() not in DROPPED_RESPONSE_HEADERS:
+            # treq-era lesson: an empty header value is noise, not data.
+            kept = [value for value in values if value]
+            if kept:
+                request.responseHeaders.setRawHeaders(name, kept)
+
+
+def _judged(status: int, body: bytes) -> Attempt:
+    if status < 400:
+        return Attempt(Outcome.DELIVERED, status, None, body)
+    return Attempt(Outcome.REFUSED, status, _error_message(body, status), body)
+
+
+def _error_message(body: bytes, status: int) -> str:
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str):
+        return message
+    return body.decode("utf-8", "replace").strip() or f"Ollama answered {status}"
+
+
+def write_whole(request: IRequest, status: int, text: str, *, json_error: bool) -> None:
+    """Answer ``request`` in one piece (used where nothing else was written)."""
+    body = error_body(text) if json_error else text.encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE if json_error else TEXT_CONTENT_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
 
 
 def _is_cancellation(failure: Failure) -> bool:
@@ -137,10 +242,10 @@ class _CancellableBodyReader(Protocol):
     transport: IPushProducer  # type: ignore[assignment]
 
     def __init__(self) -> None:
-        self.finished: Deferred[bytes | None] = Deferred(self._cancel)
+        self.finished: Deferred[Any] = Deferred(self._cancel)
         self._cancelled = False
 
-    def _cancel(self, _: Deferred[bytes | None]) -> None:
+    def _cancel(self, _: Deferred[Any]) -> None:
         self._cancelled = True
         if self.transport is not None:
             self.transport.stopProducing()
@@ -203,13 +308,12 @@ class _LineRelay(_CancellableBodyReader):
         if reason.check(ResponseDone):
             if self._partial:
                 self._request.write(self._partial)
-        else:
-            # Status 200 is long gone: the only honest signal left is one
-            # final error line, which every Ollama client understands.
-            log.info(
-                "Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value)
-            )
-            self._request.write(
-                error_line(unreachable_message(self._target, "the stream broke before it was done"))
-            )
-        self.finished.callback(None)
+            self.finished.callback(None)
+            return
+        # Status 200 is long gone: the only honest signal left is one final
+        # error line, which every Ollama client understands.
+        log.info("Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value))
+        message = unreachable_message(self._target, "the stream broke before it was done")
+        self._request.write(error_line(message))
+        # The finished value is the breakage, for the caller's bookkeeping.
+        self.finished.callback(message)

@@ -1,0 +1,82 @@
+"""A unit of queued work: one generation call, sync or asynchronous (ADR-0004).
+
+Every ``/api/chat`` and ``/api/generate`` call becomes a :class:`Job`. A
+*sync* job has an HTTP caller waiting on it; an asynchronous one (``/jobs``)
+has only its row in the store, and its result is kept there.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import attrs
+
+Endpoint = Literal["chat", "generate"]
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    LOADING = "loading"
+    WORKING = "working"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def running(self) -> bool:
+        return self in (JobState.LOADING, JobState.WORKING)
+
+
+_TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+@attrs.frozen
+class Job:
+    id: str
+    model: str
+    endpoint: Endpoint
+    #: The caller's body, byte for byte.
+    body: bytes
+    #: True when an HTTP caller is blocked on the job (the native API).
+    sync: bool
+    state: JobState = JobState.QUEUED
+    #: Attempts started so far; a recovered or retried job counts again.
+    attempt: int = 0
+    last_error: str | None = None
+    #: The HTTP status a failure is reported with (Ollama's own, or 502).
+    error_status: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: Backoff: the job is not started before this time.
+    not_before: float = 0.0
+    webhook_url: str | None = None
+    #: Caller JSON echoed back by ``/jobs`` (raw bytes).
+    metadata: bytes | None = None
+    #: The completion in Ollama's ``stream: false`` shape, once done.
+    result: bytes | None = None
+
+    @property
+    def path(self) -> bytes:
+        return b"/api/chat" if self.endpoint == "chat" else b"/api/generate"
+
+    def moved(self, state: JobState, now: float, **changes: object) -> Job:
+        """This job in ``state`` as of ``now``, with other fields changed too."""
+        started_at = self.started_at
+        if state.running and started_at is None:
+            started_at = now
+        finished_at = now if state.terminal else None
+        return attrs.evolve(
+            self,
+            state=state,
+            updated_at=now,
+            started_at=started_at,
+            finished_at=finished_at,
+            **changes,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,248 @@
+"""The durable job store: one SQLite file in the data directory (ADR-0008).
+
+Every call goes through a *runner* that decides which thread touches the
+database. foreman runs it on a dedicated single-thread pool so a slow disk
+never stalls streaming on the reactor thread; tests run it inline, which
+keeps scheduling tests deterministic while still using a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from foreman.jobs import Job, JobState
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[], T]], "Deferred[T]"]
+
+DATABASE_NAME = "foreman.sqlite3"
+
+#: Each entry upgrades the schema by one version; never edit a released one.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        body BLOB NOT NULL,
+        sync INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        error_status INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        not_before REAL NOT NULL DEFAULT 0,
+        webhook_url TEXT,
+        metadata BLOB,
+        result BLOB
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, created_at, id);
+    CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    """,
+)
+
+
+def inline_runner(work: Callable[[], T]) -> Deferred[T]:
+    """Run on the calling thread: for tests and tools, never for the daemon."""
+    return maybeDeferred(work)
+
+
+def thread_runner(reactor: Any, pool: ThreadPool) -> Runner[Any]:
+    def run(work: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(reactor, pool, work)
+
+    return run
+
+
+@attrs.frozen
+class Recovery:
+    """What start-up recovery did with the jobs a previous process left."""
+
+    requeued: int
+    abandoned: int
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["state"] = JobState(values["state"])
+    values["sync"] = bool(values["sync"])
+    return Job(**values)
+
+
+def _job_to_row(job: Job) -> dict[str, Any]:
+    row = attrs.asdict(job, recurse=False)
+    row["state"] = job.state.value
+    row["sync"] = int(job.sync)
+    return row
+
+
+class JobStore:
+    def __init__(self, path: Path, run: Runner[Any] = inline_runner) -> None:
+        self.path = path
+        self._run = run
+        self._connection: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        return self._run(self._open)
+
+    def _open(self) -> None:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        # WAL lets readers (a backup, sqlite3 on the command line) look while
+        # foreman writes; NORMAL sync is durable across a crash of foreman,
+        # which is what the queue promises.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        self._migrate(connection)
+        self._connection = connection
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection) -> None:
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the job store was written by a newer foreman (schema {version}); "
+                "upgrade foreman or move the file aside"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def close(self) -> Deferred[None]:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        return self._run(close)
+
+    @property
+    def schema_version(self) -> int:
+        return len(MIGRATIONS)
+
+    # -- writes ----------------------------------------------------------------
+
+    def insert(self, job: Job) -> Deferred[Job]:
+        row = _job_to_row(job)
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+
+        def insert() -> Job:
+            self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+            return job
+
+        return self._run(insert)
+
+    def update(self, job: Job) -> Deferred[Job]:
+        row = _job_to_row(job)
+        assignments = ", ".join(f"{name} = :{name}" for name in row if name != "id")
+
+        def update() -> Job:
+            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", row)
+            return job
+
+        return self._run(update)
+
+    def recover(self, now: float) -> Deferred[Recovery]:
+        """Make the jobs of a process that died consistent again (ADR-0008).
+
+        Asynchronous jobs that were running go back to the queue with one
+        more attempt counted. Sync jobs cannot be answered any more: their
+        callers' connections died with the process, so they fail.
+        """
+
+        def recover() -> Recovery:
+            with self._transaction() as db:
+                requeued = db.execute(
+                    "UPDATE jobs SET state = 'queued', attempt = attempt + 1, updated_at = ?,"
+                    " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
+                    (now,),
+                ).rowcount
+                abandoned = db.execute(
+                    "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
+                    " last_error = 'the caller was gone after foreman restarted',"
+                    " error_status = 499"
+                    " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
+                    (now, now),
+                ).rowcount
+            return Recovery(requeued=requeued, abandoned=abandoned)
+
+        return self._run(recover)
+
+    def sweep(self, finished_before: float) -> Deferred[int]:
+        """Delete terminal jobs that finished before ``finished_before``."""
+
+        def sweep() -> int:
+            deleted: int = self._db.execute(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (finished_before,),
+            ).rowcount
+            return deleted
+
+        return self._run(sweep)
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, job_id: str) -> Deferred[Job | None]:
+        def get() -> Job | None:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return self._run(get)
+
+    def unfinished(self) -> Deferred[list[Job]]:
+        """Every job that is queued or running, oldest first."""
+
+        def unfinished() -> list[Job]:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('queued', 'loading', 'working')"
+                " ORDER BY created_at, id"
+            ).fetchall()
+            return [_row_to_job(row) for row in rows]
+
+        return self._run(unfinished)
+
+    def count_by_state(self) -> Deferred[dict[JobState, int]]:
+        def count() -> dict[JobState, int]:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+            counts = dict.fromkeys(JobState, 0)
+            counts.update({JobState(state): number for state, number in rows})
+            return counts
+
+        return self._run(count)
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError("the job store is not open")
+        return self._connection
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
