@@ -7,6 +7,8 @@ calls are relayed directly and concurrently, always (ADR-0013).
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from klein import Klein
@@ -28,11 +30,12 @@ from foreman.errors import (
     write_json_error,
 )
 from foreman.generation import Endpoint, GenerationCall, GenerationRunner
-from foreman.health import health_body
+from foreman.health import health_report, queue_report
 from foreman.inventory import Inventory
 from foreman.relay import Relay
 from foreman.upstream import BytesBodyProducer
 from foreman.upstream_body import request_body_producer
+from foreman.worker import Worker
 
 log = Logger()
 
@@ -78,11 +81,13 @@ class ForemanAPI:
         inventory: Inventory,
         generation: GenerationRunner,
         *,
+        worker: Worker | None = None,
         simulated: bool = False,
     ) -> None:
         self._relay = relay
         self._inventory = inventory
         self._generation = generation
+        self._worker = worker
         self._simulated = simulated
 
     def resource(self, guard: BearerTokenGuard) -> IResource:
@@ -99,8 +104,20 @@ class ForemanAPI:
     def healthz(self, request: IRequest) -> bytes | None:
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
-        body = health_body(self._inventory, self._relay.target, simulated=self._simulated)
-        return _whole(request, body)
+        report = health_report(
+            self._inventory, self._relay.target, simulated=self._simulated, worker=self._worker
+        )
+        return _whole(request, json.dumps(report).encode())
+
+    @app.route("/api/foreman/queue", methods=["GET", "HEAD"])
+    def queue(self, request: IRequest) -> bytes | None:
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self._worker is None:
+            report: dict[str, Any] = {"jobs": [], "depth": 0, "queue": "disabled"}
+        else:
+            report = queue_report(self._worker, self._inventory, time.time())
+        return _whole(request, json.dumps(report).encode())
 
     @app.route("/api/tags", methods=["GET", "HEAD"])
     async def tags(self, request: IRequest) -> bytes | None:

@@ -7,6 +7,7 @@ Every setting has a command-line option (see :mod:`foreman.options`) and a
 from __future__ import annotations
 
 import enum
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_JOB_TTL = 24 * 3600.0
 
 
 class UpstreamMode(enum.Enum):
@@ -60,6 +64,15 @@ class Config:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_format: LogFormat = LogFormat.TEXT
+    #: Pin for the worker model; ``inf`` is Ollama's "forever" (-1).
+    keep_alive: float = math.inf
+    #: The small embedding model kept loaded beside the worker model.
+    embed_model: str | None = None
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    job_ttl: float = DEFAULT_JOB_TTL
+    #: False relays generation calls at once (diagnostics and benchmarks).
+    queue: bool = True
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a repr.

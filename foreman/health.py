@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from foreman import __version__
 from foreman.inventory import Inventory
 from foreman.upstream import Target
+from foreman.worker import Worker
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -17,7 +17,41 @@ def _timestamp(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def health_report(inventory: Inventory, target: Target, *, simulated: bool) -> dict[str, Any]:
+def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, Any]:
+    """``GET /api/foreman/queue``: what runs, what waits, what is loaded."""
+    residency = worker.residency
+    return {
+        "jobs": [
+            {
+                "id": job.id,
+                "model": job.model,
+                "endpoint": job.endpoint,
+                "state": job.state.value,
+                "sync": job.sync,
+                "attempt": job.attempt,
+                "age_seconds": round(now - job.created_at, 3),
+                "position": position,
+            }
+            for job, position in worker.snapshot()
+        ],
+        "depth": worker.scheduler.depth,
+        "max_queue": worker.scheduler.max_queue,
+        "worker_model": residency.worker_model,
+        "embed_model": residency.embed_model,
+        "resident_models": list(inventory.resident),
+    }
+
+
+def health_report(
+    inventory: Inventory, target: Target, *, simulated: bool, worker: Worker | None = None
+) -> dict[str, Any]:
+    queue: dict[str, Any] | None = None
+    if worker is not None:
+        queue = {
+            "depth": worker.scheduler.depth,
+            "running": worker.current.id if worker.current else None,
+            "worker_model": worker.residency.worker_model,
+        }
     return {
         "status": "degraded" if inventory.degraded else "ok",
         "degraded": inventory.degraded,
@@ -32,8 +66,5 @@ def health_report(inventory: Inventory, target: Target, *, simulated: bool) -> d
         },
         "models_available": len(inventory.model_names),
         "resident_models": list(inventory.resident),
+        "queue": queue,
     }
-
-
-def health_body(inventory: Inventory, target: Target, *, simulated: bool) -> bytes:
-    return json.dumps(health_report(inventory, target, simulated=simulated)).encode()

@@ -66,8 +66,9 @@ class Inventory:
     def degraded(self) -> bool:
         return self.reachable is False
 
-    def on_recovery(self, listener: Callable[[], object]) -> None:
-        """Call ``listener`` each time the target answers again after failing."""
+    def on_reachable(self, listener: Callable[[], object]) -> None:
+        """Call ``listener`` each time the target becomes reachable: at first
+        contact, and again whenever it answers after an outage."""
         self._recovery_listeners.append(listener)
 
     def refresh(self) -> Deferred[None]:
@@ -122,16 +123,23 @@ class Inventory:
         found_version = _field(version, "version")
         self.ollama_version = found_version if isinstance(found_version, str) else None
         self.last_poll_at = self._clock.seconds()
-        was_unreachable = self.reachable is False
+        was_reachable = self.reachable
         self.reachable = True
         self.last_error = None
-        if was_unreachable:
+        if was_reachable is False:
             log.info(
                 "Ollama at {url} answers again; foreman is no longer degraded",
                 url=self._target.base_url,
             )
+        if not was_reachable:
             for listener in list(self._recovery_listeners):
                 listener()
+
+    async def refresh_resident(self) -> tuple[str, ...]:
+        """Read ``/api/ps`` now; raises if the target cannot say."""
+        ps = json.loads(await self._get(b"/api/ps"))
+        self.resident = tuple(_names(_field(ps, "models")))
+        return self.resident
 
     async def _optional_json(self, path: bytes) -> Any:
         try:

@@ -18,6 +18,8 @@ from twisted.python import usage
 from foreman.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_QUEUE,
     DEFAULT_OLLAMA_URL,
     Config,
     LogFormat,
@@ -99,6 +101,36 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "Largest request body accepted; larger ones get 413 (blob uploads exempt).",
     ),
     ("log-format", "FOREMAN_LOG_FORMAT", LogFormat.TEXT.value, "text or json (JSON lines)."),
+    (
+        "keep-alive",
+        "FOREMAN_KEEP_ALIVE",
+        "-1",
+        "How long the worker model stays loaded when idle (-1: forever; Go duration).",
+    ),
+    (
+        "embed-model",
+        "FOREMAN_EMBED_MODEL",
+        None,
+        "Embedding model to keep loaded forever beside the worker model.",
+    ),
+    (
+        "max-queue",
+        "FOREMAN_MAX_QUEUE",
+        str(DEFAULT_MAX_QUEUE),
+        "Queued generation jobs beyond which callers get 503 + Retry-After.",
+    ),
+    (
+        "max-attempts",
+        "FOREMAN_MAX_ATTEMPTS",
+        str(DEFAULT_MAX_ATTEMPTS),
+        "Attempts at a job while the target cannot be reached, before it fails.",
+    ),
+    (
+        "job-ttl",
+        "FOREMAN_JOB_TTL",
+        "24h",
+        "How long finished jobs (and their results) are kept.",
+    ),
 ]
 
 _FLAGS: list[tuple[str, str, str]] = [
@@ -106,6 +138,11 @@ _FLAGS: list[tuple[str, str, str]] = [
         "allow-unauthenticated",
         "FOREMAN_ALLOW_UNAUTHENTICATED",
         "Allow listening beyond loopback without a token.",
+    ),
+    (
+        "no-queue",
+        "FOREMAN_NO_QUEUE",
+        "Diagnostics only: relay generation calls at once, leaving scheduling to Ollama.",
     ),
 ]
 
@@ -182,6 +219,19 @@ class ForemanOptions(usage.Options):
             raise usage.UsageError(f"--max-body-size: {e}") from None
 
         data_dir = Path(self["data-dir"]).expanduser() if self["data-dir"] else default_data_dir()
+        try:
+            keep_alive = parse_setting_duration(self["keep-alive"])
+            job_ttl = parse_setting_duration(self["job-ttl"])
+        except DurationError as e:
+            raise usage.UsageError(f"--keep-alive / --job-ttl: {e}") from None
+        counts: dict[str, int] = {}
+        for name in ("max-queue", "max-attempts"):
+            try:
+                counts[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number") from None
+            if counts[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         return Config(
             listen=self["listen"],
             ollama_url=url,
@@ -192,5 +242,11 @@ class ForemanOptions(usage.Options):
             data_dir=data_dir,
             max_body_size=max_body_size,
             log_format=log_format,
+            keep_alive=keep_alive,
+            embed_model=self["embed-model"] or None,
+            max_queue=counts["max-queue"],
+            max_attempts=counts["max-attempts"],
+            job_ttl=job_ttl,
+            queue=not self["no-queue"],
             **fields,
         )

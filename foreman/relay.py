@@ -116,10 +116,11 @@ class Relay:
         relayed.addErrback(self._unreachable)
         return relayed
 
-    def fetch(self, method: bytes, path: bytes, body: bytes) -> Deferred[Attempt]:
+    def fetch(self, method: bytes, path: bytes, body: bytes | None = None) -> Deferred[Attempt]:
         """Make a call of foreman's own and keep the whole reply."""
         headers = outgoing_headers(Headers({b"Content-Type": [b"application/json"]}), self.target)
-        sent = self._agent.request(method, self.target.url(path), headers, BytesBodyProducer(body))
+        producer = None if body is None else BytesBodyProducer(body)
+        sent = self._agent.request(method, self.target.url(path), headers, producer)
 
         def collect(response: IResponse) -> Deferred[Attempt]:
             whole = _WholeBody()

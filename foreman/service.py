@@ -20,11 +20,12 @@ from twisted.web.client import HTTPConnectionPool
 from foreman.api import ForemanAPI
 from foreman.auth import BearerTokenGuard
 from foreman.config import Config, LogFormat, UpstreamMode
-from foreman.generation import DirectGeneration
+from foreman.generation import DirectGeneration, GenerationRunner
 from foreman.http_server import ForemanSite
 from foreman.inventory import Inventory
 from foreman.listen_address import is_loopback_only
 from foreman.logging import observer as json_stdout_observer
+from foreman.queueing import Queue, build_queue
 from foreman.relay import Relay
 from foreman.upstream import Target, make_agent
 
@@ -126,6 +127,7 @@ class Foreman:
     inventory: Inventory
     pool: HTTPConnectionPool
     simulated: bool
+    queue: Queue | None
 
 
 def build_foreman(config: Config, reactor: Any) -> Foreman:
@@ -156,12 +158,27 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     inventory = Inventory(HTTPClient(agent), target, reactor)
     inventory.poller(config.poll_interval).setServiceParent(root)
 
-    api = ForemanAPI(relay, inventory, DirectGeneration(relay), simulated=simulated)
+    queue: Queue | None = None
+    generation: GenerationRunner = DirectGeneration(relay)
+    if config.queue:
+        queue, queue_services = build_queue(config, reactor, relay, inventory)
+        queue_services.setServiceParent(root)
+        generation = queue.worker
+
+    api = ForemanAPI(
+        relay, inventory, generation, worker=queue.worker if queue else None, simulated=simulated
+    )
     site = ForemanSite(
         api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size
     )
     return Foreman(
-        root=root, site=site, relay=relay, inventory=inventory, pool=pool, simulated=simulated
+        root=root,
+        site=site,
+        relay=relay,
+        inventory=inventory,
+        pool=pool,
+        simulated=simulated,
+        queue=queue,
     )
 
 

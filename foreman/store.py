@@ -121,6 +121,16 @@ class JobStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
+    def startup(self, now: float) -> tuple[Recovery, list[Job]]:
+        """Open, migrate, recover and list unfinished jobs, all at once.
+
+        Blocking: meant for start-up, before the reactor runs, so the queue
+        is whole before the first request can arrive.
+        """
+        self._open()
+        recovery = self._recover(now)
+        return recovery, self._unfinished()
+
     def close(self) -> Deferred[None]:
         def close() -> None:
             if self._connection is not None:
@@ -159,28 +169,28 @@ class JobStore:
     def recover(self, now: float) -> Deferred[Recovery]:
         """Make the jobs of a process that died consistent again (ADR-0008).
 
-        Asynchronous jobs that were running go back to the queue with one
-        more attempt counted. Sync jobs cannot be answered any more: their
+        Asynchronous jobs that were running go back to the queue; the
+        interrupted attempt stays counted. Sync jobs cannot be answered any more: their
         callers' connections died with the process, so they fail.
         """
+        return self._run(lambda: self._recover(now))
 
-        def recover() -> Recovery:
-            with self._transaction() as db:
-                requeued = db.execute(
-                    "UPDATE jobs SET state = 'queued', attempt = attempt + 1, updated_at = ?,"
-                    " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
-                    (now,),
-                ).rowcount
-                abandoned = db.execute(
-                    "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
-                    " last_error = 'the caller was gone after foreman restarted',"
-                    " error_status = 499"
-                    " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
-                    (now, now),
-                ).rowcount
-            return Recovery(requeued=requeued, abandoned=abandoned)
-
-        return self._run(recover)
+    def _recover(self, now: float) -> Recovery:
+        with self._transaction() as db:
+            requeued = db.execute(
+                # The interrupted attempt was counted when it started.
+                "UPDATE jobs SET state = 'queued', updated_at = ?,"
+                " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
+                (now,),
+            ).rowcount
+            abandoned = db.execute(
+                "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
+                " last_error = 'the caller was gone after foreman restarted',"
+                " error_status = 499"
+                " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
+                (now, now),
+            ).rowcount
+        return Recovery(requeued=requeued, abandoned=abandoned)
 
     def sweep(self, finished_before: float) -> Deferred[int]:
         """Delete terminal jobs that finished before ``finished_before``."""
@@ -206,14 +216,14 @@ class JobStore:
     def unfinished(self) -> Deferred[list[Job]]:
         """Every job that is queued or running, oldest first."""
 
-        def unfinished() -> list[Job]:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE state IN ('queued', 'loading', 'working')"
-                " ORDER BY created_at, id"
-            ).fetchall()
-            return [_row_to_job(row) for row in rows]
+        return self._run(self._unfinished)
 
-        return self._run(unfinished)
+    def _unfinished(self) -> list[Job]:
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE state IN ('queued', 'loading', 'working')"
+            " ORDER BY created_at, id"
+        ).fetchall()
+        return [_row_to_job(row) for row in rows]
 
     def count_by_state(self) -> Deferred[dict[JobState, int]]:
         def count() -> dict[JobState, int]:

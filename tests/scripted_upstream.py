@@ -67,14 +67,36 @@ class ScriptedUpstream(Resource):
         super().__init__()
         self.requests: DeferredQueue[HeldRequest] = DeferredQueue()
         self.models = models
+        #: (model, "load" | "unload") for every load call answered.
+        self.load_calls: list[tuple[Any, str]] = []
 
     def render(self, request: Request) -> bytes | int:
         metadata = self._metadata(request.path)
+        if metadata is None:
+            metadata = self._load_call(request)
         if metadata is not None:
             request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
             return json.dumps(metadata).encode()
         self.requests.put(HeldRequest(request))
         return NOT_DONE_YET
+
+    def _load_call(self, request: Request) -> dict[str, Any] | None:
+        """Answer load and unload calls (no messages, no prompt) at once."""
+        if request.path not in (b"/api/chat", b"/api/generate"):
+            return None
+        content: Any = request.content
+        content.seek(0)
+        try:
+            body = json.loads(content.read())
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not body.get("model"):
+            return None
+        if body.get("messages") or body.get("prompt"):
+            return None
+        reason = "unload" if body.get("keep_alive") == 0 else "load"
+        self.load_calls.append((body.get("model"), reason))
+        return {"model": body.get("model"), "done": True, "done_reason": reason}
 
     def _metadata(self, path: bytes) -> dict[str, Any] | None:
         if path == b"/api/tags":

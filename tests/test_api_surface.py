@@ -117,7 +117,9 @@ async def test_a_model_pulled_since_the_last_poll_is_found(
     rig: ScriptedRig, http: HTTPClient, reactor: Any
 ) -> None:
     rig.upstream.models = ("scripted:latest", "fresh:7b")
-    response_d = http.post(rig.url("/api/chat"), data=b'{"model":"FRESH:7b","messages":[]}')
+    response_d = http.post(
+        rig.url("/api/chat"), data=b'{"model":"FRESH:7b","messages":[{"role":"user"}]}'
+    )
     held = await within(rig.upstream.next_request(), 5, reactor)
     assert held.path == b"/api/chat"
     held.start(200, b"application/json; charset=utf-8")

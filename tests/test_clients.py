@@ -126,7 +126,9 @@ async def test_a_stream_that_breaks_raises_in_the_client(
 
     def streamed() -> list[Any]:
         chunks = []
-        for chunk in client(running).chat(model="scripted", messages=[], stream=True):
+        for chunk in client(running).chat(
+            model="scripted", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
             chunks.append(chunk)
             first_chunk.set()
         return chunks

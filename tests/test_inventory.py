@@ -72,8 +72,10 @@ def test_failed_poll_keeps_the_last_view_and_recovery_is_announced() -> None:
     clock = Clock()
     inventory, upstream, stub = make(clock)
     recoveries: list[None] = []
-    inventory.on_recovery(lambda: recoveries.append(None))
+    inventory.on_reachable(lambda: recoveries.append(None))
     settle(stub, inventory.refresh())
+    assert recoveries == [None]  # first contact counts
+    recoveries.clear()
     known = inventory.model_names
 
     upstream.down = True

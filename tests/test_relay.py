@@ -11,7 +11,7 @@ from treq.client import HTTPClient
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone
 
-from tests.conftest import ScriptedRig, StartForeman
+from tests.conftest import ScriptedRig, StartForeman, StartScripted
 from tests.http_helpers import StreamingClient, within
 from tests.scripted_upstream import listen_scripted
 
@@ -68,8 +68,8 @@ async def test_body_and_headers_reach_ollama_as_sent_with_a_local_host(
     upstream, port, url = await listen_scripted(reactor)
     running = await start_foreman(url, token="caller-secret", ollama_token="upstream-secret")
     body = (
-        b'{"model":"scripted","messages":[],"tools":[{"type":"function"}],'
-        b'"format":{"type":"object"},"options":{"num_ctx":8192},"keep_alive":"5m",'
+        b'{"model":"scripted","messages":[{"role":"user","content":"x"}],'
+        b'"tools":[{"type":"function"}],"format":{"type":"object"},"options":{"num_ctx":8192},'
         b'"think":"high","images":null,"x_unknown":[1,2,3]}'
     )
     client = StreamingClient(reactor)
@@ -161,9 +161,12 @@ async def test_error_before_first_byte_keeps_ollamas_status_and_body(
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_dying_before_headers_is_a_502(
-    rig: ScriptedRig, reactor: Any, http: HTTPClient
+async def test_upstream_dying_before_headers_is_a_502_once_attempts_run_out(
+    start_scripted: StartScripted, reactor: Any, http: HTTPClient
 ) -> None:
+    # One attempt allowed: no backoff to wait through (retries are tested
+    # in simulated time in test_worker.py).
+    rig = await start_scripted(max_attempts=1)
     response_d = http.post(rig.url("/api/generate"), data=b'{"model":"scripted","prompt":"x"}')
     held = await within(rig.upstream.next_request(), 5, reactor)
     held.die()
@@ -176,7 +179,7 @@ async def test_upstream_dying_before_headers_is_a_502(
 async def test_unreachable_target_is_a_502_in_ollamas_shape(
     start_foreman: StartForeman, http: HTTPClient
 ) -> None:
-    running = await start_foreman("http://127.0.0.1:9", connect_timeout=2.0)
+    running = await start_foreman("http://127.0.0.1:9", connect_timeout=2.0, max_attempts=1)
     for path, body in [
         ("/api/chat", CHAT),
         ("/api/show", b'{"model":"scripted"}'),

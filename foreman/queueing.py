@@ -1,0 +1,118 @@
+"""The durable queue, assembled: store, scheduler, residency, worker and sweeper."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Any
+
+import attrs
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from foreman.config import Config
+from foreman.inventory import Inventory
+from foreman.relay import Relay
+from foreman.residency import Residency
+from foreman.scheduler import Scheduler
+from foreman.store import DATABASE_NAME, JobStore, Recovery, thread_runner
+from foreman.worker import Worker
+
+log = Logger()
+
+#: How often finished jobs past their TTL are deleted, at most.
+SWEEP_INTERVAL = 600.0
+
+
+class QueueUnavailable(SystemExit):
+    """The job store cannot be opened; the message says why."""
+
+
+@attrs.frozen
+class Queue:
+    store: JobStore
+    worker: Worker
+    residency: Residency
+    recovery: Recovery
+
+
+class _StoreService(Service):
+    """Runs the store's single database thread; stops after the worker."""
+
+    def __init__(self, store: JobStore, pool: ThreadPool) -> None:
+        self._store = store
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        closed = self._store.close()
+        closed.addBoth(lambda _: self._pool.stop())
+        return closed
+
+
+def build_queue(
+    config: Config, reactor: Any, relay: Relay, inventory: Inventory
+) -> tuple[Queue, MultiService]:
+    """Open the store (blocking, before the reactor runs) and wire the worker."""
+    services = MultiService()
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
+    store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
+    try:
+        recovery, unfinished = store.startup(reactor.seconds())
+    except (sqlite3.Error, RuntimeError) as e:
+        raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
+    _StoreService(store, pool).setServiceParent(services)
+    if recovery.requeued or recovery.abandoned:
+        log.info(
+            "Recovered after a restart: {requeued} job(s) back in the queue, {abandoned} "
+            "sync job(s) failed because their callers were gone",
+            requeued=recovery.requeued,
+            abandoned=recovery.abandoned,
+        )
+
+    residency = Residency(
+        relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
+    )
+    worker = Worker(
+        store,
+        Scheduler(config.max_queue),
+        residency,
+        relay,
+        reactor,
+        max_attempts=config.max_attempts,
+    )
+    worker.restore(unfinished)
+    worker.setServiceParent(services)
+
+    def target_reachable() -> None:
+        # After an outage nothing is known about what is loaded; and the
+        # embedder is pinned again (at first contact too).
+        residency.forget()
+        ensureDeferred(residency.warm_embedder())
+
+    inventory.on_reachable(target_reachable)
+
+    if math.isfinite(config.job_ttl):
+
+        def sweep() -> Deferred[int]:
+            swept = store.sweep(reactor.seconds() - config.job_ttl)
+            swept.addCallback(_log_sweep)
+            return swept
+
+        sweeper = TimerService(min(SWEEP_INTERVAL, config.job_ttl), sweep)
+        sweeper.clock = reactor
+        sweeper.setServiceParent(services)
+    return Queue(store, worker, residency, recovery), services
+
+
+def _log_sweep(deleted: int) -> int:
+    if deleted:
+        log.info("Deleted {count} finished job(s) past their TTL", count=deleted)
+    return deleted

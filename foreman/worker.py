@@ -1,0 +1,356 @@
+"""The single worker: generation jobs one at a time, drained by model (ADR-0009).
+
+The worker takes the next job from the :class:`~foreman.scheduler.Scheduler`,
+passes a ``DeferredSemaphore`` of one (the gate: at most one generation
+towards the target, ever), makes the job's model resident, and runs it:
+into the waiting caller's response for a sync job, into the store for an
+asynchronous one. Every transition is written to the store first.
+
+Failures are sorted by what they mean. The target could not be reached:
+the job goes back to the queue with exponential backoff, and fails with the
+last error only after ``max_attempts``. Ollama answered with an error: the
+job fails at once with Ollama's status and message. A caller that hangs up
+cancels its job: while queued it is dropped before it can cause a load;
+while running its upstream call is aborted and the worker moves on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from foreman.errors import SERVER_BUSY, write_json_error
+from foreman.generation import GenerationCall
+from foreman.gojson import GoJSONError
+from foreman.jobs import Job, JobState
+from foreman.relay import Attempt, Outcome, Relay, write_whole
+from foreman.residency import Residency, pin_keep_alive, whole_reply_body
+from foreman.scheduler import QueueFull, Scheduler
+from foreman.store import JobStore
+from foreman.ulid import new_ulid
+from foreman.upstream import BytesBodyProducer
+
+log = Logger()
+T = TypeVar("T")
+
+QUEUE_POSITION_HEADER = b"X-Foreman-Queue-Position"
+
+
+@attrs.define
+class _Caller:
+    """The HTTP caller blocked on a sync job."""
+
+    request: IRequest
+    done: Deferred[None]
+
+
+class Worker(Service):
+    def __init__(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        residency: Residency,
+        relay: Relay,
+        clock: IReactorTime,
+        *,
+        max_attempts: int = 3,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self._store = store
+        self.scheduler = scheduler
+        self.residency = residency
+        self._relay = relay
+        self._clock = clock
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        #: At most one generation towards the target at any time.
+        self.gate = DeferredSemaphore(1)
+        self.current: Job | None = None
+        self._callers: dict[str, _Caller] = {}
+        self._step: Deferred[Any] | None = None
+        self._wakeup: Deferred[None] | None = None
+        self._timer: IDelayedCall | None = None
+        self._loop_done: Deferred[None] | None = None
+        self._stopping = False
+        #: Smoothed seconds per job, for ``Retry-After``.
+        self.average_job_seconds = 5.0
+
+    # -- intake ------------------------------------------------------------------
+
+    def run(self, call: GenerationCall, request: IRequest) -> Deferred[None]:
+        """The native API's seam: queue a sync job and answer when it is done."""
+        return ensureDeferred(self._run_sync(call, request))
+
+    async def _run_sync(self, call: GenerationCall, request: IRequest) -> None:
+        now = self._clock.seconds()
+        job = Job(
+            id=new_ulid(now),
+            model=call.model,
+            endpoint=call.endpoint,
+            body=call.body,
+            sync=True,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            self.scheduler.reserve()
+        except QueueFull:
+            self._refuse_busy(request)
+            return
+        try:
+            await self._store.insert(job)
+        except CancelledError:
+            # The caller left while the row was being written.
+            self.scheduler.release()
+            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
+            raise
+        except BaseException:
+            self.scheduler.release()
+            raise
+        done: Deferred[None] = Deferred(lambda _: self._caller_left(job.id))
+        self._callers[job.id] = _Caller(request, done)
+        self.scheduler.add(job)
+        request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
+        self._wake()
+        await done
+
+    def submit(self, job: Job) -> Deferred[Job]:
+        """Queue an asynchronous job (no caller waits); fails with QueueFull."""
+        return ensureDeferred(self._submit(job))
+
+    async def _submit(self, job: Job) -> Job:
+        self.scheduler.reserve()
+        try:
+            await self._store.insert(job)
+        except BaseException:
+            self.scheduler.release()
+            raise
+        self.scheduler.add(job)
+        self._wake()
+        return job
+
+    def restore(self, jobs: list[Job]) -> None:
+        """Queue jobs recovered from the store at start-up (beyond any bound)."""
+        for job in jobs:
+            if job.state is JobState.QUEUED and not job.sync:
+                self.scheduler.add(job, reserved=False)
+        self._wake()
+
+    def position(self, job_id: str) -> int:
+        """1 when the job runs next (counting a job in progress as ahead of it)."""
+        ahead = 1 if self.current is not None else 0
+        return ahead + self.scheduler.position(job_id, self.residency.worker_model)
+
+    def retry_after(self) -> int:
+        estimate = self.average_job_seconds * max(1, self.scheduler.depth)
+        return max(1, min(300, math.ceil(estimate)))
+
+    def _refuse_busy(self, request: IRequest) -> None:
+        retry = b"%d" % self.retry_after()
+        body = write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+
+    def _caller_left(self, job_id: str) -> None:
+        # Klein cancels the caller's wait when its connection closes.
+        queued = self.scheduler.remove(job_id)
+        if queued is not None:
+            self._callers.pop(job_id, None)
+            now = self._clock.seconds()
+            self._save_soon(queued.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
+            return
+        if self.current is not None and self.current.id == job_id and self._step is not None:
+            self._step.cancel()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._loop_done = ensureDeferred(self._loop())
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self._stopping = True
+        if self._step is not None:
+            self._step.cancel()
+        self._wake()
+        return self._loop_done
+
+    async def _loop(self) -> None:
+        while self.running:
+            job = self.scheduler.pick(self.residency.worker_model, self._clock.seconds())
+            if job is None:
+                await self._sleep()
+                continue
+            self.scheduler.remove(job.id)
+            try:
+                await self.gate.run(self._execute, job)
+            except Exception:
+                log.failure("The worker failed while running job {job_id}", job_id=job.id)
+
+    async def _sleep(self) -> None:
+        now = self._clock.seconds()
+        ready_at = self.scheduler.next_ready_at(now)
+        if ready_at is not None:
+            self._timer = self._clock.callLater(ready_at - now, self._wake)
+        self._wakeup = Deferred()
+        await self._wakeup
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.called:
+            wakeup.callback(None)
+
+    async def _execute(self, job: Job) -> None:
+        caller = self._callers.get(job.id)
+        started = self._clock.seconds()
+        job = job.moved(JobState.LOADING, started, attempt=job.attempt + 1)
+        self.current = job
+        try:
+            await self._save(job)
+            refused = await self._run_step(self.residency.prepare(job))
+            if refused is None:
+                job = job.moved(JobState.WORKING, self._clock.seconds())
+                await self._save(job)
+                attempt = await self._run_step(self._perform(job, caller))
+                await self._settle(job, attempt, caller, written=True)
+            else:
+                await self._settle(job, refused, caller, written=False)
+        except CancelledError:
+            await self._cancelled(job)
+        finally:
+            self.current = None
+            self._step = None
+        elapsed = self._clock.seconds() - started
+        self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
+
+    async def _run_step(self, work: Coroutine[Any, Any, T]) -> T:
+        step = ensureDeferred(work)
+        self._step = step
+        try:
+            return await step
+        finally:
+            self._step = None
+
+    async def _perform(self, job: Job, caller: _Caller | None) -> Attempt:
+        keep_alive = self.residency.keep_alive
+        try:
+            if caller is not None:
+                body = pin_keep_alive(job.body, keep_alive)
+                return await self._relay.relay(
+                    caller.request, b"POST", job.path, BytesBodyProducer(body)
+                )
+            return await self._relay.fetch(
+                b"POST", job.path, whole_reply_body(job.body, keep_alive)
+            )
+        except GoJSONError as e:
+            return Attempt(Outcome.REFUSED, 400, str(e))
+
+    async def _settle(
+        self, job: Job, attempt: Attempt, caller: _Caller | None, *, written: bool
+    ) -> None:
+        now = self._clock.seconds()
+        if attempt.outcome is Outcome.UNREACHABLE:
+            self.residency.forget()
+            if job.attempt < self.max_attempts:
+                delay = min(self.backoff_cap, self.backoff_base * 2 ** (job.attempt - 1))
+                log.info(
+                    "Job {job_id}: target unreachable ({error}); "
+                    "attempt {next} of {most} in {delay}s",
+                    job_id=job.id,
+                    error=attempt.error,
+                    next=job.attempt + 1,
+                    most=self.max_attempts,
+                    delay=delay,
+                )
+                job = job.moved(
+                    JobState.QUEUED, now, not_before=now + delay, last_error=attempt.error
+                )
+                await self._save(job)
+                self.scheduler.add(job, reserved=False)
+                return  # a sync caller simply keeps waiting
+            job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=502)
+            if caller is not None:
+                write_whole(caller.request, 502, attempt.error or "", json_error=True)
+        elif attempt.outcome is Outcome.DELIVERED:
+            job = job.moved(
+                JobState.DONE, now, result=None if job.sync else attempt.body, last_error=None
+            )
+        else:
+            status = attempt.status if attempt.outcome is Outcome.REFUSED else 502
+            job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=status)
+            if caller is not None and not written:
+                _answer_refusal(caller.request, attempt)
+        await self._save(job)
+        self._release_caller(job.id)
+
+    async def _cancelled(self, job: Job) -> None:
+        now = self._clock.seconds()
+        self.residency.forget()
+        if self._stopping:
+            if not job.sync:
+                return  # left running in the store: the next start re-queues it
+            job = job.moved(JobState.FAILED, now, last_error="foreman stopped", error_status=503)
+        else:
+            job = job.moved(JobState.CANCELLED, now, last_error=_LEFT_RUNNING)
+        await self._save(job)
+        self._release_caller(job.id)
+
+    def _release_caller(self, job_id: str) -> None:
+        caller = self._callers.pop(job_id, None)
+        if caller is not None and not caller.done.called:
+            caller.done.callback(None)
+
+    async def _save(self, job: Job) -> None:
+        try:
+            await self._store.update(job)
+        except Exception:
+            log.failure(
+                "Could not record job {job_id} as {state}", job_id=job.id, state=job.state.value
+            )
+
+    def _save_soon(self, job: Job) -> None:
+        ensureDeferred(self._save(job))
+
+    # -- visibility -------------------------------------------------------------------
+
+    def snapshot(self) -> list[tuple[Job, int]]:
+        """The running job (position 0) and the queued ones with their positions."""
+        shown: list[tuple[Job, int]] = []
+        ahead = 0
+        if self.current is not None:
+            shown.append((self.current, 0))
+            ahead = 1
+        queued = self.scheduler.ordered(self.residency.worker_model)
+        shown.extend((job, ahead + index) for index, job in enumerate(queued, start=1))
+        return shown
+
+
+_LEFT_QUEUED = "the caller disconnected while the job was queued"
+_LEFT_RUNNING = "the caller disconnected while the job was running"
+
+
+def _answer_refusal(request: IRequest, attempt: Attempt) -> None:
+    """Pass on Ollama's refusal of a load as if the call itself was refused."""
+    status = attempt.status or 502
+    if attempt.body:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(attempt.body))
+        request.write(attempt.body)
+    else:
+        write_whole(request, status, attempt.error or "", json_error=True)
