@@ -15,7 +15,7 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -100,14 +100,21 @@ class Inventory:
 
     def poller(self, interval: float) -> TimerService:
         """A service that refreshes every ``interval`` seconds, first at start."""
-        service = TimerService(interval, self.refresh)
+        service = _Poller(self, interval)
         service.clock = self._clock
         return service
+
+    def stop(self) -> None:
+        """Abandon a poll in progress (its connection is closed)."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
 
     async def _poll(self) -> None:
         try:
             tags_body = await self._get(b"/api/tags")
             tags = json.loads(tags_body)
+        except CancelledError:
+            return  # foreman is stopping
         except Exception as e:  # any failure means: keep the last view
             self._mark_unreachable(Failure(e))
             return
@@ -173,6 +180,17 @@ class Inventory:
                 reason=reason,
             )
         self.reachable = False
+
+
+class _Poller(TimerService):
+    def __init__(self, inventory: Inventory, interval: float) -> None:
+        super().__init__(interval, inventory.refresh)
+        self._inventory = inventory
+
+    def stopService(self) -> Deferred[None] | None:
+        stopped: Deferred[None] | None = super().stopService()
+        self._inventory.stop()
+        return stopped
 
 
 def _field(document: Any, name: str) -> Any:
