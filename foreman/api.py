@@ -143,12 +143,11 @@ class ForemanAPI:
     @app.route("/api/create", methods=["POST"])
     @app.route("/api/copy", methods=["POST"])
     @app.route("/api/delete", methods=["DELETE"])
-    def manage(self, request: IRequest) -> Deferred[None]:
-        # These change what the target has; look again once they finish.
-        def refresh_inventory(result: None) -> None:
-            self._inventory.refresh()
-
-        return self._relay_as_is(request).addCallback(refresh_inventory)
+    async def manage(self, request: IRequest) -> None:
+        await self._relay_as_is(request)
+        # These change what the target has: look again before answering, so
+        # a model pulled through foreman is usable the moment pull returns.
+        await self._inventory.refresh()
 
     @app.route("/api/blobs/<string:digest>", methods=["HEAD", "POST"])
     def blobs(self, request: IRequest, digest: str) -> Deferred[None]:

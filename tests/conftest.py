@@ -6,6 +6,7 @@ pytest-twisted can install the reactor it was asked for first.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,9 +147,35 @@ async def rig(start_scripted: StartScripted) -> AsyncIterator[ScriptedRig]:
     yield await start_scripted()
 
 
+class _DrainingClient(HTTPClient):
+    """A treq client that remembers its responses, to drain them at the end.
+
+    A response whose body a test never read keeps its connection busy, and
+    a busy connection is not closed with the pool's idle ones.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self.responses: list[Any] = []
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        requested = super().request(*args, **kwargs)
+
+        def remember(response: Any) -> Any:
+            self.responses.append(response)
+            return response
+
+        return requested.addCallback(remember)
+
+
 @pytest_twisted.async_yield_fixture
 async def http(reactor: Any) -> AsyncIterator[HTTPClient]:
     """A treq client whose connections are closed when the test ends."""
     pool = HTTPConnectionPool(reactor, persistent=True)
-    yield HTTPClient(Agent(reactor, pool=pool))
+    client = _DrainingClient(Agent(reactor, pool=pool))
+    yield client
+    for response in client.responses:
+        # A body that cannot be read has no connection left to free either.
+        with contextlib.suppress(Exception):
+            await response.content()
     await pool.closeCachedConnections()
