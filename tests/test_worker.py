@@ -1,0 +1,183 @@
+"""The worker in simulated time: order, swaps, residency, gating, retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import ensureDeferred
+
+from foreman.jobs import JobState
+from foreman.scheduler import QueueFull
+from foreman.testing import SimModel
+from tests.worker_rig import make_worker_rig
+
+SLOW = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
+
+
+def test_drains_the_resident_model_before_swapping(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    for model, marker in [
+        ("llama3.2", "a1"),
+        ("gemma3:12b", "b1"),
+        ("llama3.2", "a2"),
+        ("gemma3:12b", "b2"),
+        ("llama3.2", "a3"),
+    ]:
+        rig.submit(model, marker)
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    assert rig.generation_markers() == ["a1", "a2", "a3", "b1", "b2"]
+    assert all(job.state is JobState.DONE for job in rig.jobs())
+    rig.stop()
+
+
+def test_an_interleaved_burst_of_twenty_costs_one_swap(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    for index in range(20):
+        rig.submit("llama3.2" if index % 2 == 0 else "gemma3:12b", f"job-{index}")
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    assert rig.sim.load_history == ["llama3.2:latest", "gemma3:12b"]
+    assert rig.sim.unloads == 1
+    assert rig.worker.residency.loads == 2
+    rig.stop()
+
+
+def test_never_two_generations_at_once(tmp_path: Path) -> None:
+    # The simulator would run four at a time for one model if asked to.
+    rig = make_worker_rig(tmp_path, num_parallel=4, **SLOW)
+    for index in range(50):
+        rig.submit(["llama3.2", "gemma3:12b"][index % 2], f"job-{index}")
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    assert rig.sim.completed_generations == 50
+    assert rig.sim.max_active_generations == 1
+    rig.stop()
+
+
+def test_never_more_than_the_embedder_and_one_worker_model(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, embed_model="all-minilm", max_loaded_models=3, **SLOW)
+    ensureDeferred(rig.worker.residency.warm_embedder())
+    rig.run_until(lambda: "all-minilm:latest" in rig.sim.loaded_models())
+    models = ["llama3.2", "gemma3:12b", "qwen3:8b", "llama3.2", "qwen3:8b"]
+    for index, model in enumerate(models):
+        rig.submit(model, f"job-{index}")
+    most = 0
+
+    def finished_while_watching() -> bool:
+        nonlocal most
+        most = max(most, len(rig.sim.loaded_models()))
+        return rig.all_finished()
+
+    rig.worker.startService()
+    rig.run_until(finished_while_watching)
+    assert most <= 2
+    assert "all-minilm:latest" in rig.sim.loaded_models()
+    rig.stop()
+
+
+def test_someone_elses_models_are_unloaded_before_a_swap(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    rig.worker.startService()
+    rig.submit("llama3.2", "mine")
+    rig.run_until(rig.all_finished)
+    rig.load_behind_foremans_back("gemma3:12b")
+    rig.submit("qwen3:8b", "next")
+    rig.run_until(rig.all_finished)
+    assert rig.sim.loaded_models() == ["qwen3:8b"]
+    assert rig.sim.max_active_generations == 1
+    rig.stop()
+
+
+def test_a_flapping_target_is_retried_with_backoff_then_succeeds(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, max_attempts=3)
+    rig.agent.down = True
+    rig.submit("llama3.2", "patience")
+    rig.worker.startService()
+    rig.flush()
+    (job,) = rig.jobs()
+    assert job.state is JobState.QUEUED and job.attempt == 1
+    assert job.not_before == pytest.approx(1.0)
+    assert "cannot reach Ollama" in (job.last_error or "")
+    rig.clock.advance(1.0)
+    rig.flush()
+    (job,) = rig.jobs()
+    assert job.attempt == 2 and job.not_before == pytest.approx(3.0)
+    rig.agent.down = False
+    rig.clock.advance(1.9)
+    rig.flush()
+    assert rig.jobs()[0].attempt == 2  # still backing off
+    rig.run_until(rig.all_finished)
+    (job,) = rig.jobs()
+    assert job.state is JobState.DONE and job.attempt == 3
+    assert job.result is not None and b'"done":true' in job.result
+    rig.stop()
+
+
+def test_retries_run_out_with_the_last_error(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, max_attempts=3)
+    rig.agent.down = True
+    rig.submit("llama3.2", "doomed")
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    (job,) = rig.jobs()
+    assert job.state is JobState.FAILED
+    assert job.attempt == 3
+    assert job.error_status == 502
+    assert "cannot reach Ollama" in (job.last_error or "")
+    assert rig.clock.seconds() == pytest.approx(3.0, abs=0.05)  # backoff 1 s, then 2 s
+    rig.stop()
+
+
+def test_ollamas_refusal_fails_the_job_at_once(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path)
+    rig.sim.add_model(SimModel(name="embedonly:latest", size=1, embedding_only=True))
+    rig.submit("embedonly", "no chat here")
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    (job,) = rig.jobs()
+    assert job.state is JobState.FAILED and job.attempt == 1
+    assert job.error_status == 400
+    assert job.last_error == '"embedonly" does not support chat'
+    rig.stop()
+
+
+def test_a_full_queue_refuses_more(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, max_queue=2)
+    rig.submit("llama3.2", "one")
+    rig.submit("llama3.2", "two")
+    refused = rig.submit("llama3.2", "three")
+    assert refused.called
+    failure = refused.result
+    assert failure.check(QueueFull)
+    refused.addErrback(lambda _: None)
+    rig.stop()
+
+
+def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    rig.worker.startService()
+    rig.submit("llama3.2", "first")
+    rig.run_until(rig.all_finished)
+    from foreman.jobs import Job
+    from foreman.ulid import new_ulid
+
+    now = rig.clock.seconds()
+    body = b'{"model":"llama3.2","keep_alive":0,"messages":[{"role":"user","content":"x"}]}'
+    rig.worker.submit(
+        Job(
+            id=new_ulid(now),
+            model="llama3.2",
+            endpoint="chat",
+            body=body,
+            sync=False,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    rig.run_until(rig.all_finished)
+    rig.clock.advance(3600)
+    assert rig.sim.loaded_models() == ["llama3.2:latest"]
+    assert rig.sim.load_history == ["llama3.2:latest"]
+    rig.stop()

@@ -1,0 +1,158 @@
+"""The queue's parts wired in memory: simulated Ollama, real SQLite file, a Clock.
+
+Nothing here touches a socket or a thread, so the worker's scheduling,
+residency, retries and backoff run in simulated time and are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
+
+from foreman.inventory import Inventory
+from foreman.jobs import Job, JobState
+from foreman.relay import Relay
+from foreman.residency import Residency
+from foreman.scheduler import Scheduler
+from foreman.store import JobStore, inline_runner
+from foreman.testing import DEFAULT_MODELS, SimulatedOllama
+from foreman.ulid import new_ulid
+from foreman.upstream import BytesBodyProducer, Target
+from foreman.worker import Worker
+
+
+@implementer(IAgent)
+class FlakyAgent:
+    """An agent whose target can be switched off, as a sleeping laptop is."""
+
+    def __init__(self, inner: RequestTraversalAgent) -> None:
+        self.inner = inner
+        self.down = False
+        self.refused = 0
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Any:
+        if self.down:
+            self.refused += 1
+            return fail(ConnectionRefusedError("the target is down"))
+        return self.inner.request(method, uri, headers, body)
+
+
+@attrs.define
+class WorkerRig:
+    clock: Clock
+    sim: SimulatedOllama
+    agent: FlakyAgent
+    store: JobStore
+    worker: Worker
+    inventory: Inventory
+
+    def flush(self) -> None:
+        self.agent.inner.flush()
+
+    def run_until(
+        self, condition: Callable[[], bool], *, step: float = 0.05, limit: float = 600.0
+    ) -> float:
+        """Advance simulated time until ``condition`` holds; return the time taken."""
+        start = self.clock.seconds()
+        while not condition():
+            self.flush()
+            if condition():
+                break
+            if self.clock.seconds() - start > limit:
+                raise AssertionError(f"not reached within {limit} simulated seconds")
+            self.clock.advance(step)
+        return self.clock.seconds() - start
+
+    def submit(self, model: str, marker: str, endpoint: str = "chat") -> Deferred[Job]:
+        now = self.clock.seconds()
+        if endpoint == "chat":
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": [{"role": "user", "content": marker}],
+            }
+        else:
+            body = {"model": model, "prompt": marker}
+        job = Job(
+            id=new_ulid(now),
+            model=model,
+            endpoint="chat" if endpoint == "chat" else "generate",
+            body=json.dumps(body).encode(),
+            sync=False,
+            created_at=now,
+            updated_at=now,
+        )
+        return self.worker.submit(job)
+
+    def load_behind_foremans_back(self, model: str) -> None:
+        """Another client loads ``model`` straight on the target."""
+        body = BytesBodyProducer(json.dumps({"model": model}).encode())
+        self.agent.inner.request(b"POST", b"http://ollama.test/api/generate", None, body)
+        self.run_until(lambda: model in self.sim.loaded_models())
+
+    def jobs(self) -> list[Job]:
+        rows = self.store._db.execute("SELECT id FROM jobs ORDER BY id").fetchall()
+        found = [self.store.get(row[0]) for row in rows]
+        return [d.result for d in found]
+
+    def all_finished(self) -> bool:
+        return all(job.state.terminal for job in self.jobs())
+
+    def generation_markers(self) -> list[str]:
+        """The user text of every generation call the simulator received, in order."""
+        markers = []
+        for request in self.sim.requests:
+            if request.path in ("/api/chat", "/api/generate"):
+                body = json.loads(request.body)
+                text = body.get("prompt") or (body.get("messages") or [{}])[-1].get("content")
+                if text:
+                    markers.append(text)
+        return markers
+
+    def stop(self) -> None:
+        self.worker.stopService()
+        self.flush()
+        self.sim.shutdown()
+
+
+def make_worker_rig(
+    tmp_path: Path,
+    *,
+    max_attempts: int = 3,
+    max_queue: int = 256,
+    embed_model: str | None = None,
+    **sim_options: Any,
+) -> WorkerRig:
+    clock = Clock()
+    sim_options.setdefault("check_host", False)
+    load_seconds = sim_options.pop("load_seconds", None)
+    if load_seconds is not None:
+        sim_options["models"] = [
+            attrs.evolve(model, load_seconds=load_seconds) for model in DEFAULT_MODELS
+        ]
+    sim = SimulatedOllama(clock, **sim_options)
+    agent = FlakyAgent(RequestTraversalAgent(sim.resource()))
+    target = Target("http://ollama.test")
+    relay = Relay(agent, target)
+    inventory = Inventory(HTTPClient(agent), target, clock)
+    store = JobStore(tmp_path / "jobs.sqlite3", inline_runner)
+    store.startup(clock.seconds())
+    residency = Residency(relay, inventory, embed_model=embed_model)
+    worker = Worker(store, Scheduler(max_queue), residency, relay, clock, max_attempts=max_attempts)
+    rig = WorkerRig(clock, sim, agent, store, worker, inventory)
+    inventory.refresh()
+    rig.flush()
+    return rig
+
+
+__all__ = ["DEFAULT_MODELS", "JobState", "WorkerRig", "make_worker_rig"]
