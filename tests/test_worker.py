@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import ensureDeferred
@@ -12,7 +13,7 @@ from foreman.scheduler import QueueFull
 from foreman.testing import SimModel
 from tests.worker_rig import make_worker_rig
 
-SLOW = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
+SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
 
 
 def test_drains_the_resident_model_before_swapping(tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_a_full_queue_refuses_more(tmp_path: Path) -> None:
     rig.submit("llama3.2", "two")
     refused = rig.submit("llama3.2", "three")
     assert refused.called
-    failure = refused.result
+    failure: Any = refused.result
     assert failure.check(QueueFull)
     refused.addErrback(lambda _: None)
     rig.stop()

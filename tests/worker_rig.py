@@ -103,7 +103,7 @@ class WorkerRig:
     def jobs(self) -> list[Job]:
         rows = self.store._db.execute("SELECT id FROM jobs ORDER BY id").fetchall()
         found = [self.store.get(row[0]) for row in rows]
-        return [d.result for d in found]
+        return [job for job in (d.result for d in found) if isinstance(job, Job)]
 
     def all_finished(self) -> bool:
         return all(job.state.terminal for job in self.jobs())
