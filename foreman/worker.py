@@ -224,7 +224,7 @@ class Worker(Service):
             await self._save(job)
             refused = await self._run_step(self.residency.prepare(job))
             if refused is None:
-                job = job.moved(JobState.WORKING, self._clock.seconds())
+                job = self.current = job.moved(JobState.WORKING, self._clock.seconds())
                 await self._save(job)
                 attempt = await self._run_step(self._perform(job, caller))
                 await self._settle(job, attempt, caller, written=True)
