@@ -10,6 +10,7 @@ import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -100,16 +101,21 @@ def build_queue(
     inventory.on_reachable(target_reachable)
 
     if math.isfinite(config.job_ttl):
-
-        def sweep() -> Deferred[int]:
-            swept = store.sweep(reactor.seconds() - config.job_ttl)
-            swept.addCallback(_log_sweep)
-            return swept
-
-        sweeper = TimerService(min(SWEEP_INTERVAL, config.job_ttl), sweep)
-        sweeper.clock = reactor
-        sweeper.setServiceParent(services)
+        ttl_sweeper(store, reactor, config.job_ttl).setServiceParent(services)
     return Queue(store, worker, residency, recovery), services
+
+
+def ttl_sweeper(store: JobStore, clock: IReactorTime, ttl: float) -> TimerService:
+    """Deletes finished jobs (and, with them, their results) older than ``ttl``."""
+
+    def sweep() -> Deferred[int]:
+        swept = store.sweep(clock.seconds() - ttl)
+        swept.addCallback(_log_sweep)
+        return swept
+
+    sweeper = TimerService(min(SWEEP_INTERVAL, ttl), sweep)
+    sweeper.clock = clock
+    return sweeper
 
 
 def _log_sweep(deleted: int) -> int:

@@ -182,3 +182,26 @@ def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> No
     assert rig.sim.loaded_models() == ["llama3.2:latest"]
     assert rig.sim.load_history == ["llama3.2:latest"]
     rig.stop()
+
+
+def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
+    from foreman.queueing import SWEEP_INTERVAL, ttl_sweeper
+
+    rig = make_worker_rig(tmp_path)
+    rig.worker.startService()
+    rig.submit("llama3.2", "old")
+    rig.run_until(rig.all_finished)
+    sweeper = ttl_sweeper(rig.store, rig.clock, ttl=3600.0)
+    sweeper.startService()
+    start = rig.clock.seconds()
+    rig.clock.advance(3000.0)
+    rig.submit("llama3.2", "young")
+    rig.run_until(rig.all_finished)
+    # The sweep an hour after the first job finished finds it just in time.
+    rig.clock.advance(start + 3600.0 - rig.clock.seconds())
+    assert len(rig.jobs()) == 2
+    rig.clock.advance(SWEEP_INTERVAL)
+    (survivor,) = rig.jobs()
+    assert b"young" in survivor.body
+    sweeper.stopService()
+    rig.stop()
