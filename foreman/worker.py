@@ -82,6 +82,7 @@ class Worker(Service):
         self._timer: IDelayedCall | None = None
         self._loop_done: Deferred[None] | None = None
         self._stopping = False
+        self._abandoned: str | None = None
         #: Smoothed seconds per job, for ``Retry-After``.
         self.average_job_seconds = 5.0
 
@@ -169,8 +170,12 @@ class Worker(Service):
             now = self._clock.seconds()
             self._save_soon(queued.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
             return
-        if self.current is not None and self.current.id == job_id and self._step is not None:
-            self._step.cancel()
+        if self.current is not None and self.current.id == job_id:
+            # Between two steps there is nothing to cancel yet: the mark
+            # stops the next step from starting.
+            self._abandoned = job_id
+            if self._step is not None:
+                self._step.cancel()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -222,11 +227,11 @@ class Worker(Service):
         self.current = job
         try:
             await self._save(job)
-            refused = await self._run_step(self.residency.prepare(job))
+            refused = await self._run_step(job, self.residency.prepare(job))
             if refused is None:
                 job = self.current = job.moved(JobState.WORKING, self._clock.seconds())
                 await self._save(job)
-                attempt = await self._run_step(self._perform(job, caller))
+                attempt = await self._run_step(job, self._perform(job, caller))
                 await self._settle(job, attempt, caller, written=True)
             else:
                 await self._settle(job, refused, caller, written=False)
@@ -235,10 +240,14 @@ class Worker(Service):
         finally:
             self.current = None
             self._step = None
+            self._abandoned = None
         elapsed = self._clock.seconds() - started
         self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
 
-    async def _run_step(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _run_step(self, job: Job, work: Coroutine[Any, Any, T]) -> T:
+        if self._abandoned == job.id or self._stopping:
+            work.close()
+            raise CancelledError()
         step = ensureDeferred(work)
         self._step = step
         try:

@@ -15,6 +15,7 @@ import attrs
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
+from twisted.internet.defer import maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.config import Config
@@ -66,7 +67,8 @@ async def start_simulator(reactor: Any) -> AsyncIterator[StartSimulator]:
 
     yield start
     for port in ports:
-        await port.stopListening()
+        # A test may have stopped it already, to play a target going away.
+        await maybeDeferred(port.stopListening)
 
 
 @pytest_twisted.async_yield_fixture

@@ -173,3 +173,33 @@ async def test_embeddings_run_while_a_generation_is_in_progress(
     assert generation_started < embed_started < embed_finished < generation_finished
     assert embed_finished - embed_started < (generation_finished - generation_started) / 2
     running_sim.sim.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_embedder_is_pinned_at_start_and_again_after_an_outage(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    running_sim = await start_simulator()
+    sim = running_sim.sim
+    running = await start_foreman(running_sim.url, embed_model="all-minilm")
+    await eventually(lambda: "all-minilm:latest" in sim.loaded_models(), reactor)
+    ps = await (await http.get(running_sim.url + "/api/ps")).json()
+    (embedder,) = ps["models"]
+    assert int(embedder["expires_at"][:4]) > 2300  # "forever", as Go prints it
+
+    # Ollama restarts: it stops answering, and comes back with nothing loaded.
+    port = running_sim.port
+    number = port.getHost().port
+    await port.stopListening()
+    await running.foreman.pool.closeCachedConnections()
+    await running.foreman.inventory.refresh()
+    assert running.foreman.inventory.degraded
+    sim.shutdown()
+    assert sim.loaded_models() == []
+
+    # It answers again: foreman pins the embedder once more.
+    again = reactor.listenTCP(number, sim.site(reactor), interface="127.0.0.1")
+    await running.foreman.inventory.refresh()
+    await eventually(lambda: "all-minilm:latest" in sim.loaded_models(), reactor)
+    await again.stopListening()
+    sim.shutdown()
