@@ -272,6 +272,10 @@ class Worker(Service):
     async def _settle(
         self, job: Job, attempt: Attempt, caller: _Caller | None, *, written: bool
     ) -> None:
+        if self._abandoned == job.id:
+            # The caller left as the step ended: whatever the step saw (a
+            # stream cut off by the hang-up), the job was cancelled.
+            raise CancelledError()
         now = self._clock.seconds()
         if attempt.outcome is Outcome.UNREACHABLE:
             self.residency.forget()
