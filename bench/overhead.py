@@ -1,7 +1,9 @@
 """What foreman costs: the same calls straight to Ollama and through foreman, side by side.
 
-Runs the simulated Ollama and foreman (under twistd) as separate processes on
-this machine and drives both from here, alternating between the direct and
+This measures the relay: foreman runs with ``--no-queue`` so that calls at
+concurrency 16 are not serialised by the worker (that is the queue's job, and
+``bench/scheduler.py`` measures what the queue adds). Runs the simulated
+Ollama and foreman (under twistd) as separate processes on this machine and drives both from here, alternating between the direct and
 the relayed path so drift in the machine's load hits both alike. Prints:
 
 * added latency p50/p99 for a small non-streamed chat at concurrency 1 and 16,
@@ -163,7 +165,7 @@ async def run(reactor: Any, quick: bool) -> dict[str, Any]:
     driver = Driver(reactor)
     with (
         simulated_ollama("--num-parallel", "32", "--reply-tokens", "8") as fast_sim,
-        foreman(fast_sim) as fast_foreman,
+        foreman(fast_sim, "--no-queue") as fast_foreman,
     ):
         direct = (fast_sim + "/api/chat").encode()
         relayed = (fast_foreman + "/api/chat").encode()
@@ -206,7 +208,7 @@ async def run(reactor: Any, quick: bool) -> dict[str, Any]:
     driver = Driver(reactor)
     with (
         simulated_ollama("--tokens-per-second", "50", "--reply-tokens", "100") as paced_sim,
-        foreman(paced_sim) as paced_foreman,
+        foreman(paced_sim, "--no-queue") as paced_foreman,
     ):
         direct = (paced_sim + "/api/chat").encode()
         relayed = (paced_foreman + "/api/chat").encode()
