@@ -3,8 +3,9 @@
 This measures the relay: foreman runs with ``--no-queue`` so that calls at
 concurrency 16 are not serialised by the worker (that is the queue's job, and
 ``bench/scheduler.py`` measures what the queue adds). Runs the simulated
-Ollama and foreman (under twistd) as separate processes on this machine and drives both from here, alternating between the direct and
-the relayed path so drift in the machine's load hits both alike. Prints:
+Ollama and foreman (under twistd) as separate processes on this machine and
+drives both from here, alternating between the direct and the relayed path so
+drift in the machine's load hits both alike. Prints:
 
 * added latency p50/p99 for a small non-streamed chat at concurrency 1 and 16,
 * throughput at concurrency 16, relayed over direct,
