@@ -115,9 +115,13 @@ class Worker(Service):
             self.scheduler.release()
             self._save_soon(job.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
             raise
-        except BaseException:
+        except Exception:
             self.scheduler.release()
-            raise
+            log.failure("Could not record a new job")
+            body = write_json_error(request, 503, "foreman: could not record the job; see its log")
+            request.setHeader(b"Retry-After", b"%d" % self.retry_after())
+            request.write(body)
+            return
         done: Deferred[None] = Deferred(lambda _: self._caller_left(job.id))
         self._callers[job.id] = _Caller(request, done)
         self.scheduler.add(job)

@@ -203,3 +203,18 @@ async def test_the_embedder_is_pinned_at_start_and_again_after_an_outage(
     await eventually(lambda: "all-minilm:latest" in sim.loaded_models(), reactor)
     await again.stopListening()
     sim.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_fails_is_a_503_not_a_traceback(
+    simulator: Any, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    running = await start_foreman(simulator.url)
+    queue = running.foreman.queue
+    assert queue is not None
+    await queue.store.close()  # as a full or vanished disk would
+    response = await http.post(running.url + "/api/chat", data=chat("llama3.2", "x", False))
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"retry-after")
+    assert "could not record the job" in (await response.json())["error"]
+    assert queue.worker.scheduler.depth == 0
