@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from foreman import gojson
 from foreman.durations import FOREVER, DurationError, parse_keep_alive
-from foreman.inventory import Inventory
+from foreman.inventory import Inventory, UpstreamStatusError
 from foreman.jobs import Job
 from foreman.model_names import canonical_model_name
 from foreman.relay import Attempt, Outcome, Relay
@@ -80,6 +80,8 @@ class Residency:
         self._embedder = canonical_model_name(embed_model) if embed_model else None
         #: The worker model foreman last made resident (canonical name).
         self.worker_model: str | None = None
+        #: True while the target cannot list its loaded models.
+        self._unmanaged = False
         #: Model loads and unloads foreman asked for.
         self.loads = 0
         self.unloads = 0
@@ -87,22 +89,35 @@ class Residency:
     async def prepare(self, job: Job) -> Attempt | None:
         """Make ``job.model`` the resident worker model.
 
-        ``None`` when it is; otherwise the failed call, ``UNREACHABLE`` (try
-        again later) or ``REFUSED`` (Ollama said no: fail the job with it).
+        ``None`` when the job may run; ``UNREACHABLE`` when the target could
+        not be asked (try again later). Residency is best effort beyond
+        that: a load Ollama refuses is left to the job's own call, which
+        gets the same refusal in its own words, and a target that cannot
+        report ``/api/ps`` (an Ollama-alike) is left to load models itself.
         """
         wanted = canonical_model_name(job.model)
         last_seen = {canonical_model_name(m) for m in self._inventory.resident}
-        if wanted == self.worker_model and wanted in last_seen:
+        if wanted == self.worker_model and (wanted in last_seen or self._unmanaged):
             # Draining: the model is where foreman left it. (If someone
             # unloaded it, the next poll shows that and it is loaded again.)
             return None
         try:
             resident = [canonical_model_name(m) for m in await self._inventory.refresh_resident()]
+        except (UpstreamStatusError, ValueError) as e:
+            if not self._unmanaged:
+                log.warn(
+                    "The target cannot list loaded models ({error}); foreman leaves loading to it",
+                    error=e,
+                )
+            self._unmanaged = True
+            self.worker_model = wanted
+            return None
         except Exception as e:
             reason = str(e) or type(e).__name__
             return Attempt(
                 Outcome.UNREACHABLE, None, unreachable_message(self._relay.target, reason)
             )
+        self._unmanaged = False
         for model in resident:
             if model not in (wanted, self._embedder):
                 failed = await self._unload(model)
@@ -120,6 +135,7 @@ class Residency:
     def forget(self) -> None:
         """Stop trusting what is resident (after the target was away)."""
         self.worker_model = None
+        self._unmanaged = False
 
     async def _unload(self, model: str) -> Attempt | None:
         log.info("Unloading {model} before a swap", model=model)
@@ -142,8 +158,12 @@ class Residency:
         if job.endpoint == "chat":
             call["messages"] = []
         attempt = await self._relay.fetch(b"POST", job.path, json.dumps(call).encode())
-        if attempt.outcome is not Outcome.DELIVERED:
+        if attempt.outcome is Outcome.UNREACHABLE:
             return attempt
+        if attempt.outcome is Outcome.REFUSED:
+            # The job's own call will meet the same answer and pass it on.
+            log.info("Loading {model} was refused: {error}", model=job.model, error=attempt.error)
+            return None
         self.loads += 1
         return None
 
