@@ -60,6 +60,7 @@ pytest: install-test
 
 bench: install-test
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
