@@ -71,6 +71,8 @@ class Config:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     job_ttl: float = DEFAULT_JOB_TTL
+    #: Wait this long for more work for the resident model before a swap.
+    swap_grace: float = 0.25
     #: False relays generation calls at once (diagnostics and benchmarks).
     queue: bool = True
 

@@ -131,6 +131,12 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "24h",
         "How long finished jobs (and their results) are kept.",
     ),
+    (
+        "swap-grace",
+        "FOREMAN_SWAP_GRACE",
+        "250ms",
+        "How long the worker waits for more work for the loaded model before a swap.",
+    ),
 ]
 
 _FLAGS: list[tuple[str, str, str]] = [
@@ -222,8 +228,11 @@ class ForemanOptions(usage.Options):
         try:
             keep_alive = parse_setting_duration(self["keep-alive"])
             job_ttl = parse_setting_duration(self["job-ttl"])
+            swap_grace = parse_setting_duration(self["swap-grace"])
         except DurationError as e:
-            raise usage.UsageError(f"--keep-alive / --job-ttl: {e}") from None
+            raise usage.UsageError(f"--keep-alive / --job-ttl / --swap-grace: {e}") from None
+        if not 0 <= swap_grace < float("inf"):
+            raise usage.UsageError("--swap-grace must be a finite duration, 0 or more")
         counts: dict[str, int] = {}
         for name in ("max-queue", "max-attempts"):
             try:
@@ -247,6 +256,7 @@ class ForemanOptions(usage.Options):
             max_queue=counts["max-queue"],
             max_attempts=counts["max-attempts"],
             job_ttl=job_ttl,
+            swap_grace=swap_grace,
             queue=not self["no-queue"],
             **fields,
         )

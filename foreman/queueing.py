@@ -88,6 +88,7 @@ def build_queue(
         relay,
         reactor,
         max_attempts=config.max_attempts,
+        swap_grace=config.swap_grace,
     )
     worker.restore(unfinished)
     worker.setServiceParent(services)

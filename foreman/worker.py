@@ -31,6 +31,7 @@ from foreman.errors import SERVER_BUSY, write_json_error
 from foreman.generation import GenerationCall
 from foreman.gojson import GoJSONError
 from foreman.jobs import Job, JobState
+from foreman.model_names import canonical_model_name
 from foreman.relay import Attempt, Outcome, Relay, write_whole
 from foreman.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.scheduler import QueueFull, Scheduler
@@ -64,6 +65,7 @@ class Worker(Service):
         max_attempts: int = 3,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
+        swap_grace: float = 0.25,
     ) -> None:
         self._store = store
         self.scheduler = scheduler
@@ -73,6 +75,9 @@ class Worker(Service):
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        #: How long to wait for more work for the resident model before a swap.
+        self.swap_grace = swap_grace
+        self._last_finished_at = float("-inf")
         #: At most one generation towards the target at any time.
         self.gate = DeferredSemaphore(1)
         self.current: Job | None = None
@@ -198,9 +203,16 @@ class Worker(Service):
 
     async def _loop(self) -> None:
         while self.running:
-            job = self.scheduler.pick(self.residency.worker_model, self._clock.seconds())
+            now = self._clock.seconds()
+            job = self.scheduler.pick(self.residency.worker_model, now)
             if job is None:
                 await self._sleep()
+                continue
+            hold_until = self._swap_hold_until(job)
+            if now < hold_until:
+                # A caller just served often asks the same model again at
+                # once: a moment's wait can save a whole swap.
+                await self._sleep(until=hold_until)
                 continue
             self.scheduler.remove(job.id)
             try:
@@ -208,9 +220,17 @@ class Worker(Service):
             except Exception:
                 log.failure("The worker failed while running job {job_id}", job_id=job.id)
 
-    async def _sleep(self) -> None:
+    def _swap_hold_until(self, job: Job) -> float:
+        resident = self.residency.worker_model
+        if resident is None or canonical_model_name(job.model) == resident:
+            return 0.0
+        return self._last_finished_at + self.swap_grace
+
+    async def _sleep(self, until: float | None = None) -> None:
         now = self._clock.seconds()
         ready_at = self.scheduler.next_ready_at(now)
+        if until is not None:
+            ready_at = until if ready_at is None else min(ready_at, until)
         if ready_at is not None:
             self._timer = self._clock.callLater(ready_at - now, self._wake)
         self._wakeup = Deferred()
@@ -245,6 +265,7 @@ class Worker(Service):
             self.current = None
             self._step = None
             self._abandoned = None
+            self._last_finished_at = self._clock.seconds()
         elapsed = self._clock.seconds() - started
         self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
 

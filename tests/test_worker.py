@@ -205,3 +205,36 @@ def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     assert b"young" in survivor.body
     sweeper.stopService()
     rig.stop()
+
+
+def test_a_call_for_the_loaded_model_arriving_within_the_grace_saves_a_swap(
+    tmp_path: Path,
+) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    rig.worker.swap_grace = 0.25
+    rig.worker.startService()
+    rig.submit("llama3.2", "first")
+    rig.run_until(rig.all_finished)
+    rig.submit("gemma3:12b", "other model, waiting")
+    rig.clock.advance(0.1)
+    rig.flush()
+    assert rig.generation_markers() == ["first"]  # held, not swapping yet
+    rig.submit("llama3.2", "same model again")
+    rig.run_until(rig.all_finished)
+    assert rig.generation_markers() == ["first", "same model again", "other model, waiting"]
+    assert rig.sim.load_history == ["llama3.2:latest", "gemma3:12b"]
+    rig.stop()
+
+
+def test_without_more_work_the_swap_waits_only_the_grace(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    rig.worker.swap_grace = 0.25
+    rig.worker.startService()
+    rig.submit("llama3.2", "first")
+    rig.run_until(rig.all_finished)
+    finished = rig.clock.seconds()
+    rig.submit("gemma3:12b", "next")
+    rig.run_until(lambda: any(job.state is JobState.LOADING for job in rig.jobs()), step=0.01)
+    assert rig.clock.seconds() - finished == pytest.approx(0.25, abs=0.02)
+    rig.run_until(rig.all_finished)
+    rig.stop()
