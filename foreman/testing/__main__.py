@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="token pacing; 0 = as fast as the client reads (default)",
     )
     parser.add_argument(
+        "--shared-bandwidth",
+        action="store_true",
+        help="all generations in progress, on any model, share --tokens-per-second "
+        "(N at once get 1/N each), as on one bandwidth-bound GPU",
+    )
+    parser.add_argument(
         "--load-seconds",
         type=float,
         default=None,
@@ -130,6 +136,7 @@ def build_simulator(options: argparse.Namespace, clock: Any = None) -> Simulated
         default_keep_alive=options.keep_alive,
         version=options.ollama_version,
         check_host=check_host,
+        shared_bandwidth=options.shared_bandwidth,
     )
 
 
@@ -148,10 +155,11 @@ def _serve(reactor: Any, options: argparse.Namespace) -> Deferred[None]:
     def started(port: IListeningPort) -> Deferred[None]:
         _log.info(
             "SIMULATED Ollama (foreman.testing, not a real Ollama) listening on {address}; "
-            "models: {models}; tokens/s: {tps}; host check: {check}",
+            "models: {models}; tokens/s: {tps}{shared}; host check: {check}",
             address=_describe(port.getHost()),
             models=", ".join(m.name for m in sim.installed_models()),
             tps=options.tokens_per_second or "unpaced",
+            shared=" shared by all generations" if sim.shared_bandwidth else "",
             check="on" if sim.check_host else "off",
         )
         # Run until interrupted: react() stops the reactor on SIGINT/SIGTERM.

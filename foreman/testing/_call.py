@@ -96,6 +96,7 @@ class InferenceCall:
             self.eval_started = self.now()
             self.generating = True
             self.sim._generation_started()
+            bandwidth = self.sim._bandwidth_for_generation()
             if stream:
                 self.request.setHeader(b"content-type", NDJSON)
                 self.pump = EventPump(
@@ -104,6 +105,7 @@ class InferenceCall:
                     self._write_line,
                     tokens_per_second=self.sim.tokens_per_second,
                     on_finished=self._stream_finished,
+                    bandwidth=bandwidth,
                 )
                 self.request.registerProducer(self.pump, True)
             else:
@@ -114,6 +116,7 @@ class InferenceCall:
                     chunks.append,
                     tokens_per_second=self.sim.tokens_per_second,
                     on_finished=lambda: self._whole_finished(merge(chunks)),
+                    bandwidth=bandwidth,
                 )
             self.pump.start()
 

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from foreman.testing._models import DEFAULT_MODELS, Library, SimModel, display_shortest
 from foreman.testing._residency import Residency
+from foreman.testing._streaming import SharedBandwidth
 
 if TYPE_CHECKING:
     from foreman.testing._resource import OllamaResource
@@ -66,6 +67,7 @@ class SimulatedOllama:
         check_host: bool = True,
         default_num_ctx: int = 4096,
         max_recorded_requests: int = 10_000,
+        shared_bandwidth: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -75,6 +77,11 @@ class SimulatedOllama:
         self.clock: IReactorTime = clock
         #: 0 = as fast as the transport accepts; otherwise tokens per simulated second.
         self.tokens_per_second = tokens_per_second
+        #: With pacing on, all generations in progress (any model) share
+        #: ``tokens_per_second``: with N of them each gets 1/N, as on one
+        #: bandwidth-bound GPU. Off: each generation gets the full rate.
+        self.shared_bandwidth = shared_bandwidth
+        self._bandwidth: SharedBandwidth | None = None
         #: Tokens in a reply unless ``options.num_predict`` sets a count.
         self.reply_tokens = reply_tokens
         #: 0 = natural words; N = every token is exactly N characters.
@@ -168,6 +175,17 @@ class SimulatedOllama:
 
     def _model_unloaded(self, model: SimModel) -> None:
         self.unloads += 1
+
+    def _bandwidth_for_generation(self) -> SharedBandwidth | None:
+        """The rate a new generation shares, or ``None`` for a rate of its own."""
+        if not self.shared_bandwidth or self.tokens_per_second <= 0:
+            return None
+        current = self._bandwidth
+        if current is None or (
+            current.tokens_per_second != self.tokens_per_second and current.members == 0
+        ):
+            current = self._bandwidth = SharedBandwidth(self.clock, self.tokens_per_second)
+        return current
 
     def _generation_started(self) -> None:
         self.active_generations += 1
