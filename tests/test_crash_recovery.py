@@ -1,0 +1,293 @@
+"""Queue jobs, ``kill -9`` twistd mid-run, start it again: every job completes exactly once.
+
+The jobs are written straight into the data directory's SQLite file before
+twistd starts (asynchronous jobs have no HTTP surface yet). The simulated
+Ollama runs in this process, on a real port, paced so that twenty jobs take
+about four seconds. Because it runs on this process's reactor, nothing moves
+in it while a check here runs: the kill is sent right after a generation was
+seen to start, so the process dies mid-generation, never between the upstream
+finishing a reply and foreman writing it down.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from foreman.jobs import Job, JobState
+from foreman.store import DATABASE_NAME, JobStore
+from foreman.testing import SimulatedOllama
+from foreman.ulid import new_ulid
+from tests.test_twistd_process import TWISTD, Daemon, clean_environment, free_port, wait_until_up
+
+pytestmark = pytest.mark.slow
+
+T = TypeVar("T")
+
+JOBS = 20
+REPLY_TOKENS = 10
+TOKENS_PER_SECOND = 50.0  # 0.2 s a job, about 4 s for all of them
+#: Kill once at least this many are done (and before all are).
+DONE_BEFORE_KILL = 4
+#: The whole test fails rather than hangs after this long.
+DEADLINE_SECONDS = 60.0
+POLL_SECONDS = 0.01
+#: The kill goes out at most this long after a generation started, well
+#: within the generation's 0.2 s.
+FRESH_GENERATION_SECONDS = 0.06
+
+
+def fired(deferred: Deferred[T]) -> T:
+    """The result of a store call made with the (synchronous) inline runner."""
+    outcome: list[T | Failure] = []
+    deferred.addBoth(outcome.append)
+    assert outcome, "the inline runner should have answered at once"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def marker(index: int) -> str:
+    return f"job-{index:02d}"
+
+
+def chat_body(index: int) -> bytes:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": marker(index)}]}
+    return json.dumps(body).encode()
+
+
+def body_marker(body: bytes) -> str | None:
+    """The job marker in a chat body; ``None`` for foreman's own (load) calls."""
+    messages = json.loads(body).get("messages") or []
+    return str(messages[-1]["content"]) if messages else None
+
+
+@attrs.frozen
+class Snapshot:
+    """The jobs as the SQLite file shows them, read by a connection of our own."""
+
+    states: dict[str, JobState]
+    attempts: dict[str, int]
+    markers: dict[str, str]
+
+    def count(self, *states: JobState) -> int:
+        return sum(1 for state in self.states.values() if state in states)
+
+    def running(self) -> list[str]:
+        return [job_id for job_id, state in self.states.items() if state.running]
+
+
+def read_jobs(database: Path) -> Snapshot:
+    # Read-only: after the kill, closing a writable connection would
+    # checkpoint the WAL, doing part of the restarted foreman's work for it.
+    uri = f"file:{database}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as connection:
+        rows = connection.execute("SELECT id, state, attempt, body FROM jobs").fetchall()
+    return Snapshot(
+        states={job_id: JobState(state) for job_id, state, _, _ in rows},
+        attempts={job_id: attempt for job_id, _, attempt, _ in rows},
+        markers={job_id: body_marker(body) or "" for job_id, _, _, body in rows},
+    )
+
+
+def queue_jobs(database: Path) -> dict[str, str]:
+    """Write ``JOBS`` queued asynchronous chat jobs; their markers by id."""
+    store = JobStore(database)
+    store.startup(time.time())
+    now = time.time()
+    markers: dict[str, str] = {}
+    try:
+        for index in range(JOBS):
+            created = now + index / 1000
+            job = Job(
+                id=new_ulid(created),
+                model="llama3.2",
+                endpoint="chat",
+                body=chat_body(index),
+                sync=False,
+                created_at=created,
+                updated_at=created,
+            )
+            fired(store.insert(job))
+            markers[job.id] = marker(index)
+    finally:
+        fired(store.close())
+    return markers
+
+
+def spawn_foreman(tmp_path: Path, data_dir: Path, ollama_url: str, run: int) -> Daemon:
+    port = free_port()
+    log = tmp_path / f"foreman-{run}.log"
+    command = [TWISTD, "--nodaemon", "--pidfile=", "foreman", "--upstream", "ollama"]
+    command += ["--ollama-url", ollama_url, "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    command += ["--data-dir", str(data_dir)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_environment(),
+        )
+    return Daemon(process, f"http://127.0.0.1:{port}", log)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+        daemon.process.wait(timeout=20)
+
+
+@pytest_twisted.async_yield_fixture
+async def paced_simulator(reactor: Any) -> AsyncIterator[tuple[SimulatedOllama, str]]:
+    sim = SimulatedOllama(reactor, tokens_per_second=TOKENS_PER_SECOND, reply_tokens=REPLY_TOKENS)
+    port = reactor.listenTCP(0, sim.site(reactor), interface="127.0.0.1")
+    yield sim, f"http://127.0.0.1:{port.getHost().port}"
+    sim.shutdown()
+    await port.stopListening()
+
+
+class Deadline:
+    def __init__(self, reactor: Any, seconds: float) -> None:
+        self._reactor = reactor
+        self._at = reactor.seconds() + seconds
+
+    async def tick(self, daemon: Daemon | None, waiting_for: str) -> None:
+        """Let the reactor (and so the simulator) run a little; fail past the deadline."""
+        if daemon is not None and daemon.process.poll() is not None:
+            raise AssertionError(
+                f"twistd exited while waiting for {waiting_for}: {daemon.log.read_text()}"
+            )
+        if self._reactor.seconds() > self._at:
+            log = daemon.log.read_text() if daemon is not None else ""
+            raise AssertionError(f"timed out waiting for {waiting_for}\n{log}")
+        await deferLater(self._reactor, POLL_SECONDS, lambda: None)
+
+
+def chat_markers(sim: SimulatedOllama) -> list[str]:
+    """The marker of every job call the simulator received, in arrival order."""
+    found = (body_marker(r.body) for r in sim.requests if r.path == "/api/chat")
+    return [each for each in found if each is not None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_mid_run_and_every_queued_job_completes_exactly_once(
+    reactor: Any,
+    tmp_path: Path,
+    http: HTTPClient,
+    daemons: list[Daemon],
+    paced_simulator: tuple[SimulatedOllama, str],
+) -> None:
+    sim, sim_url = paced_simulator
+    deadline = Deadline(reactor, DEADLINE_SECONDS)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    database = data_dir / DATABASE_NAME
+    markers = queue_jobs(database)
+    assert read_jobs(database).count(JobState.QUEUED) == JOBS
+
+    # -- first run: let a few jobs finish, then kill -9 in the middle of one --
+    first = spawn_foreman(tmp_path, data_dir, sim_url, run=1)
+    daemons.append(first)
+    await wait_until_up(first, http, reactor)
+
+    # Generations started so far (nothing has been cancelled yet).
+    started_before = sim.completed_generations + sim.active_generations
+    seen_at = reactor.seconds()
+    while True:
+        await deadline.tick(first, f"{DONE_BEFORE_KILL} jobs done and another running")
+        started = sim.completed_generations + sim.active_generations
+        fresh = started > started_before and reactor.seconds() - seen_at < FRESH_GENERATION_SECONDS
+        started_before, seen_at = started, reactor.seconds()
+        before_kill = read_jobs(database)
+        done = before_kill.count(JobState.DONE)
+        assert done < JOBS - 1, "the queue ran dry before the kill could be sent"
+        if fresh and sim.active_generations == 1 and done >= DONE_BEFORE_KILL:
+            break
+    first.process.send_signal(signal.SIGKILL)
+    assert first.process.wait(timeout=10) == -signal.SIGKILL
+    completed_at_kill = sim.completed_generations
+
+    at_kill = read_jobs(database)
+    assert at_kill == before_kill
+    done_at_kill = at_kill.count(JobState.DONE)
+    assert DONE_BEFORE_KILL <= done_at_kill < JOBS
+    assert at_kill.count(JobState.QUEUED) == JOBS - done_at_kill - 1
+    (interrupted,) = at_kill.running()
+    assert at_kill.states[interrupted] is JobState.WORKING
+    assert at_kill.attempts[interrupted] == 1
+    # The generation foreman died in is the one the simulator is running.
+    assert chat_markers(sim)[-1] == markers[interrupted]
+    assert completed_at_kill == done_at_kill
+
+    # The simulator sees the connection close: the generation is cancelled.
+    while sim.cancelled_requests == 0 or sim.active_generations:
+        await deadline.tick(None, "the simulator to see foreman's connection close")
+    assert sim.cancelled_requests == 1
+    assert sim.completed_generations == completed_at_kill
+
+    # -- second run on the same data directory: the queue is finished ----------
+    second = spawn_foreman(tmp_path, data_dir, sim_url, run=2)
+    daemons.append(second)
+    await wait_until_up(second, http, reactor)
+    while (now := read_jobs(database)).count(JobState.DONE) < JOBS:
+        failed = now.count(JobState.FAILED, JobState.CANCELLED)
+        assert failed == 0, second.log.read_text()
+        await deadline.tick(second, "every job to be done after the restart")
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(timeout=20) in (0, -signal.SIGTERM)
+
+    second_log = second.log.read_text()
+    assert "1 job(s) back in the queue" in second_log
+    assert "Traceback" not in first.log.read_text() + second_log
+
+    # -- every job done once, with its own reply --------------------------------
+    store = JobStore(database)
+    fired(store.open())
+    try:
+        jobs = {job_id: fired(store.get(job_id)) for job_id in markers}
+        assert fired(store.count_by_state())[JobState.DONE] == JOBS
+    finally:
+        fired(store.close())
+    for job_id, job in jobs.items():
+        assert job is not None
+        assert job.state is JobState.DONE, job
+        assert job.last_error is None and job.error_status is None
+        assert job.attempt == (2 if job_id == interrupted else 1), job
+        assert job.result
+        reply = json.loads(job.result)
+        assert reply["done"] is True
+        assert reply["model"] == "llama3.2"
+        assert reply["message"]["role"] == "assistant"
+        assert markers[job_id] in reply["message"]["content"]
+
+    # The simulator generated each reply once: every job's call arrived once,
+    # the interrupted one twice, and that first call is the one cancelled.
+    calls = collections.Counter(chat_markers(sim))
+    assert calls == {each: (2 if each == markers[interrupted] else 1) for each in markers.values()}
+    assert sim.cancelled_requests == 1
+    assert sim.completed_generations == JOBS
+    assert sim.active_generations == 0
+    for request in sim.requests:
+        if request.path == "/api/chat" and body_marker(request.body) is not None:
+            assert json.loads(request.body)["stream"] is False
