@@ -100,24 +100,34 @@ class JobStore:
 
     def _open(self) -> None:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        # WAL lets readers (a backup, sqlite3 on the command line) look while
-        # foreman writes; NORMAL sync is durable across a crash of foreman,
-        # which is what the queue promises.
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        self._migrate(connection)
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout=5000")
+            # Refuse a newer schema before changing anything in the file.
+            self._check_version(connection)
+            # WAL lets readers (a backup, sqlite3 on the command line) look
+            # while foreman writes; NORMAL sync is durable across a crash of
+            # foreman, which is what the queue promises.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
         self._connection = connection
 
     @staticmethod
-    def _migrate(connection: sqlite3.Connection) -> None:
+    def _check_version(connection: sqlite3.Connection) -> None:
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise RuntimeError(
                 f"the job store was written by a newer foreman (schema {version}); "
                 "upgrade foreman or move the file aside"
             )
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection) -> None:
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 

@@ -177,10 +177,6 @@ def test_a_file_from_a_newer_foreman_is_refused(path: Path) -> None:
         result_of(refused.get("a"))
 
 
-@pytest.mark.xfail(
-    reason="JobStore._open leaves its sqlite3 connection open when _migrate refuses the file",
-    strict=True,
-)
 def test_refusing_a_newer_file_closes_its_connection(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -588,3 +584,12 @@ async def test_thread_runner_runs_calls_off_the_reactor_thread(reactor: Any, pat
         assert len(seen) == 15 and {thread for thread, _ in seen[13:]} == {worker}
     finally:
         pool.stop()
+
+
+def test_a_refused_newer_file_is_left_as_it_was(path: Path) -> None:
+    with raw(path) as connection:
+        connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        mode_before = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert failure_of(JobStore(path).open()).check(RuntimeError)
+    with raw(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == mode_before
