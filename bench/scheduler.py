@@ -2,25 +2,28 @@
 
 Two measurements, each side by side in one run:
 
-1. **Loads, makespan and latency under a mixed workload.** Six callers each
-   send a sequence of non-streamed ``/api/chat`` calls over three models
-   (``llama3.2``, ``qwen3:8b`` with ``think: false``, ``gemma3:12b``) in a
-   seeded random order, one call at a time per caller, while ``/api/embed``
-   calls (``all-minilm``) arrive open-loop at a fixed rate for as long as
-   the chats last. The simulated Ollama has a scaled-down swap cost: every
-   load takes 1 s (a 5-10 s load on a laptop), tokens come at 100/s, replies
-   are 20 tokens, at most 3 models are loaded (Ollama's default for one
-   GPU) and each model serves one request at a time. The same workload runs
-   once straight at the simulator (Ollama's own FIFO and eviction) and once
-   through foreman (queue on, ``--embed-model all-minilm``), each time
-   against a fresh simulator with nothing loaded. Each run first loads the
-   embedding model (direct: one embed call, as an application starting up
-   would; foreman: its own pin at first contact, waited for), then measures
-   embeddings alone at the same rate (the "no generation load" baseline),
-   then runs the mixed workload. The whole comparison runs twice: with 3
-   models allowed (Ollama's default), and with room for only 2 (the
-   embedder and one chat model: chat models of 2-8 GB do not all fit one
-   laptop GPU, and the simulator evicts by count, not memory).
+1. **Loads, makespan and latency under a mixed workload.** 48 non-streamed
+   ``/api/chat`` calls over three models (``llama3.2``, ``qwen3:8b`` with
+   ``think: false``, ``gemma3:12b``) in a seeded random order, sent either
+   closed loop (six callers, one call at a time each) or open loop (the
+   same calls on a seeded Poisson schedule at ``ARRIVALS_PER_SECOND``, not
+   waiting for replies), while ``/api/embed`` calls (``all-minilm``) arrive
+   open-loop at a fixed rate for as long as the chats last. The simulated
+   Ollama has a scaled-down swap cost: every load takes 1 s (a 5-10 s load
+   on a laptop), tokens come at 100/s, replies are 20 tokens and each model
+   serves one request at a time. The same workload runs once straight at
+   the simulator (Ollama's own FIFO and eviction) and once through foreman
+   (queue on, ``--embed-model all-minilm``), each time against a fresh
+   simulator with nothing loaded. Each run first loads the embedding model
+   (direct: one embed call, as an application starting up would; foreman:
+   its own pin at first contact, waited for), then measures embeddings
+   alone at the same rate (the "no generation load" baseline), then runs
+   the mixed workload. Scenarios (``SCENARIOS``): the design's Mac, where
+   generations in progress share one GPU's bandwidth
+   (``shared_bandwidth=True``) and only the embedder and one chat model
+   fit (``max_loaded_models=2``), closed loop and open loop; and, for
+   comparison with earlier figures, every generation at full speed
+   whatever else runs, 3 models allowed (Ollama's default), closed loop.
 
 2. **What the queue itself adds.** A small non-streamed chat at
    concurrency 1, the model loaded, an unpaced simulator: foreman with the
@@ -55,7 +58,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,10 +91,31 @@ TOKENS_PER_SECOND = 100.0
 REPLY_TOKENS = 20
 NUM_PARALLEL = 1
 
-#: Part 1's scenarios: how many models the simulated Ollama keeps loaded.
+#: Open-loop chats arrive as a Poisson process at this mean rate. One chat's
+#: tokens take 0.2 s (5/s if the model never changed); with a 1 s load every
+#: four chats, about 0.45 s (2.2/s): 2.5/s is about the machine's capacity.
+ARRIVALS_PER_SECOND = 2.5
+
+
+@attrs.frozen
+class Scenario:
+    name: str
+    #: How many models the simulated Ollama keeps loaded.
+    max_loaded_models: int
+    #: Generations in progress share the token rate (one bandwidth-bound GPU).
+    shared_bandwidth: bool
+    #: "closed": the callers wait for each reply; "open": chats arrive on a schedule.
+    arrivals: str
+
+
+#: Part 1's scenarios. The first two are the design's Mac: one GPU whose
+#: bandwidth concurrent generations share, room for the embedder and one chat
+#: model. The last is the earlier headline: each model generating at full
+#: speed whatever else runs, room for 3 (Ollama's default for one GPU).
 SCENARIOS = (
-    ("3 models fit", 3),  # Ollama's default on one GPU; the headline figures
-    ("memory for 2 models", 2),  # the embedder and one chat model, as on a 16 GB laptop
+    Scenario("shared bandwidth, room for 2, 6 closed-loop callers", 2, True, "closed"),
+    Scenario("shared bandwidth, room for 2, open-loop arrivals", 2, True, "open"),
+    Scenario("unshared bandwidth, room for 3, 6 closed-loop callers", 3, False, "closed"),
 )
 
 #: No single call may take longer than this; the whole run is bounded by it.
@@ -242,6 +266,19 @@ def workload(settings: Settings, seed: int) -> list[list[str]]:
     ]
 
 
+def open_schedule(plan: list[list[str]], seed: int) -> list[tuple[float, str]]:
+    """The plan's chats (same models, same counts) as seeded Poisson arrivals:
+    (seconds after the first, model), identical for both runs."""
+    rng = random.Random(seed + 1)
+    models = [model for models in plan for model in models]
+    rng.shuffle(models)
+    schedule, at = [], 0.0
+    for model in models:
+        schedule.append((at, model))
+        at += rng.expovariate(ARRIVALS_PER_SECOND)
+    return schedule
+
+
 class EmbedStream:
     """``/api/embed`` calls at a fixed rate, open loop (not waiting for replies)."""
 
@@ -306,64 +343,93 @@ class ChatSample:
     error: str | None = None
 
 
-async def mixed(
-    client: Client, url: str, plan: list[list[str]], settings: Settings
-) -> tuple[list[ChatSample], EmbedStream]:
-    chat_url = url + "/api/chat"
+async def one_chat(
+    client: Client, chat_url: str, number: int, turn: int, model: str, started: float
+) -> ChatSample:
+    """One non-streamed chat; its latency counts from ``started`` (when it was due)."""
+    text = f"caller {number}, turn {turn}: why is the sky blue?"
+    try:
+        reply = await client.post(chat_url, chat_body(model, text))
+    except Exception as e:
+        failure = f"{type(e).__name__}: {e}"
+        return ChatSample(number, turn, model, 0, started, time.perf_counter(), None, failure)
+    error = None
+    if reply.status != 200:
+        error = reply.body[:200].decode(errors="replace")
+    elif json.loads(reply.body).get("done") is not True:
+        error = "reply not done"
+    return ChatSample(
+        number,
+        turn,
+        model,
+        reply.status,
+        started,
+        reply.ended,
+        reply.headers.get("x-foreman-queue-position"),
+        error,
+    )
+
+
+async def closed_loop(client: Client, chat_url: str, plan: list[list[str]]) -> list[ChatSample]:
+    """Each caller sends its chats one at a time, each once the last was answered."""
 
     async def caller(number: int, models: list[str]) -> list[ChatSample]:
-        samples = []
-        for turn, model in enumerate(models):
-            text = f"caller {number}, turn {turn}: why is the sky blue?"
-            started = time.perf_counter()
-            try:
-                reply = await client.post(chat_url, chat_body(model, text))
-            except Exception as e:
-                failure = f"{type(e).__name__}: {e}"
-                samples.append(
-                    ChatSample(number, turn, model, 0, started, time.perf_counter(), None, failure)
-                )
-                continue
-            error = None
-            if reply.status != 200:
-                error = reply.body[:200].decode(errors="replace")
-            elif json.loads(reply.body).get("done") is not True:
-                error = "reply not done"
-            samples.append(
-                ChatSample(
-                    number,
-                    turn,
-                    model,
-                    reply.status,
-                    reply.started,
-                    reply.ended,
-                    reply.headers.get("x-foreman-queue-position"),
-                    error,
-                )
-            )
-        return samples
+        return [
+            await one_chat(client, chat_url, number, turn, model, time.perf_counter())
+            for turn, model in enumerate(models)
+        ]
 
+    per_caller = await defer.gatherResults(
+        [defer.ensureDeferred(caller(n, models)) for n, models in enumerate(plan)],
+        consumeErrors=True,
+    )
+    return [sample for samples in per_caller for sample in samples]
+
+
+async def open_loop(
+    client: Client, chat_url: str, schedule: list[tuple[float, str]], reactor: Any
+) -> list[ChatSample]:
+    """Every chat sent at its time in ``schedule``, whatever is still unanswered."""
+    first = time.perf_counter()
+
+    async def send(number: int, offset: float, model: str) -> ChatSample:
+        await sleep(reactor, max(0.0, first + offset - time.perf_counter()))
+        return await one_chat(client, chat_url, number, 0, model, first + offset)
+
+    calls = [
+        defer.ensureDeferred(send(number, offset, model))
+        for number, (offset, model) in enumerate(schedule)
+    ]
+    samples: list[ChatSample] = await defer.gatherResults(calls, consumeErrors=True)
+    return samples
+
+
+async def mixed(
+    client: Client,
+    url: str,
+    settings: Settings,
+    chats: Callable[[str], Awaitable[list[ChatSample]]],
+) -> tuple[list[ChatSample], EmbedStream]:
+    """The chats, with embeddings arriving open-loop for as long as they last."""
     stream = EmbedStream(client, url, settings.embeds_per_second)
     stream.start()
     try:
-        per_caller = await defer.gatherResults(
-            [defer.ensureDeferred(caller(n, models)) for n, models in enumerate(plan)],
-            consumeErrors=True,
-        )
+        samples = await chats(url + "/api/chat")
     finally:
         await stream.stop()
-    return [sample for samples in per_caller for sample in samples], stream
+    return samples, stream
 
 
-def make_simulator(reactor: Any, max_loaded_models: int) -> SimulatedOllama:
+def make_simulator(reactor: Any, scenario: Scenario) -> SimulatedOllama:
     models = tuple(attrs.evolve(m, load_seconds=LOAD_SECONDS) for m in DEFAULT_MODELS)
     return SimulatedOllama(
         reactor,
         models=models,
         tokens_per_second=TOKENS_PER_SECOND,
         reply_tokens=REPLY_TOKENS,
-        max_loaded_models=max_loaded_models,
+        max_loaded_models=scenario.max_loaded_models,
         num_parallel=NUM_PARALLEL,
+        shared_bandwidth=scenario.shared_bandwidth,
     )
 
 
@@ -407,10 +473,11 @@ async def scheduling_run(
     through_foreman: bool,
     plan: list[list[str]],
     settings: Settings,
-    max_loaded_models: int,
+    scenario: Scenario,
+    seed: int,
 ) -> dict[str, Any]:
     """One run against a fresh simulator: embeddings alone, then the mixed workload."""
-    sim = make_simulator(reactor, max_loaded_models)
+    sim = make_simulator(reactor, scenario)
     port: IListeningPort = await sim.listen("tcp:0:interface=127.0.0.1", reactor)
     address: Any = port.getHost()
     sim_url = f"http://127.0.0.1:{address.port}"
@@ -442,12 +509,24 @@ async def scheduling_run(
         result["embed_alone_errors"] = baseline_errors
 
         loads_before = sim.loads
-        chats, stream = await mixed(client, url, plan, settings)
+        if scenario.arrivals == "open":
+            schedule = open_schedule(plan, seed)
+            result["schedule"] = schedule
+
+            def chats_of(chat_url: str) -> Awaitable[list[ChatSample]]:
+                return open_loop(client, chat_url, schedule, reactor)
+        else:
+
+            def chats_of(chat_url: str) -> Awaitable[list[ChatSample]]:
+                return closed_loop(client, chat_url, plan)
+
+        chats, stream = await mixed(client, url, settings, chats_of)
         ok = [c for c in chats if c.error is None]
         result["makespan_s"] = max(c.ended for c in chats) - min(c.started for c in chats)
-        # The simulator runs generations of different models side by side at
-        # full speed each; one real GPU would not. What the same work costs
-        # done one thing at a time: every chat's tokens plus every load.
+        # What the same work costs done one thing at a time: every chat's
+        # tokens plus every load. Unshared, the simulator runs generations of
+        # different models side by side at full speed each, so the makespan
+        # can be shorter; shared, overlapping generations only slow each other.
         result["serial_estimate_s"] = (
             len(chats) * REPLY_TOKENS / TOKENS_PER_SECOND
             + (sim.loads - loads_before) * LOAD_SECONDS
@@ -545,22 +624,24 @@ async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
             "tokens_per_second": TOKENS_PER_SECOND,
             "reply_tokens": REPLY_TOKENS,
             "num_parallel": NUM_PARALLEL,
+            "open_loop_arrivals_per_second": ARRIVALS_PER_SECOND,
         },
         "seed": seed,
         "plan": plan,
         "scenarios": [],
     }
-    for name, max_loaded in SCENARIOS:
-        scenario: dict[str, Any] = {"name": name, "max_loaded_models": max_loaded}
+    for scenario in SCENARIOS:
+        figures: dict[str, Any] = attrs.asdict(scenario)
         for path, through in (("direct", False), ("foreman", True)):
-            scenario[path] = await scheduling_run(
+            figures[path] = await scheduling_run(
                 reactor,
                 through_foreman=through,
                 plan=plan,
                 settings=settings,
-                max_loaded_models=max_loaded,
+                scenario=scenario,
+                seed=seed,
             )
-        results["scenarios"].append(scenario)
+        results["scenarios"].append(figures)
     results["queue_overhead"] = await queue_overhead(reactor, settings)
     results["wall_seconds"] = time.monotonic() - started
     return results
@@ -592,6 +673,12 @@ def _rows(direct: dict[str, Any], through: dict[str, Any]) -> Iterator[tuple[str
         f"{direct['makespan_s']:.2f} s",
         f"{through['makespan_s']:.2f} s",
         "shorter through foreman",
+    )
+    yield (
+        "most generations at once",
+        str(direct["max_active_generations"]),
+        str(through["max_active_generations"]),
+        "",
     )
     yield (
         "work done one thing at a time (chats + loads during the workload)",
@@ -641,7 +728,8 @@ def report(results: dict[str, Any]) -> str:
         direct, through = scenario["direct"], scenario["foreman"]
         out += [
             f"Mixed workload, {scenario['name']} (--max-loaded-models "
-            f"{scenario['max_loaded_models']}):",
+            f"{scenario['max_loaded_models']}"
+            f"{', --shared-bandwidth' if scenario['shared_bandwidth'] else ''}):",
             "",
             "| measure | direct | through foreman | target |",
             "|---|---:|---:|---|",
