@@ -7,7 +7,7 @@ pytest-twisted can install the reactor it was asked for first.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.config import Config
 from foreman.service import Foreman, build_foreman
+from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
 
@@ -181,3 +182,14 @@ async def http(reactor: Any) -> AsyncIterator[HTTPClient]:
         with contextlib.suppress(Exception):
             await response.content()
     await pool.closeCachedConnections()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """twistd processes a test started; any still running is killed afterwards."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+        daemon.process.wait(timeout=20)

@@ -16,9 +16,8 @@ import contextlib
 import json
 import signal
 import sqlite3
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from foreman.jobs import Job, JobState
 from foreman.store import DATABASE_NAME, JobStore
 from foreman.testing import SimulatedOllama
 from foreman.ulid import new_ulid
-from tests.test_twistd_process import TWISTD, Daemon, clean_environment, free_port, wait_until_up
+from tests.daemons import Daemon, spawn, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -132,30 +131,15 @@ def queue_jobs(database: Path) -> dict[str, str]:
 
 
 def spawn_foreman(tmp_path: Path, data_dir: Path, ollama_url: str, run: int) -> Daemon:
-    port = free_port()
-    log = tmp_path / f"foreman-{run}.log"
-    command = [TWISTD, "--nodaemon", "--pidfile=", "foreman", "--upstream", "ollama"]
-    command += ["--ollama-url", ollama_url, "--listen", f"tcp:{port}:interface=127.0.0.1"]
-    command += ["--data-dir", str(data_dir)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=clean_environment(),
-        )
-    return Daemon(process, f"http://127.0.0.1:{port}", log)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-        daemon.process.wait(timeout=20)
+    return spawn(
+        tmp_path,
+        "--upstream",
+        "ollama",
+        "--ollama-url",
+        ollama_url,
+        data_dir=data_dir,
+        log_name=f"foreman-{run}.log",
+    )
 
 
 @pytest_twisted.async_yield_fixture
