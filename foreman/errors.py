@@ -47,6 +47,18 @@ def write_json_error(
     return error_body(message)
 
 
+def answer_with_error(
+    request: IRequest,
+    status: int,
+    message: str,
+    headers: dict[bytes, bytes] | None = None,
+) -> None:
+    """Write a whole Ollama-shaped error where nothing else was written yet."""
+    body = write_json_error(request, status, message, headers)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+
+
 def model_not_found(model: str) -> str:
     """Ollama's message for a chat or generate call naming an unknown model."""
     return f"model '{model}' not found"

@@ -30,7 +30,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
 
-from foreman.errors import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, error_body, error_line
+from foreman.errors import answer_with_error, error_line
 from foreman.upstream import (
     DROPPED_RESPONSE_HEADERS,
     BytesBodyProducer,
@@ -94,7 +94,7 @@ class Relay:
 
         def answer(attempt: Attempt) -> None:
             if attempt.outcome is Outcome.UNREACHABLE:
-                write_whole(request, 502, attempt.error or "", json_error=True)
+                answer_with_error(request, 502, attempt.error or "")
 
         return self.relay(request, method, path, body).addCallback(answer)
 
@@ -211,15 +211,6 @@ def _error_message(body: bytes, status: int) -> str:
     if isinstance(message, str):
         return message
     return body.decode("utf-8", "replace").strip() or f"Ollama answered {status}"
-
-
-def write_whole(request: IRequest, status: int, text: str, *, json_error: bool) -> None:
-    """Answer ``request`` in one piece (used where nothing else was written)."""
-    body = error_body(text) if json_error else text.encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE if json_error else TEXT_CONTENT_TYPE)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    request.write(body)
 
 
 def _is_cancellation(failure: Failure) -> bool:

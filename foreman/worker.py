@@ -27,12 +27,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from foreman.errors import SERVER_BUSY, write_json_error
+from foreman.errors import SERVER_BUSY, answer_with_error
 from foreman.generation import GenerationCall
 from foreman.gojson import GoJSONError
 from foreman.jobs import Job, JobState
 from foreman.model_names import canonical_model_name
-from foreman.relay import Attempt, Outcome, Relay, write_whole
+from foreman.relay import Attempt, Outcome, Relay
 from foreman.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.scheduler import QueueFull, Scheduler
 from foreman.store import JobStore
@@ -123,9 +123,8 @@ class Worker(Service):
         except Exception:
             self.scheduler.release()
             log.failure("Could not record a new job")
-            body = write_json_error(request, 503, "foreman: could not record the job; see its log")
-            request.setHeader(b"Retry-After", b"%d" % self.retry_after())
-            request.write(body)
+            message = "foreman: could not record the job; see its log"
+            answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
             return
         done: Deferred[None] = Deferred(lambda _: self._caller_left(job.id))
         self._callers[job.id] = _Caller(request, done)
@@ -167,9 +166,7 @@ class Worker(Service):
 
     def _refuse_busy(self, request: IRequest) -> None:
         retry = b"%d" % self.retry_after()
-        body = write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        request.write(body)
+        answer_with_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
 
     def _caller_left(self, job_id: str) -> None:
         # Klein cancels the caller's wait when its connection closes.
@@ -251,14 +248,14 @@ class Worker(Service):
         self.current = job
         try:
             await self._save(job)
-            refused = await self._run_step(job, self.residency.prepare(job))
-            if refused is None:
+            unreachable = await self._run_step(job, self.residency.prepare(job))
+            if unreachable is None:
                 job = self.current = job.moved(JobState.WORKING, self._clock.seconds())
                 await self._save(job)
                 attempt = await self._run_step(job, self._perform(job, caller))
-                await self._settle(job, attempt, caller, written=True)
+                await self._settle(job, attempt, caller)
             else:
-                await self._settle(job, refused, caller, written=False)
+                await self._settle(job, unreachable, caller)
         except CancelledError:
             await self._cancelled(job)
         finally:
@@ -294,9 +291,7 @@ class Worker(Service):
         except GoJSONError as e:
             return Attempt(Outcome.REFUSED, 400, str(e))
 
-    async def _settle(
-        self, job: Job, attempt: Attempt, caller: _Caller | None, *, written: bool
-    ) -> None:
+    async def _settle(self, job: Job, attempt: Attempt, caller: _Caller | None) -> None:
         if self._abandoned == job.id:
             # The caller left as the step ended: whatever the step saw (a
             # stream cut off by the hang-up), the job was cancelled.
@@ -323,16 +318,15 @@ class Worker(Service):
                 return  # a sync caller simply keeps waiting
             job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=502)
             if caller is not None:
-                write_whole(caller.request, 502, attempt.error or "", json_error=True)
+                answer_with_error(caller.request, 502, attempt.error or "")
         elif attempt.outcome is Outcome.DELIVERED:
             job = job.moved(
                 JobState.DONE, now, result=None if job.sync else attempt.body, last_error=None
             )
         else:
+            # Refused or broken: the relay already passed it on to a caller.
             status = attempt.status if attempt.outcome is Outcome.REFUSED else 502
             job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=status)
-            if caller is not None and not written:
-                _answer_refusal(caller.request, attempt)
         await self._save(job)
         self._release_caller(job.id)
 
@@ -380,15 +374,3 @@ class Worker(Service):
 
 _LEFT_QUEUED = "the caller disconnected while the job was queued"
 _LEFT_RUNNING = "the caller disconnected while the job was running"
-
-
-def _answer_refusal(request: IRequest, attempt: Attempt) -> None:
-    """Pass on Ollama's refusal of a load as if the call itself was refused."""
-    status = attempt.status or 502
-    if attempt.body:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"Content-Length", b"%d" % len(attempt.body))
-        request.write(attempt.body)
-    else:
-        write_whole(request, status, attempt.error or "", json_error=True)
