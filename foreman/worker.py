@@ -193,6 +193,14 @@ class Worker(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self._stopping = True
+        # Waiting sync callers get an answer now; nothing could serve them
+        # after a restart (asynchronous jobs simply stay queued).
+        now = self._clock.seconds()
+        for job in list(self.scheduler.jobs()):
+            if job.sync:
+                self.scheduler.remove(job.id)
+                self._save_soon(job.moved(JobState.FAILED, now, **_STOPPED))
+                self._answer_stopped(job.id)
         if self._step is not None:
             self._step.cancel()
         self._wake()
@@ -336,11 +344,21 @@ class Worker(Service):
         if self._stopping:
             if not job.sync:
                 return  # left running in the store: the next start re-queues it
-            job = job.moved(JobState.FAILED, now, last_error="foreman stopped", error_status=503)
-        else:
-            job = job.moved(JobState.CANCELLED, now, last_error=_LEFT_RUNNING)
-        await self._save(job)
+            await self._save(job.moved(JobState.FAILED, now, **_STOPPED))
+            self._answer_stopped(job.id)
+            return
+        await self._save(job.moved(JobState.CANCELLED, now, last_error=_LEFT_RUNNING))
         self._release_caller(job.id)
+
+    def _answer_stopped(self, job_id: str) -> None:
+        """Tell a sync caller foreman is stopping, unless its reply has begun."""
+        caller = self._callers.get(job_id)
+        if caller is None:
+            return
+        if not getattr(caller.request, "startedWriting", False):
+            message = "foreman is stopping; try again shortly"
+            answer_with_error(caller.request, 503, message, {b"Retry-After": b"5"})
+        self._release_caller(job_id)
 
     def _release_caller(self, job_id: str) -> None:
         caller = self._callers.pop(job_id, None)
@@ -373,4 +391,5 @@ class Worker(Service):
 
 
 _LEFT_QUEUED = "the caller disconnected while the job was queued"
+_STOPPED: dict[str, Any] = {"last_error": "foreman stopped", "error_status": 503}
 _LEFT_RUNNING = "the caller disconnected while the job was running"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest_twisted
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import ensureDeferred, gatherResults, maybeDeferred
 from twisted.web.http_headers import Headers
 
 from tests.conftest import StartForeman, StartSimulator
@@ -218,3 +218,26 @@ async def test_a_store_that_fails_is_a_503_not_a_traceback(
     assert response.headers.getRawHeaders(b"retry-after")
     assert "could not record the job" in (await response.json())["error"]
     assert queue.worker.scheduler.depth == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_foreman_answers_waiting_callers_with_503(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    from foreman.testing import DEFAULT_MODELS, SimModel
+
+    slow = SimModel(name="slowload:latest", size=1, load_seconds=30.0)
+    running_sim = await start_simulator(models=[*DEFAULT_MODELS, slow])
+    running = await start_foreman(running_sim.url)
+    queue = running.foreman.queue
+    assert queue is not None
+    client = StreamingClient(reactor)
+    loading = client.request(b"POST", running.url + "/api/chat", chat("slowload", "a", False))
+    waiting = client.request(b"POST", running.url + "/api/chat", chat("llama3.2", "b", False))
+    await eventually(lambda: queue.worker.scheduler.depth == 1, reactor)
+    await maybeDeferred(queue.worker.stopService)
+    for response_d in (loading, waiting):
+        response = await within(response_d, 5, reactor)
+        assert response.code == 503
+        assert "stopping" in json.loads(await treq.content(response))["error"]
+    running_sim.sim.shutdown()
