@@ -233,6 +233,9 @@ async def test_stopping_foreman_answers_waiting_callers_with_503(
     assert queue is not None
     client = StreamingClient(reactor)
     loading = client.request(b"POST", running.url + "/api/chat", chat("slowload", "a", False))
+    # The second caller must arrive only once the slow load holds the worker,
+    # or it could be served first and answered 200.
+    await eventually(lambda: queue.worker.current is not None, reactor)
     waiting = client.request(b"POST", running.url + "/api/chat", chat("llama3.2", "b", False))
     await eventually(lambda: queue.worker.scheduler.depth == 1, reactor)
     await maybeDeferred(queue.worker.stopService)
