@@ -22,6 +22,7 @@ DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_JOB_TTL = 24 * 3600.0
+DEFAULT_ARTIFACT_INLINE_LIMIT = 256 * 1024
 
 
 class UpstreamMode(enum.Enum):
@@ -75,11 +76,15 @@ class Config:
     swap_grace: float = 0.25
     #: False relays generation calls at once (diagnostics and benchmarks).
     queue: bool = True
+    #: Key for the HMAC-SHA256 signature on state webhooks; ``None``: unsigned.
+    webhook_secret: str | None = None
+    #: Artifacts up to this many bytes are inlined in job views and webhooks.
+    artifact_inline_limit: int = DEFAULT_ARTIFACT_INLINE_LIMIT
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a repr.
         shown = attrs.asdict(self, recurse=False)
-        for secret in ("token", "ollama_token"):
+        for secret in ("token", "ollama_token", "webhook_secret"):
             if shown[secret] is not None:
                 shown[secret] = "<redacted>"
         inner = ", ".join(f"{key}={value!r}" for key, value in shown.items())

@@ -61,6 +61,8 @@ class Job:
     metadata: bytes | None = None
     #: The completion in Ollama's ``stream: false`` shape, once done.
     result: bytes | None = None
+    #: ``Idempotency-Key`` of the ``POST /jobs`` that created the job.
+    idempotency_key: str | None = None
 
     @property
     def path(self) -> bytes:

@@ -77,6 +77,12 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "File holding a Bearer token to send to the target (or set FOREMAN_OLLAMA_TOKEN).",
     ),
     (
+        "webhook-secret-file",
+        "FOREMAN_WEBHOOK_SECRET_FILE",
+        None,
+        "File holding the key that signs state webhooks (or set FOREMAN_WEBHOOK_SECRET).",
+    ),
+    (
         "data-dir",
         "FOREMAN_DATA_DIR",
         None,
@@ -130,6 +136,12 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "FOREMAN_JOB_TTL",
         "24h",
         "How long finished jobs (and their results) are kept.",
+    ),
+    (
+        "artifact-inline-limit",
+        "FOREMAN_ARTIFACT_INLINE_LIMIT",
+        "256KiB",
+        "Artifacts up to this size are inlined in GET /jobs/{id} and the done webhook.",
     ),
     (
         "swap-grace",
@@ -208,6 +220,10 @@ class ForemanOptions(usage.Options):
         if self["ollama-token-file"]:
             ollama_token = _read_secret_file(self["ollama-token-file"], "Ollama token")
 
+        webhook_secret = self.environ.get("FOREMAN_WEBHOOK_SECRET") or None
+        if self["webhook-secret-file"]:
+            webhook_secret = _read_secret_file(self["webhook-secret-file"], "webhook secret")
+
         fields: dict[str, Any] = {}
         for name, key in (
             ("poll-interval", "poll_interval"),
@@ -219,10 +235,12 @@ class ForemanOptions(usage.Options):
                 raise usage.UsageError(f"--{name}: {e}") from None
             if not 0 < fields[key] < float("inf"):
                 raise usage.UsageError(f"--{name} must be a positive, finite duration")
-        try:
-            max_body_size = parse_size(self["max-body-size"])
-        except ValueError as e:
-            raise usage.UsageError(f"--max-body-size: {e}") from None
+        sizes: dict[str, int] = {}
+        for name in ("max-body-size", "artifact-inline-limit"):
+            try:
+                sizes[name] = parse_size(self[name])
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
 
         data_dir = Path(self["data-dir"]).expanduser() if self["data-dir"] else default_data_dir()
         try:
@@ -249,7 +267,9 @@ class ForemanOptions(usage.Options):
             ollama_token=ollama_token,
             allow_unauthenticated=bool(self["allow-unauthenticated"]),
             data_dir=data_dir,
-            max_body_size=max_body_size,
+            max_body_size=sizes["max-body-size"],
+            artifact_inline_limit=sizes["artifact-inline-limit"],
+            webhook_secret=webhook_secret,
             log_format=log_format,
             keep_alive=keep_alive,
             embed_model=self["embed-model"] or None,

@@ -50,6 +50,34 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX jobs_by_state ON jobs (state, created_at, id);
     CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
     """,
+    # 2: the /jobs surface. A retried submit finds its job by idempotency key;
+    # artifacts live and die with their job; webhook deliveries wait in an
+    # outbox that outlives a restart (and the job's own TTL).
+    """
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_model ON jobs (model, id);
+    CREATE TABLE artifacts (
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body BLOB NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_by_due ON deliveries (next_at, id);
+    """,
 )
 
 
@@ -103,6 +131,8 @@ class JobStore:
         try:
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA busy_timeout=5000")
+            # Artifacts are deleted with their job (ON DELETE CASCADE).
+            connection.execute("PRAGMA foreign_keys=ON")
             # Refuse a newer schema before changing anything in the file.
             self._check_version(connection)
             # WAL lets readers (a backup, sqlite3 on the command line) look
@@ -213,6 +243,19 @@ class JobStore:
             return deleted
 
         return self._run(sweep)
+
+    def transact(self, work: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """Run ``work(connection)`` in one transaction on the store's thread.
+
+        For modules that keep tables of their own in this file (artifacts,
+        the webhook outbox): their SQL stays with them, the threading here.
+        """
+
+        def transact() -> T:
+            with self._transaction() as db:
+                return work(db)
+
+        return self._run(transact)
 
     # -- reads -----------------------------------------------------------------
 
