@@ -120,6 +120,41 @@ def test_eviction_waits_for_a_busy_runner() -> None:
     assert done(waiting).lines()[-1]["load_duration"] == 700_000_000
 
 
+def model_size(name: str) -> int:
+    return next(m.size for m in DEFAULT_MODELS if m.name == name)
+
+
+def test_with_a_memory_budget_models_are_evicted_until_the_new_one_fits() -> None:
+    clock = Clock()
+    budget = model_size("gemma3:12b") + model_size("llama3.2:latest") - 1
+    sim = SimulatedOllama(clock, memory_bytes=budget)
+    call(sim, clock, "POST", "/api/embed", {"model": "all-minilm", "input": "x"})
+    call(sim, clock, "POST", "/api/chat", chat_body("llama3.2"))
+    assert sim.unloads == 0  # the two fit side by side
+    call(sim, clock, "POST", "/api/chat", chat_body("gemma3:12b"))
+    # Ollama evicts one runner at a time (shortest keep-alive, then name)
+    # and checks again: all-minilm goes first and frees too little.
+    assert sim.unloads == 2
+    assert sim.loaded_models() == ["gemma3:12b"]
+    call(sim, clock, "POST", "/api/embed", {"model": "all-minilm", "input": "x"})
+    assert sorted(sim.loaded_models()) == ["all-minilm:latest", "gemma3:12b"]
+
+
+def test_a_memory_budget_waits_for_a_busy_runner_and_never_stops_the_first_load() -> None:
+    clock = Clock()
+    sim = SimulatedOllama(clock, memory_bytes=1, tokens_per_second=10)
+    busy = start(sim, clock, "/api/chat", chat_body("llama3.2"))  # bigger than 1 byte: loads
+    clock.advance(0.5)
+    waiting = start(sim, clock, "/api/chat", chat_body("qwen3:8b", think=False))
+    clock.advance(0.5)
+    assert waiting.reply() is None and sim.loaded_models() == ["llama3.2:latest"]
+    clock.advance(0.2)
+    assert done(busy).status == 200
+    assert sim.loaded_models() == ["qwen3:8b"]
+    clock.advance(1.2)
+    assert done(waiting).status == 200
+
+
 # --- keep-alive ------------------------------------------------------------------------------
 
 

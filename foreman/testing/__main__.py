@@ -26,6 +26,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
 from foreman.durations import DurationError, parse_setting_duration
+from foreman.options import parse_size
 from foreman.testing._models import DEFAULT_MODELS
 from foreman.testing._simulator import SimulatedOllama
 
@@ -36,6 +37,13 @@ def _duration(text: str) -> float:
     try:
         return parse_setting_duration(text)
     except DurationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -69,6 +77,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="load latency of every model (default: each model's own, 0)",
     )
     parser.add_argument("--max-loaded-models", type=int, default=3)
+    parser.add_argument(
+        "--memory",
+        type=_size,
+        default=None,
+        help="GPU memory the loaded models share, e.g. 10GiB (a model takes its size); "
+        "default: no limit but --max-loaded-models",
+    )
     parser.add_argument("--num-parallel", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=512)
     parser.add_argument(
@@ -137,6 +152,7 @@ def build_simulator(options: argparse.Namespace, clock: Any = None) -> Simulated
         version=options.ollama_version,
         check_host=check_host,
         shared_bandwidth=options.shared_bandwidth,
+        memory_bytes=options.memory,
     )
 
 

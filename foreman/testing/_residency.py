@@ -6,8 +6,10 @@ This follows ``server/sched.go``:
   its runner at once; otherwise it joins one FIFO of requests waiting for a
   load. Only that FIFO is bounded by ``max_queue``.
 - The head of the FIFO loads its model when fewer than
-  ``max_loaded_models`` runners exist. Otherwise it picks a runner to
-  evict — the idle one with the shortest keep-alive (ties by name), or, if
+  ``max_loaded_models`` runners exist and, with a ``memory_bytes`` budget,
+  the model fits beside the loaded ones (a model's memory is its ``size``;
+  the first model always loads, as Ollama then offloads part of it to the
+  CPU). Otherwise it picks a runner to evict — the idle one with the shortest keep-alive (ties by name), or, if
   none is idle, the busy one with the shortest keep-alive — sets that
   runner's keep-alive to zero and waits for an unload before trying again.
 - A runner's keep-alive is set at load (the request's ``keep_alive`` or the
@@ -138,6 +140,7 @@ class Residency:
         max_queue: int,
         default_keep_alive: float,
         default_num_ctx: int = 4096,
+        memory_bytes: int | None = None,
         on_load: Callable[[SimModel], None] = lambda model: None,
         on_unload: Callable[[SimModel], None] = lambda model: None,
     ) -> None:
@@ -145,6 +148,8 @@ class Residency:
             raise ValueError("max_loaded_models and num_parallel must be >= 1, max_queue >= 0")
         self._clock = clock
         self._max_loaded = max_loaded_models
+        #: The GPU memory models must share; ``None``: only the count limits.
+        self._memory_bytes = memory_bytes
         self._num_parallel = num_parallel
         self._max_queue = max_queue
         self._default_keep_alive = default_keep_alive
@@ -277,7 +282,7 @@ class Residency:
                 self._pending.popleft()
                 self._attach(head, runner)
                 continue
-            if runner is None and len(self._runners) < self._max_loaded:
+            if runner is None and len(self._runners) < self._max_loaded and self._fits(head.model):
                 self._pending.popleft()
                 self._start_load(head)
                 continue
@@ -290,6 +295,12 @@ class Residency:
             # Wait for an unload (any unload, as Ollama does) before retrying.
             self._head_blocked = True
             return
+
+    def _fits(self, model: SimModel) -> bool:
+        if self._memory_bytes is None or not self._runners:
+            return True
+        used = sum(runner.model.size for runner in self._runners.values())
+        return used + model.size <= self._memory_bytes
 
     def _choose_victim(self) -> Runner:
         ordered = sorted(self._runners.values(), key=_eviction_order)

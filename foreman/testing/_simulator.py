@@ -68,6 +68,7 @@ class SimulatedOllama:
         default_num_ctx: int = 4096,
         max_recorded_requests: int = 10_000,
         shared_bandwidth: bool = False,
+        memory_bytes: int | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -96,6 +97,7 @@ class SimulatedOllama:
             max_queue=max_queue,
             default_keep_alive=math.inf if default_keep_alive < 0 else default_keep_alive,
             default_num_ctx=default_num_ctx,
+            memory_bytes=memory_bytes,
             on_load=self._model_loaded,
             on_unload=self._model_unloaded,
         )
