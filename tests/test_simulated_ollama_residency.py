@@ -467,3 +467,13 @@ def test_disconnect_during_a_non_streamed_reply() -> None:
     clock.advance(5)
     assert (sim.cancelled_requests, sim.active_generations, sim.completed_generations) == (1, 0, 0)
     assert wire.transport.value() == b""
+
+
+def test_the_memory_budget_on_the_command_line() -> None:
+    from foreman.testing.__main__ import build_simulator, parse_args
+
+    assert build_simulator(parse_args([]), Clock()).residency._memory_bytes is None
+    sim = build_simulator(parse_args(["--memory", "2GiB"]), Clock())
+    assert sim.residency._memory_bytes == 2 * 1024**3
+    with pytest.raises(SystemExit):
+        parse_args(["--memory", "lots"])
