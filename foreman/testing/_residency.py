@@ -9,8 +9,10 @@ This follows ``server/sched.go``:
   ``max_loaded_models`` runners exist and, with a ``memory_bytes`` budget,
   the model fits beside the loaded ones (a model's memory is its ``size``;
   the first model always loads, as Ollama then offloads part of it to the
-  CPU). Otherwise it picks a runner to evict — the idle one with the shortest keep-alive (ties by name), or, if
-  none is idle, the busy one with the shortest keep-alive — sets that
+  CPU). Otherwise it picks a runner to evict — the idle one with the
+  shortest keep-alive (ties by the weights' blob digest, as Ollama orders
+  by model path), or, if none is idle, the busy one with the shortest
+  keep-alive — sets that
   runner's keep-alive to zero and waits for an unload before trying again.
 - A runner's keep-alive is set at load (the request's ``keep_alive`` or the
   default) and replaced by every later request that sends one. The expiry
@@ -76,7 +78,9 @@ class Runner:
 
 
 def _eviction_order(runner: Runner) -> tuple[float, str]:
-    return (runner.keep_alive, runner.model.key)
+    # Ollama breaks ties by the model's path, which is its weights' blob
+    # (``blobs/sha256-<hex>``): in effect an arbitrary but fixed order.
+    return (runner.keep_alive, runner.model.layer_digest)
 
 
 class Lease:
