@@ -3,27 +3,21 @@
 Two measurements, each side by side in one run:
 
 1. **Loads, makespan and latency under a mixed workload.** 48 non-streamed
-   ``/api/chat`` calls over three models (``llama3.2``, ``qwen3:8b`` with
-   ``think: false``, ``gemma3:12b``) in a seeded random order, sent either
-   closed loop (six callers, one call at a time each) or open loop (the
-   same calls on a seeded Poisson schedule at ``ARRIVALS_PER_SECOND``, not
-   waiting for replies), while ``/api/embed`` calls (``all-minilm``) arrive
-   open-loop at a fixed rate for as long as the chats last. The simulated
-   Ollama has a scaled-down swap cost: every load takes 1 s (a 5-10 s load
-   on a laptop), tokens come at 100/s, replies are 20 tokens and each model
-   serves one request at a time. The same workload runs once straight at
-   the simulator (Ollama's own FIFO and eviction) and once through foreman
-   (queue on, ``--embed-model all-minilm``), each time against a fresh
-   simulator with nothing loaded. Each run first loads the embedding model
-   (direct: one embed call, as an application starting up would; foreman:
-   its own pin at first contact, waited for), then measures embeddings
-   alone at the same rate (the "no generation load" baseline), then runs
-   the mixed workload. Scenarios (``SCENARIOS``): the design's Mac, where
-   generations in progress share one GPU's bandwidth
-   (``shared_bandwidth=True``) and only the embedder and one chat model
-   fit (``max_loaded_models=2``), closed loop and open loop; and, for
-   comparison with earlier figures, every generation at full speed
-   whatever else runs, 3 models allowed (Ollama's default), closed loop.
+   ``/api/chat`` calls over three chat models in a seeded random order, sent
+   either closed loop (six callers, one call at a time each) or open loop
+   (the same calls on a seeded Poisson schedule, not waiting for replies),
+   while ``/api/embed`` calls (``all-minilm``) arrive open-loop at a fixed
+   rate for as long as the chats last. The simulated Ollama makes a swap
+   expensive at a smaller scale: every load takes 1 s (5-10 s on a laptop),
+   tokens come at 100/s, replies are 20 tokens and each model serves one
+   request at a time. The same workload runs once straight at the simulator
+   (Ollama's own FIFO and eviction) and once through foreman (queue on,
+   ``--embed-model all-minilm``), each time against a fresh simulator with
+   nothing loaded. Each run first loads the embedding model (direct: one
+   embed call, as an application starting up would; foreman: its own pin at
+   first contact, waited for), then measures embeddings alone at the same
+   rate (the "no generation load" baseline), then runs the mixed workload.
+   Scenarios: see ``SCENARIOS``.
 
 2. **What the queue itself adds.** A small non-streamed chat at
    concurrency 1, the model loaded, an unpaced simulator: foreman with the
@@ -34,16 +28,11 @@ Why the simulator for part 1 runs inside this process: the figure that
 matters most is the number of model loads, and Ollama has no counter for
 it. Sampling ``/api/ps`` from outside misses a model loaded and evicted
 between two samples, cannot tell a reload from a model that stayed, and
-adds requests of its own. In this process
-``SimulatedOllama`` (on a real port, on the real reactor) counts every load
-and unload exactly (``loads``, ``load_history``, ``unloads``), and a fresh
-instance per run starts with nothing loaded. foreman still runs under
+adds requests of its own. In this process ``SimulatedOllama`` (on a real
+port, on the real reactor) counts every load and unload exactly, and a
+fresh instance per run starts with nothing loaded. foreman still runs under
 ``twistd`` in its own process, as in production; it is started and stopped
 from a thread so that this process's reactor keeps serving it meanwhile.
-The cost of sharing: the simulator's work and the load generator's share
-one Python process (and, with foreman, the machine's two cores), equally
-in both runs. foreman's own swap count is read off the same counters: a
-swap is a load of a generation model while another one was resident.
 
 Part 2 uses a simulator in its own process, as ``bench/overhead.py`` does.
 
@@ -55,7 +44,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -70,38 +58,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 
 from bench._processes import foreman, simulated_ollama
-from foreman.testing import DEFAULT_MODELS, SimulatedOllama
-from foreman.upstream import BytesBodyProducer
-
-CHAT_MODELS = ("llama3.2", "qwen3:8b", "gemma3:12b")
-EMBED_MODEL = "all-minilm"
-HEADERS = Headers({b"Content-Type": [b"application/json"]})
+from bench._workload import (
+    ARRIVALS_PER_SECOND,
+    EMBED_MODEL,
+    FULL,
+    QUICK,
+    ChatSample,
+    Client,
+    Settings,
+    chat_body,
+    closed_loop,
+    embed_body,
+    embeddings_alone,
+    mixed,
+    open_loop,
+    open_schedule,
+    sleep,
+    summary_ms,
+    workload,
+)
+from foreman.testing import DEFAULT_MODELS, SimModel, SimulatedOllama
 
 #: The simulated Ollama of part 1 (see the module docstring).
 LOAD_SECONDS = 1.0
 TOKENS_PER_SECOND = 100.0
 REPLY_TOKENS = 20
 NUM_PARALLEL = 1
+#: foreman's default swap grace (250 ms) is sized against a 5-10 s swap; the
+#: swaps here take 1 s, so the grace is scaled down with them (250 ms / 6).
+SWAP_GRACE = "40ms"
 
-#: Open-loop chats arrive as a Poisson process at this mean rate. One chat's
-#: tokens take 0.2 s (5/s if the model never changed); with a 1 s load every
-#: four chats, about 0.45 s (2.2/s): 2.5/s is about the machine's capacity.
-ARRIVALS_PER_SECOND = 2.5
+GIB = 1024**3
+
+#: The design's Mac: an M1 Pro with 32 GB, whose GPU may wire about two
+#: thirds of it (macOS's default limit), running big models of which one
+#: fits beside the embedder and no two fit together. Sizes are those of the
+#: Ollama library's downloads.
+MAC_GPU_MEMORY = 32 * GIB * 2 // 3
+BIG_MODELS: tuple[SimModel, ...] = (
+    SimModel(
+        name="qwen3:14b", size=9_276_198_565, family="qwen3", parameter_size="14.8B", thinking=True
+    ),
+    SimModel(
+        name="mistral-small3.2:24b",
+        size=15_177_384_862,
+        family="mistral3",
+        parameter_size="24.0B",
+        vision=True,
+    ),
+    SimModel(
+        name="gemma3:27b",
+        size=17_396_936_941,
+        family="gemma3",
+        parameter_size="27.4B",
+        tools=False,
+        vision=True,
+    ),
+)
+SMALL_MODELS = ("llama3.2", "qwen3:8b", "gemma3:12b")
 
 
 @attrs.frozen
 class Scenario:
     name: str
+    #: The chat models of the workload (all installed in the simulator).
+    chat_models: tuple[str, ...]
     #: How many models the simulated Ollama keeps loaded.
     max_loaded_models: int
+    #: GPU memory the loaded models share (``None``: only the count limits).
+    memory_bytes: int | None
     #: Generations in progress share the token rate (one bandwidth-bound GPU).
     shared_bandwidth: bool
     #: "closed": the callers wait for each reply; "open": chats arrive on a schedule.
@@ -109,325 +136,49 @@ class Scenario:
 
 
 #: Part 1's scenarios. The first two are the design's Mac: one GPU whose
-#: bandwidth concurrent generations share, room for the embedder and one chat
-#: model. The last is the earlier headline: each model generating at full
-#: speed whatever else runs, room for 3 (Ollama's default for one GPU).
+#: bandwidth concurrent generations share, three big models of which only one
+#: fits beside the embedder. The last is the opposite case, where foreman's
+#: one-worker-model rule costs more than it saves: three small models that
+#: Ollama may keep side by side (its default of 3 loaded models per GPU),
+#: each generating at full speed whatever else runs.
 SCENARIOS = (
-    Scenario("shared bandwidth, room for 2, 6 closed-loop callers", 2, True, "closed"),
-    Scenario("shared bandwidth, room for 2, open-loop arrivals", 2, True, "open"),
-    Scenario("unshared bandwidth, room for 3, 6 closed-loop callers", 3, False, "closed"),
+    Scenario(
+        "the design's Mac (32 GB, big models), 6 closed-loop callers",
+        tuple(m.name for m in BIG_MODELS),
+        3,
+        MAC_GPU_MEMORY,
+        True,
+        "closed",
+    ),
+    Scenario(
+        "the design's Mac (32 GB, big models), open-loop arrivals",
+        tuple(m.name for m in BIG_MODELS),
+        3,
+        MAC_GPU_MEMORY,
+        True,
+        "open",
+    ),
+    Scenario(
+        "small models that fit together (room for 3), unshared, 6 closed-loop callers",
+        SMALL_MODELS,
+        3,
+        None,
+        False,
+        "closed",
+    ),
 )
-
-#: No single call may take longer than this; the whole run is bounded by it.
-REQUEST_TIMEOUT = 120.0
-
-
-@attrs.frozen
-class Settings:
-    callers: int
-    chats_per_caller: int
-    embeds_per_second: float
-    baseline_seconds: float
-    overhead_rounds: int
-    overhead_calls_per_round: int
-
-
-FULL = Settings(
-    callers=6,
-    chats_per_caller=8,
-    embeds_per_second=10.0,
-    baseline_seconds=6.0,
-    overhead_rounds=10,
-    overhead_calls_per_round=100,
-)
-QUICK = Settings(
-    callers=6,
-    chats_per_caller=3,
-    embeds_per_second=10.0,
-    baseline_seconds=2.0,
-    overhead_rounds=4,
-    overhead_calls_per_round=50,
-)
-
-
-# -- HTTP ------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    started: float
-    ended: float
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return self.ended - self.started
-
-
-class _Body(Protocol):
-    """Collects a response body (``readBody`` warns about the Agent's transport)."""
-
-    def __init__(self) -> None:
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-        self._parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._parts))
-        else:
-            self.done.errback(reason)
-
-
-class Client:
-    """A persistent-connection HTTP client with a timeout on every call."""
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 64
-        self.agent = Agent(reactor, pool=self.pool)
-
-    def post(self, url: str, document: dict[str, Any]) -> defer.Deferred[Reply]:
-        call = defer.ensureDeferred(self._request(b"POST", url, json.dumps(document).encode()))
-        call.addTimeout(REQUEST_TIMEOUT, self.reactor)
-        return call
-
-    def get(self, url: str) -> defer.Deferred[Reply]:
-        call = defer.ensureDeferred(self._request(b"GET", url, None))
-        call.addTimeout(REQUEST_TIMEOUT, self.reactor)
-        return call
-
-    async def _request(self, method: bytes, url: str, body: bytes | None) -> Reply:
-        started = time.perf_counter()
-        producer = BytesBodyProducer(body) if body is not None else None
-        response: IResponse = await self.agent.request(method, url.encode(), HEADERS, producer)
-        body_reader = _Body()
-        response.deliverBody(body_reader)
-        content = await body_reader.done
-        headers = {
-            name.decode().lower(): values[-1].decode()
-            for name, values in response.headers.getAllRawHeaders()
-        }
-        return Reply(response.code, content, started, time.perf_counter(), headers)
-
-    async def close(self) -> None:
-        await self.pool.closeCachedConnections()
-
-
-def chat_body(model: str, text: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": text}],
-        "stream": False,
-    }
-    if model.startswith("qwen3"):
-        body["think"] = False
-    return body
-
-
-def embed_body(index: int) -> dict[str, Any]:
-    return {"model": EMBED_MODEL, "input": f"document number {index} about the sky"}
-
-
-# -- figures ---------------------------------------------------------------------
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def summary_ms(samples: list[float]) -> dict[str, float]:
-    return {
-        "count": len(samples),
-        "p50_ms": percentile(samples, 0.50) * 1e3,
-        "p95_ms": percentile(samples, 0.95) * 1e3,
-        "p99_ms": percentile(samples, 0.99) * 1e3,
-        "max_ms": max(samples, default=float("nan")) * 1e3,
-    }
-
-
-# -- part 1: the mixed workload -----------------------------------------------------
-
-
-def workload(settings: Settings, seed: int) -> list[list[str]]:
-    """Each caller's models, in order: seeded, identical for both runs."""
-    rng = random.Random(seed)
-    return [
-        [rng.choice(CHAT_MODELS) for _ in range(settings.chats_per_caller)]
-        for _ in range(settings.callers)
-    ]
-
-
-def open_schedule(plan: list[list[str]], seed: int) -> list[tuple[float, str]]:
-    """The plan's chats (same models, same counts) as seeded Poisson arrivals:
-    (seconds after the first, model), identical for both runs."""
-    rng = random.Random(seed + 1)
-    models = [model for models in plan for model in models]
-    rng.shuffle(models)
-    schedule, at = [], 0.0
-    for model in models:
-        schedule.append((at, model))
-        at += rng.expovariate(ARRIVALS_PER_SECOND)
-    return schedule
-
-
-class EmbedStream:
-    """``/api/embed`` calls at a fixed rate, open loop (not waiting for replies)."""
-
-    def __init__(self, client: Client, url: str, per_second: float) -> None:
-        self._client = client
-        self._url = url + "/api/embed"
-        self._interval = 1.0 / per_second
-        self._calls: list[defer.Deferred[None]] = []
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
-        self._loop = task.LoopingCall(self._fire)
-        self._loop.clock = client.reactor
-
-    def start(self) -> None:
-        self._loop.start(self._interval, now=True)
-
-    async def stop(self) -> None:
-        """Send no more; wait for every reply still due."""
-        if self._loop.running:
-            self._loop.stop()
-        await defer.gatherResults(self._calls, consumeErrors=True)
-
-    def _fire(self) -> None:
-        index = len(self._calls)
-        self._calls.append(defer.ensureDeferred(self._one(index)))
-
-    async def _one(self, index: int) -> None:
-        try:
-            reply = await self._client.post(self._url, embed_body(index))
-        except Exception as e:
-            self.errors.append(f"embed {index}: {type(e).__name__}: {e}")
-            return
-        if reply.status != 200:
-            self.errors.append(f"embed {index}: {reply.status} {reply.body[:200]!r}")
-            return
-        self.latencies.append(reply.seconds)
-
-
-async def sleep(reactor: Any, seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def embeddings_alone(
-    client: Client, url: str, settings: Settings, reactor: Any
-) -> tuple[list[float], list[str]]:
-    stream = EmbedStream(client, url, settings.embeds_per_second)
-    stream.start()
-    await sleep(reactor, settings.baseline_seconds)
-    await stream.stop()
-    return stream.latencies, stream.errors
-
-
-@dataclass
-class ChatSample:
-    caller: int
-    turn: int
-    model: str
-    status: int
-    started: float
-    ended: float
-    queue_position: str | None
-    error: str | None = None
-
-
-async def one_chat(
-    client: Client, chat_url: str, number: int, turn: int, model: str, started: float
-) -> ChatSample:
-    """One non-streamed chat; its latency counts from ``started`` (when it was due)."""
-    text = f"caller {number}, turn {turn}: why is the sky blue?"
-    try:
-        reply = await client.post(chat_url, chat_body(model, text))
-    except Exception as e:
-        failure = f"{type(e).__name__}: {e}"
-        return ChatSample(number, turn, model, 0, started, time.perf_counter(), None, failure)
-    error = None
-    if reply.status != 200:
-        error = reply.body[:200].decode(errors="replace")
-    elif json.loads(reply.body).get("done") is not True:
-        error = "reply not done"
-    return ChatSample(
-        number,
-        turn,
-        model,
-        reply.status,
-        started,
-        reply.ended,
-        reply.headers.get("x-foreman-queue-position"),
-        error,
-    )
-
-
-async def closed_loop(client: Client, chat_url: str, plan: list[list[str]]) -> list[ChatSample]:
-    """Each caller sends its chats one at a time, each once the last was answered."""
-
-    async def caller(number: int, models: list[str]) -> list[ChatSample]:
-        return [
-            await one_chat(client, chat_url, number, turn, model, time.perf_counter())
-            for turn, model in enumerate(models)
-        ]
-
-    per_caller = await defer.gatherResults(
-        [defer.ensureDeferred(caller(n, models)) for n, models in enumerate(plan)],
-        consumeErrors=True,
-    )
-    return [sample for samples in per_caller for sample in samples]
-
-
-async def open_loop(
-    client: Client, chat_url: str, schedule: list[tuple[float, str]], reactor: Any
-) -> list[ChatSample]:
-    """Every chat sent at its time in ``schedule``, whatever is still unanswered."""
-    first = time.perf_counter()
-
-    async def send(number: int, offset: float, model: str) -> ChatSample:
-        await sleep(reactor, max(0.0, first + offset - time.perf_counter()))
-        return await one_chat(client, chat_url, number, 0, model, first + offset)
-
-    calls = [
-        defer.ensureDeferred(send(number, offset, model))
-        for number, (offset, model) in enumerate(schedule)
-    ]
-    samples: list[ChatSample] = await defer.gatherResults(calls, consumeErrors=True)
-    return samples
-
-
-async def mixed(
-    client: Client,
-    url: str,
-    settings: Settings,
-    chats: Callable[[str], Awaitable[list[ChatSample]]],
-) -> tuple[list[ChatSample], EmbedStream]:
-    """The chats, with embeddings arriving open-loop for as long as they last."""
-    stream = EmbedStream(client, url, settings.embeds_per_second)
-    stream.start()
-    try:
-        samples = await chats(url + "/api/chat")
-    finally:
-        await stream.stop()
-    return samples, stream
 
 
 def make_simulator(reactor: Any, scenario: Scenario) -> SimulatedOllama:
-    models = tuple(attrs.evolve(m, load_seconds=LOAD_SECONDS) for m in DEFAULT_MODELS)
+    installed = (*DEFAULT_MODELS, *BIG_MODELS)
+    models = tuple(attrs.evolve(m, load_seconds=LOAD_SECONDS) for m in installed)
     return SimulatedOllama(
         reactor,
         models=models,
         tokens_per_second=TOKENS_PER_SECOND,
         reply_tokens=REPLY_TOKENS,
         max_loaded_models=scenario.max_loaded_models,
+        memory_bytes=scenario.memory_bytes,
         num_parallel=NUM_PARALLEL,
         shared_bandwidth=scenario.shared_bandwidth,
     )
@@ -486,7 +237,7 @@ async def scheduling_run(
     result: dict[str, Any] = {"path": "foreman" if through_foreman else "direct"}
     try:
         if through_foreman:
-            process = foreman(sim_url, "--embed-model", EMBED_MODEL)
+            process = foreman(sim_url, "--embed-model", EMBED_MODEL, "--swap-grace", SWAP_GRACE)
             # Started from a thread: _processes waits for /healthz with blocking
             # calls, and this reactor must keep serving the simulator meanwhile.
             url: str = await threads.deferToThread(process.__enter__)
@@ -534,7 +285,7 @@ async def scheduling_run(
         result["chats"] = summary_ms([c.ended - c.started for c in ok])
         result["per_model"] = {
             model: summary_ms([c.ended - c.started for c in ok if c.model == model])
-            for model in CHAT_MODELS
+            for model in scenario.chat_models
         }
         result["chat_errors"] = [asdict(c) for c in chats if c.error is not None]
         result["embed_under_load"] = summary_ms(stream.latencies)
@@ -615,7 +366,6 @@ async def queue_overhead(reactor: Any, settings: Settings) -> dict[str, Any]:
 
 
 async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
-    plan = workload(settings, seed)
     started = time.monotonic()
     results: dict[str, Any] = {
         "settings": attrs.asdict(settings),
@@ -624,14 +374,17 @@ async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
             "tokens_per_second": TOKENS_PER_SECOND,
             "reply_tokens": REPLY_TOKENS,
             "num_parallel": NUM_PARALLEL,
+            "foreman_swap_grace": SWAP_GRACE,
             "open_loop_arrivals_per_second": ARRIVALS_PER_SECOND,
         },
         "seed": seed,
-        "plan": plan,
         "scenarios": [],
     }
     for scenario in SCENARIOS:
         figures: dict[str, Any] = attrs.asdict(scenario)
+        # The same draw for every scenario, over that scenario's models.
+        plan = workload(settings, seed, scenario.chat_models)
+        figures["plan"] = plan
         for path, through in (("direct", False), ("foreman", True)):
             figures[path] = await scheduling_run(
                 reactor,
@@ -651,7 +404,9 @@ def _ms(figure: dict[str, float], key: str) -> str:
     return f"{figure[key]:,.0f} ms" if figure[key] >= 100 else f"{figure[key]:.1f} ms"
 
 
-def _rows(direct: dict[str, Any], through: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
+def _rows(
+    direct: dict[str, Any], through: dict[str, Any], chat_models: list[str]
+) -> Iterator[tuple[str, str, str, str]]:
     ratio = direct["loads"] / max(1, through["loads"])
     yield (
         "model loads, all",
@@ -686,7 +441,7 @@ def _rows(direct: dict[str, Any], through: dict[str, Any]) -> Iterator[tuple[str
         f"{through['serial_estimate_s']:.2f} s",
         "",
     )
-    for model in CHAT_MODELS:
+    for model in chat_models:
         d, f = direct["per_model"][model], through["per_model"][model]
         yield (
             f"{model} p50 / p95 (n={d['count']:.0f})",
@@ -729,12 +484,16 @@ def report(results: dict[str, Any]) -> str:
         out += [
             f"Mixed workload, {scenario['name']} (--max-loaded-models "
             f"{scenario['max_loaded_models']}"
-            f"{', --shared-bandwidth' if scenario['shared_bandwidth'] else ''}):",
+            + (f", --memory {scenario['memory_bytes']}" if scenario["memory_bytes"] else "")
+            + f"{', --shared-bandwidth' if scenario['shared_bandwidth'] else ''}):",
             "",
             "| measure | direct | through foreman | target |",
             "|---|---:|---:|---|",
         ]
-        out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(direct, through)]
+        out += [
+            f"| {a} | {b} | {c} | {d} |"
+            for a, b, c, d in _rows(direct, through, scenario["chat_models"])
+        ]
         out += [
             "",
             f"Load order direct:  {' '.join(direct['load_history'])}",
