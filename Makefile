@@ -58,9 +58,9 @@ typecheck: install-test
 pytest: install-test
 	$(BIN)/pytest
 
+## Run every benchmark; tables (and a chart, with matplotlib) in bench/results/.
 bench: install-test
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules

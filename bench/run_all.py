@@ -1,0 +1,240 @@
+"""``make bench``: run every benchmark and collect what they print in ``bench/results/``.
+
+Each script runs in its own process, one after the other (they would skew
+each other's figures if run together), with ``--json`` so that its raw
+figures are kept beside its printed tables:
+
+- ``bench/results/<script>.md``: what the script printed, under a header
+  saying when, on which commit and on what machine it ran;
+- ``bench/results/<script>.json``: its raw figures;
+- ``bench/results/README.md``: the headline figures of every script in one
+  table, against their targets;
+- ``bench/results/latency.png``: latency percentiles of every script side by
+  side, when matplotlib is installed (it is optional).
+
+Usage: ``python bench/run_all.py [--quick] [--only NAME ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+#: In the order they run; a script that is not there yet is left out.
+SCRIPTS = ("overhead", "scheduler", "jobs")
+
+Row = tuple[str, str, str]
+
+
+def _commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return found.stdout.strip()
+
+
+def _machine() -> str:
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
+
+
+def run_script(name: str, quick: bool) -> tuple[int, float]:
+    """Run one script; its output goes to ``<name>.md``, its figures to ``<name>.json``."""
+    command = [sys.executable, str(HERE / f"{name}.py"), "--json", str(RESULTS / f"{name}.json")]
+    if quick:
+        command.append("--quick")
+    started = time.monotonic()
+    printed = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    header = (
+        f"# bench/{name}.py\n\n"
+        f"Run {time.strftime('%Y-%m-%d %H:%M %Z')} on commit {_commit()}, {_machine()}"
+        f"{', --quick' if quick else ''}; {seconds:.0f} s, exit status {printed.returncode}.\n\n"
+    )
+    body = printed.stdout
+    if printed.returncode != 0:
+        body += f"\n\n```\n{printed.stderr[-4000:]}\n```\n"
+    (RESULTS / f"{name}.md").write_text(header + body + "\n")
+    return printed.returncode, seconds
+
+
+# -- headline figures ------------------------------------------------------------------
+
+
+def _overhead_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    c1, rates = figures["c1"], figures["throughput_c16"]
+    first, lines = figures["first_line"], figures["line_delay"]
+    yield (
+        "relay: added latency p50, concurrency 1",
+        f"{c1['foreman_p50_ms'] - c1['direct_p50_ms']:.2f} ms",
+        "≤ 1 ms",
+    )
+    yield (
+        "relay: added time to first line",
+        f"{first['foreman_p50_ms'] - first['direct_p50_ms']:.2f} ms",
+        "≤ 2 ms",
+    )
+    yield (
+        "relay: added per-line delay p99",
+        f"{lines['foreman_p99_ms'] - lines['direct_p99_ms']:.2f} ms",
+        "≤ 2 ms",
+    )
+    yield (
+        "relay: throughput at concurrency 16, over direct",
+        f"{rates['foreman_rps'] / rates['direct_rps']:.2f}",
+        "≥ 0.25",
+    )
+
+
+def _scheduler_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    for scenario in figures["scenarios"]:
+        direct, through = scenario["direct"], scenario["foreman"]
+        name = scenario["name"]
+        yield (
+            f"scheduler, {name}: model loads direct → foreman",
+            f"{direct['loads']} → {through['loads']}"
+            f" ({direct['loads'] / max(1, through['loads']):.1f}x)",
+            "≥ 3x fewer",
+        )
+        yield (
+            f"scheduler, {name}: makespan direct → foreman",
+            f"{direct['makespan_s']:.1f} s → {through['makespan_s']:.1f} s",
+            "shorter",
+        )
+        yield (
+            f"scheduler, {name}: embed p95 alone → under load (foreman)",
+            f"{through['embed_alone']['p95_ms']:.1f} ms → "
+            f"{through['embed_under_load']['p95_ms']:.1f} ms",
+            "unaffected",
+        )
+    overhead = figures["queue_overhead"]
+    yield (
+        "scheduler: added by the queue, p50",
+        f"{overhead['queue']['p50_ms'] - overhead['no_queue']['p50_ms']:.2f} ms",
+        "≤ 5 ms",
+    )
+
+
+def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    # bench/jobs.py's figures: any "<what>_p50_ms" / "<what>_p99_ms" pair.
+    for key, value in sorted(figures.items()):
+        if isinstance(value, int | float) and key.endswith(("_p50_ms", "_p99_ms")):
+            yield f"jobs: {key.removesuffix('_ms').replace('_', ' ')}", f"{value:.2f} ms", ""
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
+    "overhead": _overhead_rows,
+    "scheduler": _scheduler_rows,
+    "jobs": _jobs_rows,
+}
+
+
+def headline_table(ran: dict[str, tuple[int, float]]) -> str:
+    out = [
+        "# Benchmark results",
+        "",
+        f"Commit {_commit()}, {_machine()}, {time.strftime('%Y-%m-%d %H:%M %Z')}. "
+        "Each script's full output is in its own file here; docs/performance.md explains "
+        "what is measured and how to read it.",
+        "",
+        "| figure | measured | target |",
+        "|---|---:|---|",
+    ]
+    for name, (status, _seconds) in ran.items():
+        figures_file = RESULTS / f"{name}.json"
+        if status != 0 or not figures_file.exists():
+            out.append(f"| bench/{name}.py | failed (exit {status}), see {name}.md | |")
+            continue
+        try:
+            rows = list(HEADLINES[name](json.loads(figures_file.read_text())))
+        except (KeyError, TypeError, ValueError) as e:
+            rows = [(f"bench/{name}.py", f"figures not understood ({e!r})", "")]
+        out += [f"| {what} | {measured} | {target} |" for what, measured, target in rows]
+    out.append("")
+    return "\n".join(out)
+
+
+# -- the optional chart -------------------------------------------------------------------
+
+
+def latency_series(name: str, figures: Any, prefix: str = "") -> Iterator[tuple[str, float, float]]:
+    """Every (label, p50, p99) found in a script's figures, searched recursively."""
+    if isinstance(figures, dict):
+        p50 = figures.get("p50_ms")
+        p99 = figures.get("p99_ms", figures.get("p95_ms"))
+        if isinstance(p50, int | float) and isinstance(p99, int | float):
+            yield f"{name}: {prefix}", float(p50), float(p99)
+            return
+        for key, value in figures.items():
+            yield from latency_series(name, value, f"{prefix} {key}".strip())
+
+
+def draw_chart(names: list[str]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series = []
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            series += list(latency_series(name, json.loads(path.read_text())))
+    if not series:
+        return None
+    labels = [label for label, _, _ in series]
+    figure, axes = plt.subplots(figsize=(10, 0.3 * len(series) + 1.5))
+    positions = range(len(series))
+    axes.barh(positions, [p99 for _, _, p99 in series], color="#c8d7ea", label="p99 (or p95)")
+    axes.barh(positions, [p50 for _, p50, _ in series], color="#3a6ea5", label="p50")
+    axes.set_yticks(list(positions), labels, fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel("milliseconds (log scale)")
+    axes.legend()
+    figure.tight_layout()
+    chart = RESULTS / "latency.png"
+    figure.savefig(chart, dpi=120)
+    return chart
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each script's short run")
+    parser.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these")
+    arguments = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    names = [n for n in arguments.only or SCRIPTS if (HERE / f"{n}.py").exists()]
+    ran: dict[str, tuple[int, float]] = {}
+    for name in names:
+        print(f"bench/{name}.py ...", flush=True)
+        ran[name] = run_script(name, arguments.quick)
+        status, seconds = ran[name]
+        print(f"  {'done' if status == 0 else f'FAILED ({status})'} in {seconds:.0f} s")
+    summary = headline_table(ran)
+    (RESULTS / "README.md").write_text(summary)
+    print(summary)
+    chart = draw_chart(names)
+    print(f"chart: {chart}" if chart else "chart: skipped (matplotlib is not installed)")
+    return 0 if all(status == 0 for status, _ in ran.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
