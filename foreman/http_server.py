@@ -9,7 +9,7 @@ whose caller hung up.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,6 +17,9 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 from foreman.errors import JSON_CONTENT_TYPE, error_body
+
+if TYPE_CHECKING:
+    from foreman.metrics import ForemanMetrics
 
 #: Model weights are uploaded here; they are gigabytes by nature.
 _UNLIMITED_PREFIXES = (b"/api/blobs/",)
@@ -137,6 +140,14 @@ class ForemanRequest(server.Request):
             + (" (client disconnected)" if lost else "")
         )
         access_log.info("{line}", line=line, **fields)
+        # ``site`` is set when the request is processed; a 413 refused while
+        # the body arrived never was, so its channel's site is asked instead.
+        site = getattr(self, "site", None) or getattr(self.channel, "site", None)
+        metrics = getattr(site, "metrics", None)
+        if metrics is not None:
+            metrics.request_finished(
+                fields["path"], fields["method"], self.code, time.perf_counter() - self.started
+            )
         # notifyFinish's errback is consumed here: a caller hanging up is an
         # ordinary event, not an unhandled error.
         return None
@@ -148,9 +159,18 @@ class ForemanSite(server.Site):
     requestFactory = ForemanRequest
     noisy = False
 
-    def __init__(self, resource: IResource, *, max_body_size: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_body_size: int,
+        metrics: ForemanMetrics | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
+        #: Told of every finished request, when ``/metrics`` is served.
+        self.metrics = metrics
         # The version of twisted.web is nobody's business.
         self.displayTracebacks = False
 

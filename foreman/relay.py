@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -70,6 +71,12 @@ class Attempt:
     error: str | None = None
     #: The body, when it was received whole.
     body: bytes | None = None
+    #: The last line of a relayed stream (Ollama's final, with its metrics).
+    last_line: bytes | None = None
+
+
+#: Told of every delivered reply: (path, whole body or last streamed line).
+ReplyObserver = Callable[[bytes, bytes], None]
 
 
 class Relay:
@@ -78,6 +85,24 @@ class Relay:
     def __init__(self, agent: IAgent, target: Target) -> None:
         self._agent = agent
         self.target = target
+        self._observers: list[ReplyObserver] = []
+
+    def observe(self, observer: ReplyObserver) -> None:
+        """Call ``observer`` with every delivered reply (for metrics)."""
+        self._observers.append(observer)
+
+    def _delivered(self, path: bytes) -> Callable[[Attempt], Attempt]:
+        def tell(attempt: Attempt) -> Attempt:
+            if attempt.outcome is Outcome.DELIVERED and self._observers:
+                final = attempt.last_line if attempt.last_line is not None else attempt.body
+                for observer in self._observers:
+                    try:
+                        observer(path, final or b"")
+                    except Exception:
+                        log.failure("A reply observer failed")
+            return attempt
+
+        return tell
 
     def forward(
         self,
@@ -114,7 +139,7 @@ class Relay:
         sent = self._agent.request(method, self.target.url(path), headers, body)
         relayed: Deferred[Attempt] = sent.addCallback(self._relay_response, request)
         relayed.addErrback(self._unreachable)
-        return relayed
+        return relayed.addCallback(self._delivered(path))
 
     def fetch(self, method: bytes, path: bytes, body: bytes | None = None) -> Deferred[Attempt]:
         """Make a call of foreman's own and keep the whole reply."""
@@ -133,7 +158,7 @@ class Relay:
 
         fetched: Deferred[Attempt] = sent.addCallback(collect)
         fetched.addErrback(self._unreachable)
-        return fetched
+        return fetched.addCallback(self._delivered(path))
 
     def _relay_response(self, response: IResponse, request: IRequest) -> Deferred[Attempt]:
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
@@ -152,7 +177,7 @@ class Relay:
                 lambda broke: (
                     Attempt(Outcome.BROKEN, response.code, broke)
                     if broke
-                    else _judged(response.code, b"")
+                    else attrs.evolve(_judged(response.code, b""), last_line=streaming.last_line)
                 )
             )
         whole = _WholeBody()
@@ -270,6 +295,8 @@ class _LineRelay(_CancellableBodyReader):
         self._target = target
         self._partial = b""
         self._registered = False
+        #: The last complete line relayed so far.
+        self.last_line = b""
 
     def connectionMade(self) -> None:
         # Backpressure: the caller's socket pauses the upstream socket.
@@ -283,6 +310,7 @@ class _LineRelay(_CancellableBodyReader):
         if end:
             self._request.write(data[:end])
             self._partial = data[end:]
+            self.last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1]
         else:
             self._partial = data
         if len(self._partial) > MAX_LINE_BYTES:
@@ -300,6 +328,7 @@ class _LineRelay(_CancellableBodyReader):
         if reason.check(ResponseDone):
             if self._partial:
                 self._request.write(self._partial)
+                self.last_line = self._partial
             self.finished.callback(None)
             return
         # Status 200 is long gone: the only honest signal left is one final
