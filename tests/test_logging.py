@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+from typing import cast
 
 from twisted.application.service import Application
-from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher
 
 from foreman.logging import json_lines_observer
 from foreman.service import ForemanService
@@ -49,3 +50,27 @@ def test_text_format_leaves_twistd_alone() -> None:
     application = Application("foreman")
     ForemanService(None).setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is None
+
+
+def test_access_events_wait_for_the_reactor_to_send_the_reply() -> None:
+    from twisted.internet.base import DelayedCall
+    from twisted.internet.task import Clock
+
+    from foreman.http_server import AfterSend
+
+    clock = Clock()
+    published: list[LogEvent] = []
+    after_send = AfterSend(clock, cast(ILogObserver, published.append))
+    log = Logger(namespace="foreman.access", observer=after_send)
+    log.info("first")
+    log.info("second")
+    assert published == []
+    # One pass of the reactor (the one that sends the reply) goes by before
+    # the flush is even scheduled.
+    (first_hop,) = cast(list[DelayedCall], clock.getDelayedCalls())
+    assert first_hop.func == clock.callLater and first_hop.args == (0, after_send.flush)
+    clock.advance(0)
+    assert [event["log_format"] for event in published] == ["first", "second"]
+    log.info("third")
+    after_send.flush()  # as the site does when it stops
+    assert len(published) == 3
