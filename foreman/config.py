@@ -65,6 +65,8 @@ class Config:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_format: LogFormat = LogFormat.TEXT
+    #: twistd's own ``--logfile`` (JSON lines go there too); ``None``: stdout.
+    log_file: str | None = None
     #: Pin for the worker model; ``inf`` is Ollama's "forever" (-1).
     keep_alive: float = math.inf
     #: The small embedding model kept loaded beside the worker model.

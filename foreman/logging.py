@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import IO, Any, cast
 
 from twisted.logger import ILogObserver, LogEvent, formatEvent
-from zope.interface import provider
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 _SKIPPED = {"message", "format", "isError", "time", "system"}
 
@@ -43,15 +44,33 @@ def event_as_json_line(event: LogEvent) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def json_lines_observer(stream: IO[str]) -> ILogObserver:
-    @provider(ILogObserver)
-    def write(event: LogEvent) -> None:
-        stream.write(event_as_json_line(event))
-        stream.flush()
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """Writes each event as one JSON line to ``stream`` and flushes it."""
 
-    return cast(ILogObserver, write)
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        self.stream.write(event_as_json_line(event))
+        self.stream.flush()
 
 
-def observer() -> ILogObserver:
+def json_lines_observer(stream: IO[str]) -> JSONLinesObserver:
+    return JSONLinesObserver(stream)
+
+
+def json_observer(log_file: str | None) -> JSONLinesObserver:
+    """JSON lines into twistd's ``--logfile`` (rotating like its text log), else stdout.
+
+    twistd hands its log file to its own text observer only; when foreman
+    supplies the observer, foreman must honour ``--logfile`` itself.
+    """
+    if not log_file or log_file == "-":
+        return json_lines_observer(sys.stdout)
+    return json_lines_observer(cast(IO[str], LogFile.fromFullPath(log_file)))
+
+
+def observer() -> JSONLinesObserver:
     """Zero-argument factory for ``twistd --logger=foreman.logging.observer``."""
     return json_lines_observer(sys.stdout)

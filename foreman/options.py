@@ -259,8 +259,12 @@ class ForemanOptions(usage.Options):
                 raise usage.UsageError(f"--{name} must be a whole number") from None
             if counts[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        # twistd's options (``--logfile``) are this one's parent.
+        parent = getattr(self, "parent", None)
+        log_file = parent.get("logfile") if parent is not None else None
         return Config(
             listen=self["listen"],
+            log_file=log_file or None,
             ollama_url=url,
             upstream=upstream,
             token=token,

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import cast
 
+import pytest
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher
 
@@ -74,3 +76,32 @@ def test_access_events_wait_for_the_reactor_to_send_the_reply() -> None:
     log.info("third")
     after_send.flush()  # as the site does when it stops
     assert len(published) == 3
+
+
+def test_json_lines_go_to_twistds_log_file_when_one_is_named(tmp_path: Path) -> None:
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    from foreman.logging import json_observer
+
+    log_file = tmp_path / "foreman.log"
+    options = ServerOptions()
+    options.parseOptions([f"--logfile={log_file}", "foreman", "--log-format", "json"])
+    config = options.subOptions.config
+    assert config.log_file == str(log_file)
+    observer = json_observer(config.log_file)
+    Logger(namespace="foreman.access", observer=observer).info("{line}", line="GET / 200")
+    observer.stream.close()
+    (record,) = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert record["line"] == "GET / 200"
+
+
+def test_without_a_log_file_json_lines_go_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    from foreman.logging import json_observer
+
+    for log_file in (None, "-"):
+        publisher = LogPublisher(json_observer(log_file))
+        Logger(observer=publisher).info("hello")
+    assert [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()] == [
+        "hello",
+        "hello",
+    ]
