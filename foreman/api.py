@@ -1,8 +1,9 @@
-"""foreman's HTTP surface: the native Ollama API, plus ``/healthz``.
+"""foreman's HTTP surface: the native Ollama API, plus ``/healthz`` and ``/jobs``.
 
 Metadata calls are relayed (or served from the inventory); generation calls
 go through the :class:`~foreman.generation.GenerationRunner` seam; embedding
-calls are relayed directly and concurrently, always (ADR-0013).
+calls are relayed directly and concurrently, always (ADR-0013). ``/jobs`` is
+an app of its own (:mod:`foreman.jobs_api`), mounted here.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from foreman import gojson
+from foreman import routing
 from foreman.auth import BearerTokenGuard
 from foreman.errors import (
     JSON_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
     embedding_model_not_found,
     model_not_found,
     write_json_error,
@@ -32,16 +31,12 @@ from foreman.errors import (
 from foreman.generation import Endpoint, GenerationCall, GenerationRunner
 from foreman.health import health_report, queue_report
 from foreman.inventory import Inventory
+from foreman.jobs_api import JobsAPI
 from foreman.relay import Relay
+from foreman.routing import BadRequest, read_json
 from foreman.upstream import BytesBodyProducer
 from foreman.upstream_body import request_body_producer
 from foreman.worker import Worker
-
-log = Logger()
-
-
-class BadRequest(Exception):
-    """A body foreman must read (for its model name) and cannot."""
 
 
 def _whole(request: IRequest, body: bytes | None) -> bytes | None:
@@ -49,18 +44,6 @@ def _whole(request: IRequest, body: bytes | None) -> bytes | None:
     if body is not None:
         request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
-
-
-def _read_json(request: IRequest) -> tuple[bytes, Any]:
-    """The raw body and its value, decoded with the leniency and wording of Go."""
-    request.content.seek(0)
-    raw: bytes = request.content.read()
-    try:
-        return raw, gojson.loads(raw)
-    except gojson.EmptyBody:
-        raise BadRequest("missing request body") from None
-    except gojson.GoJSONError as e:
-        raise BadRequest(str(e)) from None
 
 
 def _model_of(parsed: Any) -> str | None:
@@ -82,12 +65,14 @@ class ForemanAPI:
         generation: GenerationRunner,
         *,
         worker: Worker | None = None,
+        jobs: JobsAPI | None = None,
         simulated: bool = False,
     ) -> None:
         self._relay = relay
         self._inventory = inventory
         self._generation = generation
         self._worker = worker
+        self._jobs = None if jobs is None else jobs.app.resource()
         self._simulated = simulated
 
     def resource(self, guard: BearerTokenGuard) -> IResource:
@@ -130,6 +115,18 @@ class ForemanAPI:
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
         return _whole(request, self._inventory.tags_body)
 
+    @app.route("/jobs", branch=True)
+    def jobs(self, request: IRequest) -> IResource | bytes:
+        if self._jobs is None:
+            return routing.page_not_found(request)
+        # Klein renders the returned app with ``/jobs`` moved into the
+        # request's prepath: its routes are relative to ``/jobs``. ``/jobs``
+        # itself would reach it as an empty path, which werkzeug matches to
+        # no rule (a 404 for a wrong method); it is its ``/``.
+        if not request.postpath:
+            request.postpath = [b""]
+        return self._jobs
+
     # -- relayed as they are -------------------------------------------------
 
     @app.route("/api/version", methods=["GET", "HEAD"])
@@ -170,7 +167,7 @@ class ForemanAPI:
     @app.route("/api/embed", methods=["POST"])
     @app.route("/api/embeddings", methods=["POST"])
     async def embed(self, request: IRequest) -> bytes | None:
-        raw, parsed = _read_json(request)
+        raw, parsed = read_json(request)
         model = _model_of(parsed)
         if model is not None:
             request.model = model  # type: ignore[attr-defined]
@@ -180,7 +177,7 @@ class ForemanAPI:
         return None
 
     async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
-        raw, parsed = _read_json(request)
+        raw, parsed = read_json(request)
         model = _model_of(parsed)
         if model is None:
             # No usable model name: nothing can load or run, so Ollama gives
@@ -200,33 +197,19 @@ class ForemanAPI:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"Content-Type", TEXT_CONTENT_TYPE)
-        return b"404 page not found"
+        return routing.page_not_found(request)
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        request.setResponseCode(405)
-        request.setHeader(b"Content-Type", TEXT_CONTENT_TYPE)
-        return b"405 method not allowed"
+        return routing.method_not_allowed(request)
 
     @app.handle_errors(BadRequest)
     def bad_request(self, request: IRequest, failure: Failure) -> bytes:
-        return write_json_error(request, 400, str(failure.value))
+        return routing.bad_request(request, failure)
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        if failure.check(HTTPException):
-            # Werkzeug's own answers, e.g. the redirect for a trailing slash.
-            exception = failure.value
-            assert isinstance(exception, HTTPException)
-            response = exception.get_response({})
-            request.setResponseCode(exception.code or 500)
-            for name, value in response.headers:
-                request.setHeader(name.encode(), value.encode())
-            return b"".join(response.iter_encoded())
-        log.failure("Unexpected error answering {path}", failure, path=request.path)
-        return write_json_error(request, 500, "foreman: internal error (see foreman's log)")
+        return routing.unexpected(request, failure)
 
 
 class _Guarded(Resource):

@@ -59,7 +59,13 @@ class Job:
     webhook_url: str | None = None
     #: Caller JSON echoed back by ``/jobs`` (raw bytes).
     metadata: bytes | None = None
-    #: The completion in Ollama's ``stream: false`` shape, once done.
+    #: The completion in Ollama's ``stream: false`` shape, once an
+    #: asynchronous job is done: the bytes of its ``completion`` artifact
+    #: (ADR-0006). They live in the job's row rather than in the ``artifacts``
+    #: table because the one UPDATE that records ``done`` then stores them
+    #: too: nothing can see a done job whose completion is missing (the done
+    #: webhook's URL serves at once), and the TTL sweep deletes them with the
+    #: row. The ``artifacts`` table is kept for outputs beyond the completion.
     result: bytes | None = None
     #: ``Idempotency-Key`` of the ``POST /jobs`` that created the job.
     idempotency_key: str | None = None

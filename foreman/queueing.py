@@ -1,4 +1,5 @@
-"""The durable queue, assembled: store, scheduler, residency, worker and sweeper."""
+"""The durable queue, assembled: store, webhook outbox, scheduler, residency,
+worker and sweeper."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from twisted.python.threadpool import ThreadPool
 
 from foreman.config import Config
 from foreman.inventory import Inventory
+from foreman.job_events import JobEvents
 from foreman.relay import Relay
 from foreman.residency import Residency
 from foreman.scheduler import Scheduler
 from foreman.store import DATABASE_NAME, JobStore, Recovery, thread_runner
+from foreman.webhooks import WebhookOutbox
 from foreman.worker import Worker
 
 log = Logger()
@@ -38,6 +41,7 @@ class Queue:
     worker: Worker
     residency: Residency
     recovery: Recovery
+    outbox: WebhookOutbox
 
 
 class _StoreService(Service):
@@ -70,6 +74,11 @@ def build_queue(
     except (sqlite3.Error, RuntimeError) as e:
         raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
     _StoreService(store, pool).setServiceParent(services)
+    # Started after the store (its pending deliveries are read from it) and,
+    # children being stopped in reverse, stopped before it. Events the worker
+    # announces as it stops are stored and sent after the next start.
+    outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret)
+    outbox.setServiceParent(services)
     if recovery.requeued or recovery.abandoned:
         log.info(
             "Recovered after a restart: {requeued} job(s) back in the queue, {abandoned} "
@@ -90,6 +99,9 @@ def build_queue(
         max_attempts=config.max_attempts,
         swap_grace=config.swap_grace,
     )
+    # Listening before anything runs: restored jobs announce their
+    # transitions like new ones.
+    worker.on_transition(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
     worker.restore(unfinished)
     worker.setServiceParent(services)
 
@@ -103,11 +115,11 @@ def build_queue(
 
     if math.isfinite(config.job_ttl):
         ttl_sweeper(store, reactor, config.job_ttl).setServiceParent(services)
-    return Queue(store, worker, residency, recovery), services
+    return Queue(store, worker, residency, recovery, outbox), services
 
 
 def ttl_sweeper(store: JobStore, clock: IReactorTime, ttl: float) -> TimerService:
-    """Deletes finished jobs (and, with them, their results) older than ``ttl``."""
+    """Deletes finished jobs (and, with them, their artifacts) older than ``ttl``."""
 
     def sweep() -> Deferred[int]:
         swept = store.sweep(clock.seconds() - ttl)

@@ -23,6 +23,7 @@ from foreman.config import Config, LogFormat, UpstreamMode
 from foreman.generation import DirectGeneration, GenerationRunner
 from foreman.http_server import ForemanSite
 from foreman.inventory import Inventory
+from foreman.jobs_api import JobsAPI
 from foreman.listen_address import is_loopback_only
 from foreman.logging import observer as json_stdout_observer
 from foreman.queueing import Queue, build_queue
@@ -165,8 +166,20 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         queue_services.setServiceParent(root)
         generation = queue.worker
 
+    jobs = JobsAPI(
+        inventory,
+        reactor,
+        worker=queue.worker if queue else None,
+        store=queue.store if queue else None,
+        inline_limit=config.artifact_inline_limit,
+    )
     api = ForemanAPI(
-        relay, inventory, generation, worker=queue.worker if queue else None, simulated=simulated
+        relay,
+        inventory,
+        generation,
+        worker=queue.worker if queue else None,
+        jobs=jobs,
+        simulated=simulated,
     )
     site = ForemanSite(
         api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from foreman.jobs import Job, JobState
+from foreman.model_names import canonical_model_name
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -101,11 +102,20 @@ class Recovery:
     abandoned: int
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
+_COLUMNS = tuple(field.name for field in attrs.fields(Job))
+
+
+def _row_to_job(row: sqlite3.Row, **missing: object) -> Job:
     values = dict(zip(row.keys(), row, strict=True))
+    values.update(missing)
     values["state"] = JobState(values["state"])
     values["sync"] = bool(values["sync"])
     return Job(**values)
+
+
+def _by_idempotency_key(db: sqlite3.Connection, key: str) -> Job | None:
+    row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+    return None if row is None else _row_to_job(row)
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
@@ -206,6 +216,24 @@ class JobStore:
 
         return self._run(update)
 
+    def insert_unless_known(self, job: Job) -> Deferred[Job]:
+        """Insert ``job``, unless a job with its idempotency key exists: then
+        that one, unchanged. One transaction, so two submits racing with the
+        same key still make one job (the unique index backs this up)."""
+        row = _job_to_row(job)
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+
+        def insert(db: sqlite3.Connection) -> Job:
+            if job.idempotency_key is not None:
+                known = _by_idempotency_key(db, job.idempotency_key)
+                if known is not None:
+                    return known
+            db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+            return job
+
+        return self.transact(insert)
+
     def recover(self, now: float) -> Deferred[Recovery]:
         """Make the jobs of a process that died consistent again (ADR-0008).
 
@@ -265,6 +293,47 @@ class JobStore:
             return None if row is None else _row_to_job(row)
 
         return self._run(get)
+
+    def find_by_idempotency_key(self, key: str) -> Deferred[Job | None]:
+        return self._run(lambda: _by_idempotency_key(self._db, key))
+
+    def listing(
+        self,
+        *,
+        limit: int,
+        state: JobState | None = None,
+        model: str | None = None,
+        before: str | None = None,
+    ) -> Deferred[list[Job]]:
+        """Asynchronous jobs, newest first, ids below ``before``, at most ``limit``.
+
+        ``model`` matches every name Ollama takes for the same model. The
+        jobs come without ``body`` and ``result``: a page is a summary,
+        and those two can be large.
+        """
+        conditions: list[str] = ["sync = 0"]
+        parameters: list[object] = []
+        if state is not None:
+            conditions.append("state = ?")
+            parameters.append(state.value)
+        if model is not None:
+            conditions.append("foreman_model(model) = ?")
+            parameters.append(canonical_model_name(model))
+        if before is not None:
+            conditions.append("id < ?")
+            parameters.append(before)
+        columns = ", ".join(name for name in _COLUMNS if name not in ("body", "result"))
+        query = (
+            f"SELECT {columns} FROM jobs WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT ?"
+        )
+
+        def listing() -> list[Job]:
+            db = self._db
+            db.create_function("foreman_model", 1, canonical_model_name, deterministic=True)
+            rows = db.execute(query, (*parameters, limit)).fetchall()
+            return [_row_to_job(row, body=b"", result=None) for row in rows]
+
+        return self._run(listing)
 
     def unfinished(self) -> Deferred[list[Job]]:
         """Every job that is queued or running, oldest first."""

@@ -12,6 +12,8 @@ last error only after ``max_attempts``. Ollama answered with an error: the
 job fails at once with Ollama's status and message. A caller that hangs up
 cancels its job: while queued it is dropped before it can cause a load;
 while running its upstream call is aborted and the worker moves on.
+``cancel`` does the same for an asynchronous job. Each stored transition
+is announced to the listeners of :mod:`foreman.transitions` (webhooks).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import math
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from foreman.alarm import Alarm
+from foreman.callers import Caller, Callers
 from foreman.errors import SERVER_BUSY, answer_with_error
 from foreman.generation import GenerationCall
 from foreman.gojson import GoJSONError
@@ -36,6 +39,7 @@ from foreman.relay import Attempt, Outcome, Relay
 from foreman.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.scheduler import QueueFull, Scheduler
 from foreman.store import JobStore
+from foreman.transitions import TransitionListener, Transitions
 from foreman.ulid import new_ulid
 from foreman.upstream import BytesBodyProducer
 
@@ -43,14 +47,6 @@ log = Logger()
 T = TypeVar("T")
 
 QUEUE_POSITION_HEADER = b"X-Foreman-Queue-Position"
-
-
-@attrs.define
-class _Caller:
-    """The HTTP caller blocked on a sync job."""
-
-    request: IRequest
-    done: Deferred[None]
 
 
 class Worker(Service):
@@ -81,15 +77,21 @@ class Worker(Service):
         #: At most one generation towards the target at any time.
         self.gate = DeferredSemaphore(1)
         self.current: Job | None = None
-        self._callers: dict[str, _Caller] = {}
+        self._callers = Callers()
         self._step: Deferred[Any] | None = None
-        self._wakeup: Deferred[None] | None = None
-        self._timer: IDelayedCall | None = None
+        self._alarm = Alarm(clock)
         self._loop_done: Deferred[None] | None = None
         self._stopping = False
         self._abandoned: str | None = None
         #: Smoothed seconds per job, for ``Retry-After``.
         self.average_job_seconds = 5.0
+        self._transitions = Transitions()
+        #: Fired when the running job's execution ends.
+        self._on_ended: list[Deferred[None]] = []
+
+    def on_transition(self, listener: TransitionListener) -> None:
+        """Call ``listener(job, previous_state)`` after each state is stored."""
+        self._transitions.add(listener)
 
     # -- intake ------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class Worker(Service):
         except CancelledError:
             # The caller left while the row was being written.
             self.scheduler.release()
-            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
+            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED), None)
             raise
         except Exception:
             self.scheduler.release()
@@ -126,9 +128,9 @@ class Worker(Service):
             message = "foreman: could not record the job; see its log"
             answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
             return
-        done: Deferred[None] = Deferred(lambda _: self._caller_left(job.id))
-        self._callers[job.id] = _Caller(request, done)
+        done = self._callers.wait(job.id, request, self._caller_left)
         self.scheduler.add(job)
+        self._transitions.announce(job, None)
         request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
         self._wake()
         await done
@@ -140,13 +142,42 @@ class Worker(Service):
     async def _submit(self, job: Job) -> Job:
         self.scheduler.reserve()
         try:
-            await self._store.insert(job)
+            stored = await self._store.insert_unless_known(job)
         except BaseException:
             self.scheduler.release()
             raise
+        if stored.id != job.id:
+            # A retried submit (same Idempotency-Key): the first one's job.
+            self.scheduler.release()
+            return stored
         self.scheduler.add(job)
+        self._transitions.announce(job, None)
         self._wake()
         return job
+
+    def cancel(self, job_id: str) -> Deferred[Job | None]:
+        """Cancel a queued or running asynchronous job; fires with the job as it
+        ended (cancelled, or a terminal state it reached first), or ``None``
+        if the worker does not hold it. Sync jobs are their callers' to cancel.
+        """
+        return ensureDeferred(self._cancel(job_id))
+
+    async def _cancel(self, job_id: str) -> Job | None:
+        if job_id in self._callers:
+            return None
+        queued = self.scheduler.remove(job_id)
+        if queued is not None:
+            now = self._clock.seconds()
+            job = queued.moved(JobState.CANCELLED, now, last_error=_CANCELLED_QUEUED)
+            await self._save(job, queued.state)
+            return job
+        if self.current is None or self.current.id != job_id:
+            return None
+        ended: Deferred[None] = Deferred()
+        self._on_ended.append(ended)
+        self._abandon(job_id)
+        await ended  # the job's execution, its last save included, is over
+        return await self._store.get(job_id)
 
     def restore(self, jobs: list[Job]) -> None:
         """Queue jobs recovered from the store at start-up (beyond any bound)."""
@@ -172,10 +203,15 @@ class Worker(Service):
         # Klein cancels the caller's wait when its connection closes.
         queued = self.scheduler.remove(job_id)
         if queued is not None:
-            self._callers.pop(job_id, None)
+            self._callers.forget(job_id)
             now = self._clock.seconds()
-            self._save_soon(queued.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED))
+            cancelled = queued.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED)
+            self._save_soon(cancelled, queued.state)
             return
+        self._abandon(job_id)
+
+    def _abandon(self, job_id: str) -> None:
+        """Stop the running job ``job_id``: it ends cancelled."""
         if self.current is not None and self.current.id == job_id:
             # Between two steps there is nothing to cancel yet: the mark
             # stops the next step from starting.
@@ -199,8 +235,8 @@ class Worker(Service):
         for job in list(self.scheduler.jobs()):
             if job.sync:
                 self.scheduler.remove(job.id)
-                self._save_soon(job.moved(JobState.FAILED, now, **_STOPPED))
-                self._answer_stopped(job.id)
+                self._save_soon(job.moved(JobState.FAILED, now, **_STOPPED), job.state)
+                self._callers.answer_stopped(job.id)
         if self._step is not None:
             self._step.cancel()
         self._wake()
@@ -232,34 +268,27 @@ class Worker(Service):
         return self._last_finished_at + self.swap_grace
 
     async def _sleep(self, until: float | None = None) -> None:
-        now = self._clock.seconds()
-        ready_at = self.scheduler.next_ready_at(now)
+        """Until woken, ``until``, or the next job backing off is ready."""
+        ready_at = self.scheduler.next_ready_at(self._clock.seconds())
         if until is not None:
             ready_at = until if ready_at is None else min(ready_at, until)
-        if ready_at is not None:
-            self._timer = self._clock.callLater(ready_at - now, self._wake)
-        self._wakeup = Deferred()
-        await self._wakeup
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        await self._alarm.sleep(ready_at)
 
     def _wake(self) -> None:
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None and not wakeup.called:
-            wakeup.callback(None)
+        self._alarm.wake()
 
     async def _execute(self, job: Job) -> None:
         caller = self._callers.get(job.id)
         started = self._clock.seconds()
+        previous = job.state
         job = job.moved(JobState.LOADING, started, attempt=job.attempt + 1)
         self.current = job
         try:
-            await self._save(job)
+            await self._save(job, previous)
             unreachable = await self._run_step(job, self.residency.prepare(job))
             if unreachable is None:
                 job = self.current = job.moved(JobState.WORKING, self._clock.seconds())
-                await self._save(job)
+                await self._save(job, JobState.LOADING)
                 attempt = await self._run_step(job, self._perform(job, caller))
                 await self._settle(job, attempt, caller)
             else:
@@ -271,6 +300,9 @@ class Worker(Service):
             self._step = None
             self._abandoned = None
             self._last_finished_at = self._clock.seconds()
+            ended, self._on_ended = self._on_ended, []
+            for each in ended:
+                each.callback(None)
         elapsed = self._clock.seconds() - started
         self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
 
@@ -285,7 +317,7 @@ class Worker(Service):
         finally:
             self._step = None
 
-    async def _perform(self, job: Job, caller: _Caller | None) -> Attempt:
+    async def _perform(self, job: Job, caller: Caller | None) -> Attempt:
         keep_alive = self.residency.keep_alive
         try:
             if caller is not None:
@@ -299,12 +331,13 @@ class Worker(Service):
         except GoJSONError as e:
             return Attempt(Outcome.REFUSED, 400, str(e))
 
-    async def _settle(self, job: Job, attempt: Attempt, caller: _Caller | None) -> None:
+    async def _settle(self, job: Job, attempt: Attempt, caller: Caller | None) -> None:
         if self._abandoned == job.id:
             # The caller left as the step ended: whatever the step saw (a
             # stream cut off by the hang-up), the job was cancelled.
             raise CancelledError()
         now = self._clock.seconds()
+        previous = job.state
         if attempt.outcome is Outcome.UNREACHABLE:
             self.residency.forget()
             if job.attempt < self.max_attempts:
@@ -321,7 +354,7 @@ class Worker(Service):
                 job = job.moved(
                     JobState.QUEUED, now, not_before=now + delay, last_error=attempt.error
                 )
-                await self._save(job)
+                await self._save(job, previous)
                 self.scheduler.add(job, reserved=False)
                 return  # a sync caller simply keeps waiting
             job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=502)
@@ -335,8 +368,8 @@ class Worker(Service):
             # Refused or broken: the relay already passed it on to a caller.
             status = attempt.status if attempt.outcome is Outcome.REFUSED else 502
             job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=status)
-        await self._save(job)
-        self._release_caller(job.id)
+        await self._save(job, previous)
+        self._callers.release(job.id)
 
     async def _cancelled(self, job: Job) -> None:
         now = self._clock.seconds()
@@ -344,37 +377,26 @@ class Worker(Service):
         if self._stopping:
             if not job.sync:
                 return  # left running in the store: the next start re-queues it
-            await self._save(job.moved(JobState.FAILED, now, **_STOPPED))
-            self._answer_stopped(job.id)
+            await self._save(job.moved(JobState.FAILED, now, **_STOPPED), job.state)
+            self._callers.answer_stopped(job.id)
             return
-        await self._save(job.moved(JobState.CANCELLED, now, last_error=_LEFT_RUNNING))
-        self._release_caller(job.id)
+        why = _LEFT_RUNNING if job.sync else _CANCELLED_RUNNING
+        await self._save(job.moved(JobState.CANCELLED, now, last_error=why), job.state)
+        self._callers.release(job.id)
 
-    def _answer_stopped(self, job_id: str) -> None:
-        """Tell a sync caller foreman is stopping, unless its reply has begun."""
-        caller = self._callers.get(job_id)
-        if caller is None:
-            return
-        if not getattr(caller.request, "startedWriting", False):
-            message = "foreman is stopping; try again shortly"
-            answer_with_error(caller.request, 503, message, {b"Retry-After": b"5"})
-        self._release_caller(job_id)
-
-    def _release_caller(self, job_id: str) -> None:
-        caller = self._callers.pop(job_id, None)
-        if caller is not None and not caller.done.called:
-            caller.done.callback(None)
-
-    async def _save(self, job: Job) -> None:
+    async def _save(self, job: Job, previous: JobState | None) -> None:
+        """Record ``job``'s new state (it left ``previous``), then announce it."""
         try:
             await self._store.update(job)
         except Exception:
             log.failure(
                 "Could not record job {job_id} as {state}", job_id=job.id, state=job.state.value
             )
+            return
+        self._transitions.announce(job, previous)
 
-    def _save_soon(self, job: Job) -> None:
-        ensureDeferred(self._save(job))
+    def _save_soon(self, job: Job, previous: JobState | None) -> None:
+        ensureDeferred(self._save(job, previous))
 
     # -- visibility -------------------------------------------------------------------
 
@@ -393,3 +415,5 @@ class Worker(Service):
 _LEFT_QUEUED = "the caller disconnected while the job was queued"
 _STOPPED: dict[str, Any] = {"last_error": "foreman stopped", "error_status": 503}
 _LEFT_RUNNING = "the caller disconnected while the job was running"
+_CANCELLED_QUEUED = "cancelled while queued"
+_CANCELLED_RUNNING = "cancelled while running"
