@@ -6,6 +6,11 @@ bytes to the webhook outbox, which stores them and delivers at least once.
 Sync calls never send events (ADR-0014). Nothing here waits for a delivery
 or lets one fail back into the worker: the job goes on whatever happens to
 its events, and ``GET /jobs/{id}`` remains the truth.
+
+An event is stored by the outbox in a transaction of its own, just after the
+transition it reports: a crash in between (a store round trip) loses that
+one event, never the job's state. Writing both in one transaction would
+close the gap; the outbox would need a way to take a row stored by others.
 """
 
 from __future__ import annotations
@@ -62,12 +67,13 @@ class JobEvents:
         self._outbox = outbox
         self._inline_limit = inline_limit
 
-    def __call__(self, job: Job, previous: JobState | None) -> None:
+    def __call__(self, job: Job, previous: JobState | None) -> Deferred[None] | None:
+        """Hand the event over; the Deferred fires once the outbox has stored it."""
         if job.sync or job.webhook_url is None:
-            return
+            return None
         body = event_body(job, previous, self._inline_limit)
         handed = self._outbox.deliver(job.id, job.webhook_url, body)
-        handed.addErrback(self._not_handed, job)
+        return handed.addErrback(self._not_handed, job)
 
     @staticmethod
     def _not_handed(failure: Failure, job: Job) -> None:

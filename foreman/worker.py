@@ -151,8 +151,9 @@ class Worker(Service):
             self.scheduler.release()
             return stored
         self.scheduler.add(job)
-        self._transitions.announce(job, None)
+        announced = self._transitions.announce(job, None)
         self._wake()
+        await announced  # the first event stored too, before the caller hears "accepted"
         return job
 
     def cancel(self, job_id: str) -> Deferred[Job | None]:

@@ -33,7 +33,9 @@ from foreman.jobs import Job, JobState
 from foreman.store import DATABASE_NAME, JobStore
 from foreman.testing import SimulatedOllama
 from foreman.ulid import new_ulid
+from foreman.webhooks import verify
 from tests.daemons import Daemon, spawn, wait_until_up
+from tests.webhook_receiver import OK, Hang, WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -275,3 +277,157 @@ async def test_kill_9_mid_run_and_every_queued_job_completes_exactly_once(
     for request in sim.requests:
         if request.path == "/api/chat" and body_marker(request.body) is not None:
             assert json.loads(request.body)["stream"] is False
+
+
+# -- /jobs across a kill -9: every job done once, every done event delivered --------------
+
+ASYNC_JOBS = 50
+#: The job foreman is killed in: long enough that the kill lands mid-generation.
+LONG_JOB = 4
+LONG_TOKENS = 20_000
+SECRET = "crash secret"
+
+
+def long_or_short(index: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": marker(index)}],
+        "metadata": {"index": index},
+    }
+    if index == LONG_JOB:
+        body["options"] = {"num_predict": LONG_TOKENS}
+    return body
+
+
+@pytest_twisted.async_yield_fixture
+async def hanging_receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(reactor, default=Hang())
+    receiver.listen()
+    yield receiver
+    await receiver.close()
+
+
+def pending_deliveries(database: Path) -> int:
+    uri = f"file:{database}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as connection:
+        count: int = connection.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_with_fifty_jobs_queued_then_every_job_done_once_and_its_done_event_sent(
+    reactor: Any,
+    tmp_path: Path,
+    http: HTTPClient,
+    daemons: list[Daemon],
+    hanging_receiver: WebhookReceiver,
+) -> None:
+    receiver = hanging_receiver
+    sim = SimulatedOllama(reactor, tokens_per_second=200.0, reply_tokens=2)
+    port = reactor.listenTCP(0, sim.site(reactor), interface="127.0.0.1")
+    sim_url = f"http://127.0.0.1:{port.getHost().port}"
+    deadline = Deadline(reactor, DEADLINE_SECONDS)
+    data_dir = tmp_path / "data"
+    database = data_dir / DATABASE_NAME
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(SECRET + "\n")
+
+    def start(run: int) -> Daemon:
+        daemon = spawn(
+            tmp_path,
+            "--upstream",
+            "ollama",
+            "--ollama-url",
+            sim_url,
+            "--webhook-secret-file",
+            str(secret_file),
+            data_dir=data_dir,
+            log_name=f"foreman-jobs-{run}.log",
+        )
+        daemons.append(daemon)
+        return daemon
+
+    try:
+        # -- first run: submit fifty jobs; the fifth holds the worker ---------------
+        first = start(1)
+        await wait_until_up(first, http, reactor)
+        ids: dict[str, int] = {}
+        for index in range(ASYNC_JOBS):
+            body = {**long_or_short(index), "state_webhook_url": receiver.url(f"/job/{index}")}
+            response = await http.post(first.url + "/jobs", json=body)
+            assert response.code == 202, await response.text()
+            ids[(await response.json())["job_id"]] = index
+        while not (sim.active_generations == 1 and chat_markers(sim)[-1] == marker(LONG_JOB)):
+            await deadline.tick(first, "the long job to be generating")
+        # Nothing was acknowledged: every event so far waits in the outbox.
+        assert pending_deliveries(database) > ASYNC_JOBS
+        first.process.send_signal(signal.SIGKILL)
+        assert first.process.wait(timeout=10) == -signal.SIGKILL
+        at_kill = read_jobs(database)
+        assert at_kill.count(JobState.DONE) == LONG_JOB
+        assert at_kill.count(JobState.QUEUED) == ASYNC_JOBS - LONG_JOB - 1
+        (interrupted,) = at_kill.running()
+        assert ids[interrupted] == LONG_JOB
+        while sim.active_generations:
+            await deadline.tick(None, "the simulator to see foreman's connection close")
+        assert sim.cancelled_requests == 1
+
+        # -- second run: the receiver answers now; the long job is quick now too ------
+        receiver.default = OK
+        answered_from = len(receiver.received)
+        sim.tokens_per_second = 0.0
+        second = start(2)
+        await wait_until_up(second, http, reactor)
+
+        def done_events() -> dict[str, list[dict[str, Any]]]:
+            events: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+            for each in receiver.received[answered_from:]:
+                event = json.loads(each.body)
+                if event["state"] == "done":
+                    events[event["job_id"]].append(event)
+            return events
+
+        while read_jobs(database).count(JobState.DONE) < ASYNC_JOBS or len(done_events()) < len(
+            ids
+        ):
+            now = read_jobs(database)
+            assert now.count(JobState.FAILED, JobState.CANCELLED) == 0, second.log.read_text()
+            await deadline.tick(second, "every job done and its done event delivered")
+        while pending_deliveries(database):
+            await deadline.tick(second, "the outbox to empty")
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        sim.shutdown()
+        await port.stopListening()
+
+    assert "Traceback" not in second.log.read_text()
+    # Every job generated once (the interrupted one a second time, its first call cut).
+    calls = collections.Counter(chat_markers(sim))
+    assert calls == {marker(index): (2 if index == LONG_JOB else 1) for index in range(ASYNC_JOBS)}
+    assert sim.completed_generations == ASYNC_JOBS
+    assert sim.cancelled_requests == 1
+    # Every job's done event arrived, signed, with its own completion.
+    events = done_events()
+    assert set(events) == set(ids)
+    for each in receiver.received[answered_from:]:
+        assert verify(SECRET, each.body, each.headers["x-foreman-signature"])
+        event = json.loads(each.body)
+        assert each.path == f"/job/{ids[event['job_id']]}"
+    for job_id, index in ids.items():
+        done = events[job_id][0]
+        assert done["metadata"] == {"index": index}
+        assert done["attempt"] == (2 if index == LONG_JOB else 1)
+        (artifact,) = done["artifacts"]
+        if done["result"] is not None:
+            assert marker(index) in done["result"]["message"]["content"]
+        else:
+            # The long reply is over the inline limit: by reference only.
+            assert index == LONG_JOB and artifact["inline"] is False
+    # Events pending at the kill were delivered by the second run.
+    early = [job_id for job_id, index in ids.items() if index < LONG_JOB]
+    assert all(events[job_id] for job_id in early)
+    states_seen = collections.Counter(
+        json.loads(each.body)["state"] for each in receiver.received[answered_from:]
+    )
+    assert states_seen["queued"] >= ASYNC_JOBS

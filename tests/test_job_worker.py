@@ -295,3 +295,20 @@ def test_an_outbox_that_fails_is_only_logged(tmp_path: Path) -> None:
     assert failing == ["queued", "loading", "working", "done"]
     assert rig.jobs()[0].state is JobState.DONE
     rig.stop()
+
+
+def test_a_submit_is_accepted_once_its_first_event_is_stored(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path)
+    storing: list[Deferred[None]] = []
+
+    class SlowOutbox:
+        def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
+            storing.append(Deferred())
+            return storing[-1]
+
+    rig.worker.on_transition(JobEvents(SlowOutbox(), inline_limit=0))
+    submitting = rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h"))
+    assert len(storing) == 1 and not submitting.called
+    storing[0].callback(None)
+    assert fired(submitting).state is JobState.QUEUED
+    rig.stop()

@@ -1,0 +1,95 @@
+"""The store's queries for ``/jobs`` on a real SQLite file: idempotent inserts,
+the listing, and artifacts swept with their job."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from foreman.jobs import Job, JobState
+from foreman.store import DATABASE_NAME, JobStore
+from tests.test_store import job, result_of
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    opened = JobStore(tmp_path / DATABASE_NAME)
+    result_of(opened.open())
+    yield opened
+    result_of(opened.close())
+
+
+def test_an_idempotency_key_makes_one_job(store: JobStore) -> None:
+    first = job("A", idempotency_key="k")
+    assert result_of(store.insert_unless_known(first)) == first
+    assert result_of(store.insert_unless_known(job("B", idempotency_key="k"))) == first
+    assert result_of(store.get("B")) is None
+    assert result_of(store.find_by_idempotency_key("k")) == first
+    assert result_of(store.find_by_idempotency_key("other")) is None
+    # Jobs without a key never collide.
+    for job_id in ("C", "D"):
+        result_of(store.insert_unless_known(job(job_id)))
+    assert result_of(store.count_by_state())[JobState.QUEUED] == 3
+    # The unique index stands behind it, whoever inserts.
+    with pytest.raises(sqlite3.IntegrityError):
+        result_of(store.insert(job("E", idempotency_key="k")))
+
+
+def ids(jobs: list[Job]) -> list[str]:
+    return [each.id for each in jobs]
+
+
+def test_the_listing_is_async_jobs_newest_first(store: JobStore) -> None:
+    rows = [
+        job("01A", model="llama3.2", result=b"{}", state=JobState.DONE),
+        job("01B", model="qwen3:8b"),
+        job("01C", model="library/Llama3.2:latest", state=JobState.FAILED),
+        job("01D", model="llama3.2", sync=True),
+        job("01E", model="llama3.2:latest"),
+    ]
+    for each in rows:
+        result_of(store.insert(each))
+
+    def listing(**query: Any) -> list[str]:
+        return ids(result_of(store.listing(**{"limit": 50, **query})))
+
+    assert listing() == ["01E", "01C", "01B", "01A"]
+    assert listing(limit=2) == ["01E", "01C"]
+    assert listing(before="01C") == ["01B", "01A"]
+    assert listing(model="llama3.2") == ["01E", "01C", "01A"]
+    assert listing(model="registry.ollama.ai/library/llama3.2") == ["01E", "01C", "01A"]
+    assert listing(model="qwen3:8b", state=JobState.QUEUED) == ["01B"]
+    assert listing(state=JobState.WORKING) == []
+    # A page is a summary: no body and no result, however large.
+    (done,) = result_of(store.listing(limit=1, before="01B"))
+    assert (done.body, done.result, done.state) == (b"", None, JobState.DONE)
+
+
+def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
+    old = job("old", state=JobState.DONE, finished_at=NOW - 100, result=b"{}")
+    young = job("young", state=JobState.DONE, finished_at=NOW, result=b"{}")
+    for each in (old, young):
+        result_of(store.insert(each))
+
+    def add_artifacts(db: sqlite3.Connection) -> None:
+        for job_id in ("old", "young"):
+            db.execute(
+                "INSERT INTO artifacts (job_id, name, content_type, body, created_at)"
+                " VALUES (?, 'extra', 'text/plain', x'00', ?)",
+                (job_id, NOW),
+            )
+
+    def artifact_owners(db: sqlite3.Connection) -> list[str]:
+        return [row[0] for row in db.execute("SELECT job_id FROM artifacts ORDER BY job_id")]
+
+    result_of(store.transact(add_artifacts))
+    assert result_of(store.sweep(NOW - 50)) == 1
+    assert result_of(store.get("old")) is None
+    assert result_of(store.get("young")) == young
+    assert result_of(store.transact(artifact_owners)) == ["young"]
