@@ -1,0 +1,164 @@
+"""How the ``foreman`` command shows jobs, models and the queue to a person.
+
+Pure functions from JSON (job views, ``/api/ps``, ``/api/foreman/queue``) to
+text; ``--json`` bypasses all of this. Fields that are missing or of an
+unexpected type show as ``-`` rather than failing: a newer foreman may say
+more, or differently, than this client knows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+#: Ollama shows a model pinned forever as expiring some 290 years from now.
+_FOREVER = 100 * 365 * 86400.0
+
+
+def table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    lines = ([list(headers)] if headers else []) + [list(row) for row in rows]
+    if not lines:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], now: float) -> str:
+    rows = [
+        [
+            plain(job.get("job_id")),
+            plain(job.get("state")),
+            plain(job.get("model")),
+            age(job.get("created_at"), now),
+            plain(job.get("attempt")),
+        ]
+        for job in jobs
+    ]
+    return table(["ID", "STATE", "MODEL", "AGE", "ATTEMPT"], rows)
+
+
+def job_details(view: Mapping[str, Any]) -> str:
+    names = ["job_id", "state", "model", "endpoint", "attempt", "created_at", "started_at"]
+    names += ["finished_at", "error"]
+    rows = [[name, plain(view.get(name))] for name in names]
+    artifacts = [
+        f"{plain(a.get('name'))} ({plain(a.get('content_type'))}, {plain(a.get('size'))} bytes)"
+        for a in view.get("artifacts") or []
+        if isinstance(a, Mapping)
+    ]
+    rows.append(["artifacts", ", ".join(artifacts) or "-"])
+    rows.append(["metadata", plain(view.get("metadata"))])
+    return table(None, rows)
+
+
+def ps_report(ps: Mapping[str, Any], queue: Mapping[str, Any], now: float) -> str:
+    """Resident models (``/api/ps``), then foreman's queue (``/api/foreman/queue``)."""
+    models = [m for m in ps.get("models") or [] if isinstance(m, Mapping)]
+    if models:
+        rows = [
+            [
+                plain(m.get("name") or m.get("model")),
+                size(m.get("size")),
+                size(m.get("size_vram")),
+                until(m.get("expires_at"), now),
+            ]
+            for m in models
+        ]
+        parts = [table(["MODEL", "SIZE", "VRAM", "UNTIL"], rows)]
+    else:
+        parts = ["no models loaded"]
+    parts.append("")
+    if queue.get("queue") == "disabled":
+        parts.append("queue: disabled (foreman runs with --no-queue)")
+        return "\n".join(parts)
+    summary = f"queue: {plain(queue.get('depth', 0))} waiting"
+    if queue.get("max_queue") is not None:
+        summary += f" (at most {plain(queue['max_queue'])})"
+    if queue.get("worker_model"):
+        summary += f", worker model {plain(queue['worker_model'])}"
+    parts.append(summary)
+    jobs = [job for job in queue.get("jobs") or [] if isinstance(job, Mapping)]
+    if jobs:
+        rows = [
+            [
+                plain(job.get("id")),
+                plain(job.get("model")),
+                plain(job.get("endpoint")),
+                plain(job.get("state")),
+                plain(job.get("position")),
+                duration(job.get("age_seconds", job.get("age"))),
+                plain(job.get("attempt")),
+            ]
+            for job in jobs
+        ]
+        headers = ["ID", "MODEL", "ENDPOINT", "STATE", "POSITION", "AGE", "ATTEMPT"]
+        parts.append(table(headers, rows))
+    return "\n".join(parts)
+
+
+def answer_text(view: Mapping[str, Any], completion: Any) -> str:
+    """What a done job answered: chat's message content, or generate's response."""
+    if not isinstance(completion, Mapping):
+        return json.dumps(completion)
+    if view.get("endpoint") == "generate" or "response" in completion:
+        return plain(completion.get("response", ""))
+    message = completion.get("message")
+    if isinstance(message, Mapping) and isinstance(message.get("content"), str):
+        return str(message["content"])
+    return json.dumps(completion)
+
+
+def plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def timestamp(text: Any) -> float | None:
+    """An RFC 3339 time (Ollama's carry nanoseconds; Python keeps microseconds)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = max(0.0, float(seconds))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def age(created_at: Any, now: float) -> str:
+    created = timestamp(created_at)
+    return "-" if created is None else duration(now - created)
+
+
+def until(expires_at: Any, now: float) -> str:
+    expires = timestamp(expires_at)
+    if expires is None:
+        return "-"
+    if expires - now > _FOREVER:
+        return "forever"
+    return "now" if expires <= now else f"in {duration(expires - now)}"
+
+
+def size(value: Any) -> str:
+    """Bytes in decimal units, as ``ollama ps`` shows them."""
+    if not isinstance(value, int | float):
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{int(value)} B"
