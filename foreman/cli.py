@@ -27,8 +27,24 @@ from foreman.client import ForemanError, ForemanUnreachable, WaitTimeout
 
 __all__ = ["REGISTRARS", "ExitCode", "build_parser", "main", "run"]
 
+
 #: Every subcommand's ``register(subparsers)``, in the order ``--help`` lists them.
-REGISTRARS: tuple[Callable[[Any], None], ...] = (*commands.REGISTRARS,)
+def _register_launchd(subparsers: Any) -> None:
+    # The launchd commands run without the reactor's help; they only write a
+    # file and, on request, run launchctl.
+    from foreman import launchd
+
+    launchd.register(subparsers)
+    subparsers.choices["launchd"].set_defaults(handler=_run_launchd)
+
+
+def _run_launchd(context: Context) -> int:
+    with redirect_stdout(context.stdout), redirect_stderr(context.stderr):
+        status: int = context.args.func(context.args)
+    return status
+
+
+REGISTRARS: tuple[Callable[[Any], None], ...] = (*commands.REGISTRARS, _register_launchd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -510,3 +510,17 @@ async def test_submit_wait_with_foreman(reactor: Any, start_foreman: StartForema
         assert "already done" in again.err
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_launchd_is_a_foreman_command(reactor: Any) -> None:
+    import plistlib
+
+    shown = await foreman(reactor, "launchd", "install", "--print", "--embed-model", "all-minilm")
+    assert shown.code == 0, shown.err
+    plist = plistlib.loads(shown.out.encode())
+    arguments = plist["ProgramArguments"]
+    assert arguments[0].endswith("twistd") and "foreman" in arguments
+    assert "--embed-model=all-minilm" in arguments
+    refused = await foreman(reactor, "launchd", "install", "--token", "hunter2")
+    assert refused.code == 2 and "hunter2" not in refused.out + refused.err
