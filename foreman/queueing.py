@@ -70,7 +70,7 @@ def build_queue(
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
     store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
     try:
-        recovery, unfinished = store.startup(reactor.seconds())
+        recovery, unfinished, requeued = store.startup_requeuing(reactor.seconds())
     except (sqlite3.Error, RuntimeError) as e:
         raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
     _StoreService(store, pool).setServiceParent(services)
@@ -100,9 +100,10 @@ def build_queue(
         swap_grace=config.swap_grace,
     )
     # Listening before anything runs: restored jobs announce their
-    # transitions like new ones.
+    # transitions like new ones, starting with their return to the queue
+    # (the events wait in the outbox until it starts).
     worker.on_transition(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
-    worker.restore(unfinished)
+    worker.restore(unfinished, requeued)
     worker.setServiceParent(services)
 
     def target_reachable() -> None:

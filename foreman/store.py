@@ -181,6 +181,16 @@ class JobStore:
         recovery = self._recover(now)
         return recovery, self._unfinished()
 
+    def startup_requeuing(self, now: float) -> tuple[Recovery, list[Job], dict[str, JobState]]:
+        """:meth:`startup`, also naming the asynchronous jobs recovery puts back
+        in the queue, with the state each was in: that is a transition too."""
+        self._open()
+        rows = self._db.execute(
+            "SELECT id, state FROM jobs WHERE sync = 0 AND state IN ('loading', 'working')"
+        ).fetchall()
+        recovery = self._recover(now)
+        return recovery, self._unfinished(), {job_id: JobState(state) for job_id, state in rows}
+
     def close(self) -> Deferred[None]:
         def close() -> None:
             if self._connection is not None:

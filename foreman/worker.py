@@ -19,7 +19,7 @@ is announced to the listeners of :mod:`foreman.transitions` (webhooks).
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -180,11 +180,15 @@ class Worker(Service):
         await ended  # the job's execution, its last save included, is over
         return await self._store.get(job_id)
 
-    def restore(self, jobs: list[Job]) -> None:
-        """Queue jobs recovered from the store at start-up (beyond any bound)."""
+    def restore(self, jobs: list[Job], requeued: Mapping[str, JobState] | None = None) -> None:
+        """Queue jobs recovered from the store at start-up (beyond any bound);
+        ``requeued`` are the ones recovery moved back from a running state."""
+        requeued = requeued or {}
         for job in jobs:
             if job.state is JobState.QUEUED and not job.sync:
                 self.scheduler.add(job, reserved=False)
+                if job.id in requeued:
+                    self._transitions.announce(job, requeued[job.id])
         self._wake()
 
     def position(self, job_id: str) -> int:

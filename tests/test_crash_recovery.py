@@ -424,6 +424,15 @@ async def test_kill_9_with_fifty_jobs_queued_then_every_job_done_once_and_its_do
         else:
             # The long reply is over the inline limit: by reference only.
             assert index == LONG_JOB and artifact["inline"] is False
+    # The interrupted job's return to the queue was an event of its own.
+    back = [
+        json.loads(each.body)
+        for each in receiver.received[answered_from:]
+        if json.loads(each.body)["job_id"] == interrupted
+        and json.loads(each.body)["previous_state"] == "working"
+        and json.loads(each.body)["state"] == "queued"
+    ]
+    assert back and back[0]["attempt"] == 1
     # Events pending at the kill were delivered by the second run.
     early = [job_id for job_id, index in ids.items() if index < LONG_JOB]
     assert all(events[job_id] for job_id in early)

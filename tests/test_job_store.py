@@ -93,3 +93,28 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
     assert result_of(store.get("old")) is None
     assert result_of(store.get("young")) == young
     assert result_of(store.transact(artifact_owners)) == ["young"]
+
+
+def test_startup_names_the_jobs_it_puts_back_in_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "again.sqlite3"
+    first = JobStore(path)
+    first.startup(NOW)
+    for each in (
+        job("loading", state=JobState.LOADING, attempt=1),
+        job("working", state=JobState.WORKING, attempt=2),
+        job("queued"),
+        job("sync", state=JobState.WORKING, sync=True),
+    ):
+        result_of(first.insert(each))
+    result_of(first.close())
+    again = JobStore(path)
+    recovery, unfinished, requeued = again.startup_requeuing(NOW + 5)
+    try:
+        assert (recovery.requeued, recovery.abandoned) == (2, 1)
+        assert requeued == {"loading": JobState.LOADING, "working": JobState.WORKING}
+        assert {each.id: each.state for each in unfinished} == dict.fromkeys(
+            ("loading", "working", "queued"), JobState.QUEUED
+        )
+        assert {each.id: each.updated_at for each in unfinished}["working"] == NOW + 5
+    finally:
+        result_of(again.close())
