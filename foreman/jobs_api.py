@@ -8,9 +8,11 @@ has an id its caller never sees, and is cancelled by hanging up.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,6 +33,7 @@ from foreman.ulid import new_ulid
 from foreman.worker import Worker
 
 log = Logger()
+T = TypeVar("T")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -90,7 +93,9 @@ class JobsAPI:
         now = self._clock.seconds()
         job = submission.job(new_ulid(now), now, key)
         try:
-            stored = await worker.submit(job)
+            # A caller hanging up now must not cut the submit in half (a
+            # stored job the worker never heard of): it finishes regardless.
+            stored = await uncancellable(worker.submit(job))
         except QueueFull:
             retry = b"%d" % worker.retry_after()
             return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
@@ -102,7 +107,9 @@ class JobsAPI:
         return self._accepted(request, submission.same_request, stored, key)
 
     @staticmethod
-    def _accepted(request: IRequest, same: Any, job: Job, key: str | None) -> bytes:
+    def _accepted(
+        request: IRequest, same: Callable[[Job], bool], job: Job, key: str | None
+    ) -> bytes:
         if key is not None and not same(job):
             message = f"Idempotency-Key {key!r} was already used for a different request"
             return write_json_error(request, 422, message)
@@ -191,6 +198,13 @@ class JobsAPI:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         return routing.unexpected(request, failure)
+
+
+def uncancellable(work: Deferred[T]) -> Deferred[T]:
+    """``work``'s result, in a Deferred whose cancellation leaves ``work`` alone."""
+    shield: Deferred[T] = Deferred(lambda _: None)  # cancelled: fails at once
+    work.addBoth(lambda result: None if shield.called else shield.callback(result))
+    return shield
 
 
 def _already(request: IRequest, job: Job) -> bytes:

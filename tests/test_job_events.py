@@ -7,12 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from twisted.internet.defer import CancelledError, Deferred
 
 from foreman.artifacts import artifact_content, outputs_of
 from foreman.job_events import event, event_body
 from foreman.job_requests import idempotency_key, parse_submission
 from foreman.job_views import job_view, summary, timestamp
 from foreman.jobs import Job, JobState
+from foreman.jobs_api import uncancellable
 from foreman.routing import BadRequest
 
 NOW = 1_800_000_000.0
@@ -195,3 +197,19 @@ def test_event_bodies_are_utf8_json() -> None:
     body = event_body(job(metadata='{"text":"été <b>"}'.encode()), None, 0)
     assert "été <b>".encode() in body
     assert json.loads(body)["metadata"] == {"text": "été <b>"}
+
+
+def test_a_submit_the_caller_leaves_still_finishes() -> None:
+    work: Deferred[int] = Deferred(lambda _: pytest.fail("the work was cancelled"))
+    shield = uncancellable(work)
+    shield.cancel()
+    failures: list[Any] = []
+    shield.addErrback(failures.append)
+    assert failures[0].check(CancelledError)
+    work.callback(1)  # later: nobody listens, nothing fails
+    assert work.result is None
+    passed: Deferred[int] = Deferred()
+    outcomes: list[int] = []
+    uncancellable(passed).addCallback(outcomes.append)
+    passed.callback(7)
+    assert outcomes == [7]
