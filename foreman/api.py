@@ -32,8 +32,10 @@ from foreman.generation import Endpoint, GenerationCall, GenerationRunner
 from foreman.health import health_report, queue_report
 from foreman.inventory import Inventory
 from foreman.jobs_api import JobsAPI
+from foreman.metrics import ForemanMetrics
 from foreman.relay import Relay
 from foreman.routing import BadRequest, read_json
+from foreman.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.upstream import BytesBodyProducer
 from foreman.upstream_body import request_body_producer
 from foreman.worker import Worker
@@ -67,6 +69,7 @@ class ForemanAPI:
         worker: Worker | None = None,
         jobs: JobsAPI | None = None,
         simulated: bool = False,
+        metrics: ForemanMetrics | None = None,
     ) -> None:
         self._relay = relay
         self._inventory = inventory
@@ -74,14 +77,29 @@ class ForemanAPI:
         self._worker = worker
         self._jobs = None if jobs is None else jobs.app.resource()
         self._simulated = simulated
+        self._ui: IResource | None = None
+        self._metrics = metrics
 
     def resource(self, guard: BearerTokenGuard) -> IResource:
+        # The status page checks access itself (the Bearer header or its own
+        # session cookie), so it is made here, with the guard.
+        store = self._worker._store if self._worker else None
+        self._ui = StatusPage(
+            self._inventory,
+            self._relay,
+            guard,
+            worker=self._worker,
+            store=store,
+            simulated=self._simulated,
+        ).app.resource()
         return _Guarded(self.app.resource(), guard)
 
     # -- answered by foreman itself ----------------------------------------
 
     @app.route("/", methods=["GET", "HEAD"])
     def root(self, request: IRequest) -> bytes | None:
+        if wants_page(request):
+            return redirect_to_page(request)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return _whole(request, b"Ollama is running")
 
@@ -93,6 +111,14 @@ class ForemanAPI:
             self._inventory, self._relay.target, simulated=self._simulated, worker=self._worker
         )
         return _whole(request, json.dumps(report).encode())
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    def metrics(self, request: IRequest) -> bytes | None:
+        if self._metrics is None:
+            raise NotFound()
+        request.setHeader(b"Content-Type", self._metrics.content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return _whole(request, self._metrics.render())
 
     @app.route("/api/foreman/queue", methods=["GET", "HEAD"])
     def queue(self, request: IRequest) -> bytes | None:
@@ -126,6 +152,11 @@ class ForemanAPI:
         if not request.postpath:
             request.postpath = [b""]
         return self._jobs
+
+    @app.route("/ui", branch=True)
+    def ui(self, request: IRequest) -> IResource | bytes:
+        # docs/status-page.md; its routes are relative to ``/ui``.
+        return self._ui if self._ui is not None else routing.page_not_found(request)
 
     # -- relayed as they are -------------------------------------------------
 
@@ -213,7 +244,10 @@ class ForemanAPI:
 
 
 class _Guarded(Resource):
-    """Checks the Bearer token before any route (or 404) is considered."""
+    """Checks the Bearer token before any route (or 404) is considered.
+
+    The status page's paths are let through: it checks access itself.
+    """
 
     isLeaf = True
 
@@ -223,7 +257,7 @@ class _Guarded(Resource):
         self._guard = guard
 
     def render(self, request: IRequest) -> bytes | int:
-        if not self._guard.allows(request):
+        if not (serves(request) or self._guard.allows(request)):
             return self._guard.refuse(request)
         result: bytes | int = self._inner.render(request)
         return result if result is not None else NOT_DONE_YET

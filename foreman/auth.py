@@ -15,15 +15,16 @@ OPEN_PATHS = frozenset({b"/healthz"})
 class BearerTokenGuard:
     """Checks ``Authorization: Bearer <token>`` in constant time."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, open_paths: frozenset[bytes] = OPEN_PATHS) -> None:
         self._expected = b"Bearer " + token.encode("utf-8") if token else None
+        self._open_paths = open_paths
 
     @property
     def enabled(self) -> bool:
         return self._expected is not None
 
     def allows(self, request: IRequest) -> bool:
-        if self._expected is None or request.path in OPEN_PATHS:
+        if self._expected is None or request.path in self._open_paths:
             return True
         presented = request.getHeader(b"authorization") or b""
         # The scheme is case-insensitive; the token is not.

@@ -80,6 +80,8 @@ class Config:
     queue: bool = True
     #: Key for the HMAC-SHA256 signature on state webhooks; ``None``: unsigned.
     webhook_secret: str | None = None
+    #: Serve ``/metrics`` without the token (for a scraper on a trusted network).
+    metrics_public: bool = False
     #: Artifacts up to this many bytes are inlined in job views and webhooks.
     artifact_inline_limit: int = DEFAULT_ARTIFACT_INLINE_LIMIT
 

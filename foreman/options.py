@@ -158,6 +158,11 @@ _FLAGS: list[tuple[str, str, str]] = [
         "Allow listening beyond loopback without a token.",
     ),
     (
+        "metrics-public",
+        "FOREMAN_METRICS_PUBLIC",
+        "Serve /metrics without the token (the rest of the API still needs it).",
+    ),
+    (
         "no-queue",
         "FOREMAN_NO_QUEUE",
         "Diagnostics only: relay generation calls at once, leaving scheduling to Ollama.",
@@ -282,5 +287,6 @@ class ForemanOptions(usage.Options):
             job_ttl=job_ttl,
             swap_grace=swap_grace,
             queue=not self["no-queue"],
+            metrics_public=bool(self["metrics-public"]),
             **fields,
         )

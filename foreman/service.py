@@ -18,14 +18,15 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 
 from foreman.api import ForemanAPI
-from foreman.auth import BearerTokenGuard
+from foreman.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.config import Config, LogFormat, UpstreamMode
 from foreman.generation import DirectGeneration, GenerationRunner
 from foreman.http_server import ForemanSite
 from foreman.inventory import Inventory
 from foreman.jobs_api import JobsAPI
 from foreman.listen_address import is_loopback_only
-from foreman.logging import observer as json_stdout_observer
+from foreman.logging import json_observer
+from foreman.metrics import ForemanMetrics
 from foreman.queueing import Queue, build_queue
 from foreman.relay import Relay
 from foreman.upstream import Target, make_agent
@@ -129,6 +130,7 @@ class Foreman:
     pool: HTTPConnectionPool
     simulated: bool
     queue: Queue | None
+    metrics: ForemanMetrics
 
 
 def build_foreman(config: Config, reactor: Any) -> Foreman:
@@ -141,7 +143,9 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
             f"foreman: cannot create data directory {config.data_dir}: {e}"
         ) from None
 
-    root = ForemanService(json_stdout_observer() if config.log_format is LogFormat.JSON else None)
+    root = ForemanService(
+        json_observer(config.log_file) if config.log_format is LogFormat.JSON else None
+    )
     base_url, simulated = config.ollama_url, False
     if config.upstream is UpstreamMode.AUTO and not ollama_answers(
         config.ollama_url, config.ollama_token
@@ -173,6 +177,13 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         store=queue.store if queue else None,
         inline_limit=config.artifact_inline_limit,
     )
+    metrics = ForemanMetrics()
+    metrics.watch(
+        inventory=inventory,
+        worker=queue.worker if queue else None,
+        outbox=queue.outbox if queue else None,
+    )
+    relay.observe(metrics.reply_delivered)
     api = ForemanAPI(
         relay,
         inventory,
@@ -180,10 +191,11 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         worker=queue.worker if queue else None,
         jobs=jobs,
         simulated=simulated,
+        metrics=metrics,
     )
-    site = ForemanSite(
-        api.resource(BearerTokenGuard(config.token)), max_body_size=config.max_body_size
-    )
+    open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
+    guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths))
+    site = ForemanSite(api.resource(guard), max_body_size=config.max_body_size, metrics=metrics)
     return Foreman(
         root=root,
         site=site,
@@ -192,6 +204,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         pool=pool,
         simulated=simulated,
         queue=queue,
+        metrics=metrics,
     )
 
 
