@@ -14,11 +14,10 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import NotFound
 
 from foreman import routing
 from foreman.auth import BearerTokenGuard
@@ -34,7 +33,7 @@ from foreman.inventory import Inventory
 from foreman.jobs_api import JobsAPI
 from foreman.metrics import ForemanMetrics
 from foreman.relay import Relay
-from foreman.routing import BadRequest, read_json
+from foreman.routing import read_json
 from foreman.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.upstream import BytesBodyProducer
 from foreman.upstream_body import request_body_producer
@@ -226,21 +225,7 @@ class ForemanAPI:
 
     # -- errors ----------------------------------------------------------------
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.page_not_found(request)
-
-    @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.method_not_allowed(request)
-
-    @app.handle_errors(BadRequest)
-    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.bad_request(request, failure)
-
-    @app.handle_errors(Exception)
-    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.unexpected(request, failure)
+    routing.answer_routing_errors(app)
 
 
 class _Guarded(Resource):

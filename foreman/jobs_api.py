@@ -17,7 +17,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from foreman import routing
 from foreman.artifacts import artifact_content
@@ -183,21 +182,7 @@ class JobsAPI:
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
         return write_json_error(request, 501, NO_QUEUE)
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.page_not_found(request)
-
-    @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.method_not_allowed(request)
-
-    @app.handle_errors(BadRequest)
-    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.bad_request(request, failure)
-
-    @app.handle_errors(Exception)
-    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.unexpected(request, failure)
+    routing.answer_routing_errors(app)
 
 
 def uncancellable(work: Deferred[T]) -> Deferred[T]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from foreman import gojson
 from foreman.errors import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, write_json_error
@@ -75,3 +76,27 @@ def unexpected(request: IRequest, failure: Failure) -> bytes:
         return b"".join(response.iter_encoded())
     log.failure("Unexpected error answering {path}", failure, path=request.path)
     return write_json_error(request, 500, "foreman: internal error (see foreman's log)")
+
+
+def answer_routing_errors(app: Klein) -> None:
+    """Give ``app`` the handlers every foreman app shares, in Klein's order.
+
+    Call it in the class body after the app's own handlers: the catch-all
+    for ``Exception`` must come last.
+    """
+
+    @app.handle_errors(NotFound)
+    def not_found(self: object, request: IRequest, failure: Failure) -> bytes:
+        return page_not_found(request)
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self: object, request: IRequest, failure: Failure) -> bytes:
+        return method_not_allowed(request)
+
+    @app.handle_errors(BadRequest)
+    def unreadable(self: object, request: IRequest, failure: Failure) -> bytes:
+        return bad_request(request, failure)
+
+    @app.handle_errors(Exception)
+    def anything_else(self: object, request: IRequest, failure: Failure) -> bytes:
+        return unexpected(request, failure)

@@ -25,9 +25,7 @@ from typing import Any, cast
 
 import attrs
 from klein import Klein
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from foreman import routing
 from foreman.auth import BearerTokenGuard
@@ -341,17 +339,7 @@ class StatusPage:
 
     # -- errors ------------------------------------------------------------------------
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.page_not_found(request)
-
-    @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.method_not_allowed(request)
-
-    @app.handle_errors(Exception)
-    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        return routing.unexpected(request, failure)
+    routing.answer_routing_errors(app)
 
 
 def _ps_entries(body: bytes) -> list[dict[str, Any]] | None:
