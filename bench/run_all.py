@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -174,16 +175,34 @@ def headline_table(ran: dict[str, tuple[int, float]]) -> str:
 # -- the optional chart -------------------------------------------------------------------
 
 
+#: Inputs, and the per-model breakdown (the overall figure is charted).
+_NOT_CHARTED = frozenset({"settings", "plan", "schedule", "per_model"})
+
+
 def latency_series(name: str, figures: Any, prefix: str = "") -> Iterator[tuple[str, float, float]]:
-    """Every (label, p50, p99) found in a script's figures, searched recursively."""
-    if isinstance(figures, dict):
-        p50 = figures.get("p50_ms")
-        p99 = figures.get("p99_ms", figures.get("p95_ms"))
-        if isinstance(p50, int | float) and isinstance(p99, int | float):
-            yield f"{name}: {prefix}", float(p50), float(p99)
-            return
-        for key, value in figures.items():
-            yield from latency_series(name, value, f"{prefix} {key}".strip())
+    """Every (label, p50, p99) in a script's figures: any ``<stem>p50_ms`` key with its
+    ``<stem>p99_ms`` (or ``p95``) partner, at any depth of dicts and lists."""
+    if isinstance(figures, list):
+        for index, item in enumerate(figures):
+            label = str(item.get("name", index)) if isinstance(item, dict) else str(index)
+            label = re.sub(r"\s*\(.*?\)", "", label)  # scenario names: the gist only
+            yield from latency_series(name, item, f"{prefix} {label}".strip())
+        return
+    if not isinstance(figures, dict):
+        return
+    for key, p50 in figures.items():
+        if not key.endswith("p50_ms") or not isinstance(p50, int | float):
+            continue
+        stem = key.removesuffix("p50_ms")
+        high = figures.get(stem + "p99_ms", figures.get(stem + "p95_ms"))
+        if isinstance(high, int | float):
+            label = f"{prefix} {stem.strip('_')}".strip()
+            yield f"{name}: {label}", float(p50), float(high)
+    for key, value in figures.items():
+        if isinstance(value, dict | list) and key not in _NOT_CHARTED:
+            # A list's items carry their own names; its key adds nothing.
+            inner = prefix if isinstance(value, list) else f"{prefix} {key}".strip()
+            yield from latency_series(name, value, inner)
 
 
 def draw_chart(names: list[str]) -> Path | None:
