@@ -9,9 +9,8 @@ as the working directory.
 
 - ``--logfile`` hands the log to Twisted's ``LogFile``, which rotates it at 1 MB.
   ``StandardErrorPath`` catches what comes before logging starts (a refused
-  configuration, an import error). ``--log-format json`` lines go to
-  ``StandardOutPath``: foreman's JSON observer writes to standard output, and
-  twistd then ignores ``--logfile``, so that log is not rotated.
+  configuration, an import error). ``--log-format json`` lines go to the
+  same file, rotated the same way (foreman honours ``--logfile`` itself).
 - ``KeepAlive`` is ``{SuccessfulExit: false}``: launchd restarts foreman after a
   crash or a kill, and takes an exit with status 0 as meant. ``ThrottleInterval``
   spaces the restarts.
@@ -337,10 +336,8 @@ def install(args: argparse.Namespace, host: Host) -> int:
             print(f"  {shlex.join(bootout)}    # unloads the old one, if loaded")
         print(f"  {shlex.join(bootstrap)}")
     print(f"Restart it (after an upgrade): launchctl kickstart -k {target}")
-    if "--log-format=json" in plist["ProgramArguments"]:
-        print(f"Log: {where.stdout} (JSON lines, not rotated)")
-    else:
-        print(f"Log: {where.log_file} (rotated at 1 MB; older ones kept as .1 (newest), .2, …)")
+    kind = "JSON lines" if "--log-format=json" in plist["ProgramArguments"] else "text"
+    print(f"Log: {where.log_file} ({kind}, rotated at 1 MB; older ones kept as .1, .2, …)")
     print(f"Errors before logging starts: {where.stderr}")
     print(f"Data: {where.data_dir}")
     return 0

@@ -258,7 +258,7 @@ def test_install_writes_the_plist_and_folders(
     assert f"  launchctl bootstrap gui/{UID} {machine.plist}\n" in out
     assert f"launchctl kickstart -k gui/{UID}/{DEFAULT_LABEL}\n" in out
     assert "bootout" not in out
-    assert f"Log: {where.log_file} (rotated" in out
+    assert f"Log: {where.log_file} (text, rotated at 1 MB" in out
     assert machine.launchctl.commands == []
 
 
@@ -384,8 +384,8 @@ def test_json_logs_are_announced_where_they_go(
     machine: Machine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert machine.main("install", "--log-format", "json") == 0
-    stdout_log = machine.home / "Library" / "Logs" / "foreman" / "foreman.stdout.log"
-    assert f"Log: {stdout_log} (JSON lines, not rotated)" in capsys.readouterr().out
+    log_file = machine.home / "Library" / "Logs" / "foreman" / "foreman.log"
+    assert f"Log: {log_file} (JSON lines, rotated at 1 MB" in capsys.readouterr().out
 
 
 def test_render_round_trips(machine: Machine) -> None:
