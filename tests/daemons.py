@@ -41,12 +41,13 @@ def spawn(
     env: dict[str, str] | None = None,
     data_dir: Path | None = None,
     log_name: str = "foreman.log",
+    twistd_args: tuple[str, ...] = (),
 ) -> Daemon:
     """Start ``twistd foreman`` on a free loopback port, logging to ``log_name``."""
     port = free_port()
     log = tmp_path / log_name
     data = data_dir if data_dir is not None else tmp_path / "d"
-    command = [TWISTD, "--nodaemon", "--pidfile=", "foreman"]
+    command = [TWISTD, "--nodaemon", "--pidfile=", *twistd_args, "foreman"]
     command += ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)]
     with log.open("wb") as output:
         process = subprocess.Popen(

@@ -97,3 +97,26 @@ async def test_json_log_format_and_token(
     access = [r for r in records if r.get("namespace") == "foreman.access"]
     assert {r["status"] for r in access} >= {401, 200}
     assert "tok-123" not in daemon.log.read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_lines_go_to_twistds_logfile(
+    tmp_path: Path, daemons: list[Daemon], http: HTTPClient, reactor: Any
+) -> None:
+    log_file = tmp_path / "logs" / "foreman.log"
+    log_file.parent.mkdir()
+    daemon = spawn(
+        tmp_path,
+        "--upstream",
+        "sim",
+        "--log-format",
+        "json",
+        twistd_args=(f"--logfile={log_file}",),
+    )
+    daemons.append(daemon)
+    await wait_until_up(daemon, http, reactor)
+    assert (await http.get(daemon.url + "/api/version")).code == 200
+    stop(daemon)
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(r.get("path") == "/api/version" and r.get("status") == 200 for r in records)
+    assert "foreman.access" not in daemon.log.read_text()  # nothing on standard output
