@@ -33,6 +33,7 @@ from foreman.inventory import Inventory
 from foreman.jobs_api import JobsAPI
 from foreman.metrics import ForemanMetrics
 from foreman.relay import Relay
+from foreman.store import JobStore
 from foreman.routing import read_json
 from foreman.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.upstream import BytesBodyProducer
@@ -66,6 +67,7 @@ class ForemanAPI:
         generation: GenerationRunner,
         *,
         worker: Worker | None = None,
+        store: JobStore | None = None,
         jobs: JobsAPI | None = None,
         simulated: bool = False,
         metrics: ForemanMetrics | None = None,
@@ -74,6 +76,7 @@ class ForemanAPI:
         self._inventory = inventory
         self._generation = generation
         self._worker = worker
+        self._store = store
         self._jobs = None if jobs is None else jobs.app.resource()
         self._simulated = simulated
         self._ui: IResource | None = None
@@ -82,13 +85,12 @@ class ForemanAPI:
     def resource(self, guard: BearerTokenGuard) -> IResource:
         # The status page checks access itself (the Bearer header or its own
         # session cookie), so it is made here, with the guard.
-        store = self._worker._store if self._worker else None
         self._ui = StatusPage(
             self._inventory,
             self._relay,
             guard,
             worker=self._worker,
-            store=store,
+            store=self._store,
             simulated=self._simulated,
         ).app.resource()
         return _Guarded(self.app.resource(), guard)

@@ -189,6 +189,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         inventory,
         generation,
         worker=queue.worker if queue else None,
+        store=queue.store if queue else None,
         jobs=jobs,
         simulated=simulated,
         metrics=metrics,
