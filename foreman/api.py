@@ -33,9 +33,9 @@ from foreman.inventory import Inventory
 from foreman.jobs_api import JobsAPI
 from foreman.metrics import ForemanMetrics
 from foreman.relay import Relay
-from foreman.store import JobStore
 from foreman.routing import read_json
 from foreman.status_page import StatusPage, redirect_to_page, serves, wants_page
+from foreman.store import JobStore
 from foreman.upstream import BytesBodyProducer
 from foreman.upstream_body import request_body_producer
 from foreman.worker import Worker
