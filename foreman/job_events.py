@@ -1,40 +1,45 @@
 """State webhooks for ``/jobs`` jobs: one event per transition (ADR-0005).
 
-:class:`JobEvents` listens to the worker's transitions. For an asynchronous
-job with a ``state_webhook_url`` it builds the event's JSON and hands the
-bytes to the webhook outbox, which stores them and delivers at least once.
-Sync calls never send events (ADR-0014). Nothing here waits for a delivery
-or lets one fail back into the worker: the job goes on whatever happens to
-its events, and ``GET /jobs/{id}`` remains the truth.
+:class:`JobEvents` is the worker's transition recorder
+(:mod:`foreman.transitions`). For an asynchronous job with a
+``state_webhook_url`` it renders the event's JSON, writes it into the webhook
+outbox's table *in the transaction that stores the job's state*, and once
+that has committed hands the row to the outbox, which delivers it at least
+once. Sync calls never send events (ADR-0014), and jobs without a URL write
+nothing: their saves stay single statements.
 
-An event is stored by the outbox in a transaction of its own, just after the
-transition it reports: a crash in between (a store round trip) loses that
-one event, never the job's state. Writing both in one transaction would
-close the gap; the outbox would need a way to take a row stored by others.
+Why one transaction: the state and its event used to be two writes, and a
+process killed between them (kill -9, power loss) had stored, say, ``done``
+but never its event, which no restart could bring back. Now the event row
+exists exactly when the state does, and a process that dies after the commit
+but before the hand-over leaves the row for the outbox's next start. Start-up
+recovery, which puts running jobs back in the queue, writes their ``queued``
+events in its own transaction the same way.
+
+Nothing here waits for a delivery or lets one fail back into the worker:
+``GET /jobs/{id}`` remains the truth.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+import attrs
 
 from foreman.artifacts import outputs_of
 from foreman.job_views import metadata_value, timestamp
 from foreman.jobs import Job, JobState
-
-log = Logger()
+from foreman.webhooks import StoredEvent, store_event
 
 #: States whose event carries the job's error.
 _WITH_ERROR = frozenset({JobState.FAILED, JobState.CANCELLED})
 
 
 class Outbox(Protocol):
-    def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
-        """Store the event, then send it in the background."""
+    def schedule(self, event: StoredEvent) -> None:
+        """Send an event whose row is committed, in the background."""
 
 
 def event(job: Job, previous: JobState | None, inline_limit: int) -> dict[str, Any]:
@@ -60,27 +65,35 @@ def event_body(job: Job, previous: JobState | None, inline_limit: int) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@attrs.define
+class JobEvent:
+    """One rendered event: written with its transition, then scheduled."""
+
+    outbox: Outbox
+    job_id: str
+    url: str
+    body: bytes
+    #: Due from the moment of the transition it reports.
+    at: float
+    stored: StoredEvent | None = None
+
+    def write(self, db: sqlite3.Connection) -> None:
+        self.stored = store_event(db, self.job_id, self.url, self.body, self.at)
+
+    def committed(self) -> None:
+        if self.stored is not None:
+            self.outbox.schedule(self.stored)
+
+
 class JobEvents:
-    """The worker's transition listener that feeds the webhook outbox."""
+    """The worker's transition recorder that feeds the webhook outbox."""
 
     def __init__(self, outbox: Outbox, *, inline_limit: int) -> None:
         self._outbox = outbox
         self._inline_limit = inline_limit
 
-    def __call__(self, job: Job, previous: JobState | None) -> Deferred[None] | None:
-        """Hand the event over; the Deferred fires once the outbox has stored it."""
+    def __call__(self, job: Job, previous: JobState | None) -> JobEvent | None:
         if job.sync or job.webhook_url is None:
             return None
         body = event_body(job, previous, self._inline_limit)
-        handed = self._outbox.deliver(job.id, job.webhook_url, body)
-        return handed.addErrback(self._not_handed, job)
-
-    @staticmethod
-    def _not_handed(failure: Failure, job: Job) -> None:
-        # The outbox promises never to fail; should it, the job must not care.
-        log.failure(
-            "Could not hand the {state} event of job {job_id} to the webhook outbox",
-            failure,
-            state=job.state.value,
-            job_id=job.id,
-        )
+        return JobEvent(self._outbox, job.id, job.webhook_url, body, job.updated_at)

@@ -1,5 +1,6 @@
 """The durable queue, assembled: store, webhook outbox, scheduler, residency,
-worker and sweeper."""
+worker and sweeper; and start-up recovery, which puts back in the queue what
+a previous process left running, each return written with its event."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from twisted.python.threadpool import ThreadPool
 from foreman.config import Config
 from foreman.inventory import Inventory
 from foreman.job_events import JobEvents
+from foreman.jobs import Job, JobState
 from foreman.relay import Relay
 from foreman.residency import Residency
 from foreman.scheduler import Scheduler
 from foreman.store import DATABASE_NAME, JobStore, Recovery, thread_runner
+from foreman.transitions import Transition
 from foreman.webhooks import WebhookOutbox
 from foreman.worker import Worker
 
@@ -69,24 +72,7 @@ def build_queue(
     services = MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
     store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
-    try:
-        recovery, unfinished, requeued = store.startup_requeuing(reactor.seconds())
-    except (sqlite3.Error, RuntimeError) as e:
-        raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
-    _StoreService(store, pool).setServiceParent(services)
-    # Started after the store (its pending deliveries are read from it) and,
-    # children being stopped in reverse, stopped before it. Events the worker
-    # announces as it stops are stored and sent after the next start.
     outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret)
-    outbox.setServiceParent(services)
-    if recovery.requeued or recovery.abandoned:
-        log.info(
-            "Recovered after a restart: {requeued} job(s) back in the queue, {abandoned} "
-            "sync job(s) failed because their callers were gone",
-            requeued=recovery.requeued,
-            abandoned=recovery.abandoned,
-        )
-
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
     )
@@ -99,11 +85,26 @@ def build_queue(
         max_attempts=config.max_attempts,
         swap_grace=config.swap_grace,
     )
-    # Listening before anything runs: restored jobs announce their
-    # transitions like new ones, starting with their return to the queue
-    # (the events wait in the outbox until it starts).
-    worker.on_transition(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
-    worker.restore(unfinished, requeued)
+    # Recording before anything is written, recovery included: every
+    # transition of a /jobs job stores its event in the same transaction.
+    worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
+    try:
+        recovery = recover_queue(store, worker, reactor.seconds())
+    except (sqlite3.Error, RuntimeError) as e:
+        raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
+    _StoreService(store, pool).setServiceParent(services)
+    # Started after the store (its pending deliveries are read from it, the
+    # events of recovery's returns to the queue among them) and, children
+    # being stopped in reverse, stopped before it. Events the worker stores
+    # as it stops are sent after the next start.
+    outbox.setServiceParent(services)
+    if recovery.requeued or recovery.abandoned:
+        log.info(
+            "Recovered after a restart: {requeued} job(s) back in the queue, {abandoned} "
+            "sync job(s) failed because their callers were gone",
+            requeued=recovery.requeued,
+            abandoned=recovery.abandoned,
+        )
     worker.setServiceParent(services)
 
     def target_reachable() -> None:
@@ -117,6 +118,28 @@ def build_queue(
     if math.isfinite(config.job_ttl):
         ttl_sweeper(store, reactor, config.job_ttl).setServiceParent(services)
     return Queue(store, worker, residency, recovery, outbox), services
+
+
+def recover_queue(store: JobStore, worker: Worker, now: float) -> Recovery:
+    """Open the store, recover what a previous process left, and queue it.
+
+    Blocking: for start-up, before the reactor runs. Recovery puts running
+    asynchronous jobs back in the queue; each return is a transition whose
+    recorders (the ``queued`` event) write in recovery's own transaction, so
+    no crash can separate the two. Listeners hear of them once the worker has
+    the jobs; the outbox sends the events once it starts.
+    """
+    requeued: list[Transition] = []
+
+    def requeue(db: sqlite3.Connection, job: Job, previous: JobState) -> None:
+        transition = worker.transitions.begin(job, previous)
+        if transition.write is not None:
+            transition.write(db)
+        requeued.append(transition)
+
+    recovery, unfinished = store.startup(now, requeue)
+    worker.restore(unfinished, requeued)
+    return recovery
 
 
 def ttl_sweeper(store: JobStore, clock: IReactorTime, ttl: float) -> TimerService:

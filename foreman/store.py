@@ -4,6 +4,11 @@ Every call goes through a *runner* that decides which thread touches the
 database. foreman runs it on a dedicated single-thread pool so a slow disk
 never stalls streaming on the reactor thread; tests run it inline, which
 keeps scheduling tests deterministic while still using a real SQLite file.
+
+Writes that record a job's state take ``also``: work of another module (the
+webhook outbox's row for the state's event) run in the same transaction, so
+the state and what it implies are committed together or not at all
+(:mod:`foreman.transitions`). Without it, a write stays one plain statement.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from foreman.model_names import canonical_model_name
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[], T]], "Deferred[T]"]
+#: Work run inside a write's transaction, on the store's thread.
+Also = Callable[[sqlite3.Connection], object]
+#: Called by start-up recovery, in its transaction, for each job it puts back
+#: in the queue: the job as now stored, and the running state it left.
+Requeued = Callable[[sqlite3.Connection, Job, JobState], object]
 
 DATABASE_NAME = "foreman.sqlite3"
 
@@ -171,25 +181,17 @@ class JobStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
-    def startup(self, now: float) -> tuple[Recovery, list[Job]]:
+    def startup(self, now: float, requeued: Requeued | None = None) -> tuple[Recovery, list[Job]]:
         """Open, migrate, recover and list unfinished jobs, all at once.
 
         Blocking: meant for start-up, before the reactor runs, so the queue
-        is whole before the first request can arrive.
+        is whole before the first request can arrive. A job recovery puts
+        back in the queue makes a transition too: ``requeued`` writes what
+        it implies (its ``queued`` event) in recovery's own transaction.
         """
         self._open()
-        recovery = self._recover(now)
+        recovery = self._recover(now, requeued)
         return recovery, self._unfinished()
-
-    def startup_requeuing(self, now: float) -> tuple[Recovery, list[Job], dict[str, JobState]]:
-        """:meth:`startup`, also naming the asynchronous jobs recovery puts back
-        in the queue, with the state each was in: that is a transition too."""
-        self._open()
-        rows = self._db.execute(
-            "SELECT id, state FROM jobs WHERE sync = 0 AND state IN ('loading', 'working')"
-        ).fetchall()
-        recovery = self._recover(now)
-        return recovery, self._unfinished(), {job_id: JobState(state) for job_id, state in rows}
 
     def close(self) -> Deferred[None]:
         def close() -> None:
@@ -205,31 +207,45 @@ class JobStore:
 
     # -- writes ----------------------------------------------------------------
 
-    def insert(self, job: Job) -> Deferred[Job]:
+    def insert(self, job: Job, also: Also | None = None) -> Deferred[Job]:
         row = _job_to_row(job)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
 
         def insert() -> Job:
-            self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+            if also is None:
+                self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+                return job
+            with self._transaction() as db:
+                db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+                also(db)
             return job
 
         return self._run(insert)
 
-    def update(self, job: Job) -> Deferred[Job]:
+    def update(self, job: Job, also: Also | None = None) -> Deferred[Job]:
+        """Store ``job`` as it is now; ``also(connection)`` in the same transaction."""
         row = _job_to_row(job)
         assignments = ", ".join(f"{name} = :{name}" for name in row if name != "id")
+        statement = f"UPDATE jobs SET {assignments} WHERE id = :id"
 
         def update() -> Job:
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", row)
+            if also is None:
+                # The hot path (every sync job): one statement, its own transaction.
+                self._db.execute(statement, row)
+                return job
+            with self._transaction() as db:
+                db.execute(statement, row)
+                also(db)
             return job
 
         return self._run(update)
 
-    def insert_unless_known(self, job: Job) -> Deferred[Job]:
+    def insert_unless_known(self, job: Job, also: Also | None = None) -> Deferred[Job]:
         """Insert ``job``, unless a job with its idempotency key exists: then
         that one, unchanged. One transaction, so two submits racing with the
-        same key still make one job (the unique index backs this up)."""
+        same key still make one job (the unique index backs this up).
+        ``also(connection)`` runs in it only when ``job`` is inserted."""
         row = _job_to_row(job)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
@@ -240,6 +256,8 @@ class JobStore:
                 if known is not None:
                     return known
             db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+            if also is not None:
+                also(db)
             return job
 
         return self.transact(insert)
@@ -253,14 +271,27 @@ class JobStore:
         """
         return self._run(lambda: self._recover(now))
 
-    def _recover(self, now: float) -> Recovery:
+    def _recover(self, now: float, requeued: Requeued | None = None) -> Recovery:
         with self._transaction() as db:
-            requeued = db.execute(
+            running: list[Job] = []
+            if requeued is not None:
+                running = [
+                    _row_to_job(row)
+                    for row in db.execute(
+                        "SELECT * FROM jobs WHERE sync = 0 AND state IN ('loading', 'working')"
+                        " ORDER BY created_at, id"
+                    )
+                ]
+            count = db.execute(
                 # The interrupted attempt was counted when it started.
                 "UPDATE jobs SET state = 'queued', updated_at = ?,"
                 " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
                 (now,),
             ).rowcount
+            if requeued is not None:
+                for job in running:
+                    # The job exactly as the UPDATE just left it.
+                    requeued(db, job.moved(JobState.QUEUED, now, not_before=0.0), job.state)
             abandoned = db.execute(
                 "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
                 " last_error = 'the caller was gone after foreman restarted',"
@@ -268,7 +299,7 @@ class JobStore:
                 " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
                 (now, now),
             ).rowcount
-        return Recovery(requeued=requeued, abandoned=abandoned)
+        return Recovery(requeued=count, abandoned=abandoned)
 
     def sweep(self, finished_before: float) -> Deferred[int]:
         """Delete terminal jobs that finished before ``finished_before``."""

@@ -2,10 +2,14 @@
 
 Another module builds each event's JSON body; this one delivers the raw bytes
 at least once. Every delivery is a row in the ``deliveries`` table before the
-first attempt, so a restart resumes what was pending. A failed attempt is
-retried with exponential backoff and jitter a bounded number of times, then the
-event is dropped and logged. Nothing here ever touches a job: ``GET /jobs/{id}``
-stays the truth when a receiver misses events.
+first attempt, so a restart resumes what was pending. A job's event row is
+written by :func:`store_event` inside the transaction that stores the job's
+state (:mod:`foreman.job_events`), then handed to :meth:`WebhookOutbox.schedule`
+once committed: the state and its event exist together or not at all, and a
+process that dies before the hand-over leaves the row for the next start. A
+failed attempt is retried with exponential backoff and jitter a bounded number
+of times, then the event is dropped and logged. Nothing here ever touches a
+job: ``GET /jobs/{id}`` stays the truth when a receiver misses events.
 
 Timers (backoff and the per-attempt timeout) run on an injected clock, the
 HTTP on the reactor, so tests drive the schedule in simulated time over real
@@ -84,6 +88,30 @@ class _Delivery:
         self.timestamp = _body_timestamp(self.body)
 
 
+@attrs.frozen
+class StoredEvent:
+    """A row :func:`store_event` wrote, for :meth:`WebhookOutbox.schedule`."""
+
+    id: int
+    job_id: str
+    url: str
+    body: bytes
+    next_at: float
+
+
+def store_event(
+    db: sqlite3.Connection, job_id: str, url: str, body: bytes, now: float
+) -> StoredEvent:
+    """Add an event to the outbox, due at ``now``, in the caller's transaction."""
+    cursor = db.execute(
+        "INSERT INTO deliveries (job_id, url, body, attempt, next_at, created_at)"
+        " VALUES (?, ?, ?, 0, ?, ?)",
+        (job_id, url, body, now, now),
+    )
+    assert cursor.lastrowid is not None
+    return StoredEvent(cursor.lastrowid, job_id, url, body, now)
+
+
 class _Failed(Exception):
     """An attempt failed for the reason given, already in words."""
 
@@ -156,27 +184,15 @@ class WebhookOutbox(Service):
     # -- the API -------------------------------------------------------------------
 
     def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
-        """Store the event in the outbox, then send it in the background.
+        """Store the event in a transaction of its own, then send it in the background.
 
         Fires once the row is stored; never fails. Outside a running service
         the row just waits for ``startService``.
         """
         now = self._clock.seconds()
 
-        def insert(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "INSERT INTO deliveries (job_id, url, body, attempt, next_at, created_at)"
-                " VALUES (?, ?, ?, 0, ?, ?)",
-                (job_id, url, body, now, now),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-        def stored(row_id: int) -> None:
-            self._start(_Delivery(row_id, job_id, url, body, attempt=0, next_at=now))
-
         def not_stored(failure: Failure) -> None:
-            # Delivery trouble never reaches the caller (a job transition).
+            # Delivery trouble never reaches the caller.
             self.dropped += 1
             log.failure(
                 "Dropped a webhook for job {job_id}: it could not be stored",
@@ -186,7 +202,13 @@ class WebhookOutbox(Service):
                 outcome="dropped",
             )
 
-        return self._store.transact(insert).addCallbacks(stored, not_stored)
+        storing = self._store.transact(lambda db: store_event(db, job_id, url, body, now))
+        return storing.addCallbacks(self.schedule, not_stored)
+
+    def schedule(self, event: StoredEvent) -> None:
+        """Send an event whose row is committed. A stopped outbox leaves it to
+        ``startService``, which loads every pending row."""
+        self._start(_Delivery(event.id, event.job_id, event.url, event.body, 0, event.next_at))
 
     # -- one delivery --------------------------------------------------------------
 

@@ -12,14 +12,16 @@ last error only after ``max_attempts``. Ollama answered with an error: the
 job fails at once with Ollama's status and message. A caller that hangs up
 cancels its job: while queued it is dropped before it can cause a load;
 while running its upstream call is aborted and the worker moves on.
-``cancel`` does the same for an asynchronous job. Each stored transition
-is announced to the listeners of :mod:`foreman.transitions` (webhooks).
+``cancel`` does the same for an asynchronous job. Each transition is
+stored together with what its recorders write (a ``/jobs`` job's webhook
+event, in the same transaction), then announced to the listeners of
+:mod:`foreman.transitions`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -39,7 +41,7 @@ from foreman.relay import Attempt, Outcome, Relay
 from foreman.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.scheduler import QueueFull, Scheduler
 from foreman.store import JobStore
-from foreman.transitions import TransitionListener, Transitions
+from foreman.transitions import Transition, TransitionListener, TransitionRecorder, Transitions
 from foreman.ulid import new_ulid
 from foreman.upstream import BytesBodyProducer
 
@@ -85,13 +87,19 @@ class Worker(Service):
         self._abandoned: str | None = None
         #: Smoothed seconds per job, for ``Retry-After``.
         self.average_job_seconds = 5.0
-        self._transitions = Transitions()
+        #: What each state change writes with it, and who hears of it.
+        self.transitions = Transitions()
         #: Fired when the running job's execution ends.
         self._on_ended: list[Deferred[None]] = []
 
     def on_transition(self, listener: TransitionListener) -> None:
         """Call ``listener(job, previous_state)`` after each state is stored."""
-        self._transitions.add(listener)
+        self.transitions.add(listener)
+
+    def record_transitions(self, recorder: TransitionRecorder) -> None:
+        """Write what ``recorder`` makes of each transition in the transaction
+        that stores it (:mod:`foreman.transitions`)."""
+        self.transitions.add_recorder(recorder)
 
     # -- intake ------------------------------------------------------------------
 
@@ -115,8 +123,9 @@ class Worker(Service):
         except QueueFull:
             self._refuse_busy(request)
             return
+        transition = self.transitions.begin(job, None)
         try:
-            await self._store.insert(job)
+            await self._store.insert(job, transition.write)
         except CancelledError:
             # The caller left while the row was being written.
             self.scheduler.release()
@@ -130,7 +139,7 @@ class Worker(Service):
             return
         done = self._callers.wait(job.id, request, self._caller_left)
         self.scheduler.add(job)
-        self._transitions.announce(job, None)
+        transition.stored()
         request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
         self._wake()
         await done
@@ -141,8 +150,11 @@ class Worker(Service):
 
     async def _submit(self, job: Job) -> Job:
         self.scheduler.reserve()
+        # The job and its first event (``queued``) in one transaction: a 202
+        # means both are stored.
+        transition = self.transitions.begin(job, None)
         try:
-            stored = await self._store.insert_unless_known(job)
+            stored = await self._store.insert_unless_known(job, transition.write)
         except BaseException:
             self.scheduler.release()
             raise
@@ -151,9 +163,8 @@ class Worker(Service):
             self.scheduler.release()
             return stored
         self.scheduler.add(job)
-        announced = self._transitions.announce(job, None)
+        transition.stored()
         self._wake()
-        await announced  # the first event stored too, before the caller hears "accepted"
         return job
 
     def cancel(self, job_id: str) -> Deferred[Job | None]:
@@ -180,15 +191,15 @@ class Worker(Service):
         await ended  # the job's execution, its last save included, is over
         return await self._store.get(job_id)
 
-    def restore(self, jobs: list[Job], requeued: Mapping[str, JobState] | None = None) -> None:
+    def restore(self, jobs: list[Job], requeued: Sequence[Transition] = ()) -> None:
         """Queue jobs recovered from the store at start-up (beyond any bound);
-        ``requeued`` are the ones recovery moved back from a running state."""
-        requeued = requeued or {}
+        ``requeued``: recovery's moves back to the queue, written in its
+        transaction (:func:`foreman.queueing.recover_queue`), now announced."""
         for job in jobs:
             if job.state is JobState.QUEUED and not job.sync:
                 self.scheduler.add(job, reserved=False)
-                if job.id in requeued:
-                    self._transitions.announce(job, requeued[job.id])
+        for transition in requeued:
+            transition.stored()
         self._wake()
 
     def position(self, job_id: str) -> int:
@@ -390,15 +401,17 @@ class Worker(Service):
         self._callers.release(job.id)
 
     async def _save(self, job: Job, previous: JobState | None) -> None:
-        """Record ``job``'s new state (it left ``previous``), then announce it."""
+        """Record ``job``'s new state (it left ``previous``) with what its
+        recorders write, in one transaction; then announce it."""
+        transition = self.transitions.begin(job, previous)
         try:
-            await self._store.update(job)
+            await self._store.update(job, transition.write)
         except Exception:
             log.failure(
                 "Could not record job {job_id} as {state}", job_id=job.id, state=job.state.value
             )
             return
-        self._transitions.announce(job, previous)
+        transition.stored()
 
     def _save_soon(self, job: Job, previous: JobState | None) -> None:
         ensureDeferred(self._save(job, previous))

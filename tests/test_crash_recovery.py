@@ -7,6 +7,14 @@ about four seconds. Because it runs on this process's reactor, nothing moves
 in it while a check here runs: the kill is sent right after a generation was
 seen to start, so the process dies mid-generation, never between the upstream
 finishing a reply and foreman writing it down.
+
+The ``/jobs`` tests submit over HTTP with webhooks: one kills foreman while a long
+job holds the queue; the other kills it three times while short jobs finish back
+to back, at no chosen point of a job's life, with the receiver down. There, every
+state stored at a kill must have its event stored too (nothing was delivered, so
+the table holds every event ever written), and after a last restart every event,
+``done`` included, reaches the receiver. That a kill between two commits can
+lose nothing is shown exhaustively, in simulated time, by test_event_atomicity.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from foreman.testing import SimulatedOllama
 from foreman.ulid import new_ulid
 from foreman.webhooks import verify
 from tests.daemons import Daemon, spawn, wait_until_up
+from tests.test_event_atomicity import Stored, assert_consistent
+from tests.test_event_atomicity import read as read_stored
+from tests.test_webhooks import nothing_listening
 from tests.webhook_receiver import OK, Hang, WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -440,3 +451,134 @@ async def test_kill_9_with_fifty_jobs_queued_then_every_job_done_once_and_its_do
         json.loads(each.body)["state"] for each in receiver.received[answered_from:]
     )
     assert states_seen["queued"] >= ASYNC_JOBS
+
+
+# -- kill -9 while jobs finish, the receiver down: no state without its event ------------
+
+FINISHING_JOBS = 80
+#: Runs killed one after the other, each once it has finished a job or more.
+KILLS = 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_while_jobs_finish_with_the_receiver_down_loses_no_event(
+    reactor: Any,
+    tmp_path: Path,
+    http: HTTPClient,
+    daemons: list[Daemon],
+) -> None:
+    # Jobs of a few milliseconds each, back to back: states change all the time.
+    sim = SimulatedOllama(reactor, tokens_per_second=400.0, reply_tokens=2)
+    sim_port = reactor.listenTCP(0, sim.site(reactor), interface="127.0.0.1")
+    sim_url = f"http://127.0.0.1:{sim_port.getHost().port}"
+    receiver = WebhookReceiver(reactor)
+    deadline = Deadline(reactor, DEADLINE_SECONDS)
+    data_dir = tmp_path / "data"
+    database = data_dir / DATABASE_NAME
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(SECRET + "\n")
+
+    def start(run: int) -> Daemon:
+        daemon = spawn(
+            tmp_path,
+            *("--upstream", "ollama", "--ollama-url", sim_url),
+            *("--webhook-secret-file", str(secret_file)),
+            data_dir=data_dir,
+            log_name=f"foreman-finishing-{run}.log",
+        )
+        daemons.append(daemon)
+        return daemon
+
+    ids: dict[str, int] = {}
+    #: After each kill: the jobs done then, and the calls the simulator had had.
+    kills: list[tuple[set[str], collections.Counter[str]]] = [(set(), collections.Counter())]
+    stored_at_kills: list[Stored] = []
+    try:
+        with nothing_listening() as hook_port:
+            # -- runs killed while jobs finish; the receiver down (refusing) throughout --
+            for run in range(1, KILLS + 1):
+                daemon = start(run)
+                await wait_until_up(daemon, http, reactor)
+                for index in range(FINISHING_JOBS if run == 1 else 0):
+                    body = {
+                        "model": "llama3.2",
+                        "messages": [{"role": "user", "content": marker(index)}],
+                        "state_webhook_url": f"http://127.0.0.1:{hook_port}/job/{index}",
+                    }
+                    response = await http.post(daemon.url + "/jobs", json=body)
+                    assert response.code == 202, await response.text()
+                    ids[(await response.json())["job_id"]] = index
+                done_before = len(kills[-1][0])
+                while done_before == read_jobs(database).count(JobState.DONE) < FINISHING_JOBS:
+                    await deadline.tick(daemon, f"a job done in run {run}")
+                # That look froze the simulator (it runs on this reactor), and foreman
+                # finished its transitions meanwhile, then waited for it. Let both run
+                # on, and kill without looking: wherever foreman is in a job's life.
+                await deadline.tick(daemon, "more jobs to run")
+                daemon.process.send_signal(signal.SIGKILL)
+                assert daemon.process.wait(timeout=10) == -signal.SIGKILL
+                # Nothing was delivered, so every event ever stored is still in the
+                # table: each job's events chain from creation to the state it is in.
+                at_kill = read_stored(database)
+                stored_at_kills.append(at_kill)
+                assert_consistent(at_kill)
+                assert set(at_kill.states) == set(ids)
+                done = {i for i, state in at_kill.states.items() if state is JobState.DONE}
+                # The first kill lands amid the queue; on a slow machine a later one
+                # may find it finished, and is a kill all the same.
+                assert run > 1 or len(done) < FINISHING_JOBS, "the queue ran dry"
+                while sim.active_generations:
+                    await deadline.tick(None, "the simulator to see foreman's connection close")
+                kills.append((done, collections.Counter(chat_markers(sim))))
+        receiver.listen(hook_port)
+
+        # -- the last run: the receiver is up ----------------------------------------
+        last = start(KILLS + 1)
+        await wait_until_up(last, http, reactor)
+
+        def received() -> dict[str, list[tuple[int, dict[str, Any]]]]:
+            events: dict[str, list[tuple[int, dict[str, Any]]]] = collections.defaultdict(list)
+            for each in receiver.received:
+                event = json.loads(each.body)
+                events[event["job_id"]].append((int(each.headers["x-foreman-delivery"]), event))
+            return events
+
+        def all_done_sent() -> bool:
+            events = received()
+            return all(any(e["state"] == "done" for _, e in events[i]) for i in ids)
+
+        while read_jobs(database).count(JobState.DONE) < FINISHING_JOBS or not all_done_sent():
+            now = read_jobs(database)
+            assert now.count(JobState.FAILED, JobState.CANCELLED) == 0, last.log.read_text()
+            await deadline.tick(last, "every job done and its done event delivered")
+        while pending_deliveries(database):
+            await deadline.tick(last, "the outbox to empty")
+        last.process.send_signal(signal.SIGTERM)
+        assert last.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        sim.shutdown()
+        await sim_port.stopListening()
+        await receiver.close()
+
+    logs = "".join(daemon.log.read_text() for daemon in daemons)
+    assert "Traceback" not in logs
+    # Done once: a job done at a kill never ran again.
+    calls = collections.Counter(chat_markers(sim))
+    for done, calls_then in kills:
+        assert all(calls[marker(ids[i])] == calls_then[marker(ids[i])] for i in done)
+    assert set(calls) == {marker(index) for index in ids.values()}
+    for each in receiver.received:
+        assert verify(SECRET, each.body, each.headers["x-foreman-signature"])
+    events = received()
+    for job_id, index in ids.items():
+        # Every event stored before the kills arrived, then the last run's own:
+        # the whole chain, each event at least once.
+        distinct = [event for _, event in sorted(dict(events[job_id]).items())]
+        stored = stored_at_kills[-1].events[job_id]
+        assert distinct[: len(stored)] == stored
+        path = [event["state"] for event in distinct]
+        assert [event["previous_state"] for event in distinct] == [None, *path[:-1]]
+        assert path[0] == "queued" and path[-1] == "done"
+        dones = [event for event in distinct if event["state"] == "done"]
+        assert len(dones) == 1, dones  # one done, delivered at least once
+        assert marker(index) in dones[0]["result"]["message"]["content"]

@@ -4,7 +4,7 @@ the listing, and artifacts swept with their job."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from foreman.jobs import Job, JobState
 from foreman.store import DATABASE_NAME, JobStore
-from tests.test_store import job, result_of
+from tests.test_store import failure_of, job, raw, result_of
 
 NOW = 1_800_000_000.0
 
@@ -95,26 +95,123 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
     assert result_of(store.transact(artifact_owners)) == ["young"]
 
 
-def test_startup_names_the_jobs_it_puts_back_in_the_queue(tmp_path: Path) -> None:
+def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) -> None:
     path = tmp_path / "again.sqlite3"
     first = JobStore(path)
     first.startup(NOW)
     for each in (
-        job("loading", state=JobState.LOADING, attempt=1),
-        job("working", state=JobState.WORKING, attempt=2),
+        job("loading", state=JobState.LOADING, attempt=1, started_at=NOW),
+        job("working", state=JobState.WORKING, attempt=2, started_at=NOW),
         job("queued"),
         job("sync", state=JobState.WORKING, sync=True),
     ):
         result_of(first.insert(each))
     result_of(first.close())
+
+    told: list[tuple[Job, JobState]] = []
+
+    def requeued(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+        # Inside recovery's transaction: the job is stored as told already.
+        assert db.in_transaction
+        row = db.execute("SELECT state, updated_at FROM jobs WHERE id = ?", (moved.id,))
+        assert tuple(row.fetchone()) == ("queued", NOW + 5)
+        db.execute("INSERT INTO marks VALUES (?)", (moved.id,))
+        told.append((moved, previous))
+
+    with raw(path) as connection:
+        connection.execute("CREATE TABLE marks (job_id TEXT)")
     again = JobStore(path)
-    recovery, unfinished, requeued = again.startup_requeuing(NOW + 5)
+    recovery, unfinished = again.startup(NOW + 5, requeued)
     try:
         assert (recovery.requeued, recovery.abandoned) == (2, 1)
-        assert requeued == {"loading": JobState.LOADING, "working": JobState.WORKING}
+        assert [(each.id, previous) for each, previous in told] == [
+            ("loading", JobState.LOADING),
+            ("working", JobState.WORKING),
+        ]
+        # What it was told is the job exactly as stored.
+        for each, _ in told:
+            assert result_of(again.get(each.id)) == each
+        assert told[1][0].attempt == 2 and told[1][0].started_at == NOW
         assert {each.id: each.state for each in unfinished} == dict.fromkeys(
             ("loading", "working", "queued"), JobState.QUEUED
         )
         assert {each.id: each.updated_at for each in unfinished}["working"] == NOW + 5
+        with raw(path) as connection:
+            assert [row[0] for row in connection.execute("SELECT job_id FROM marks")] == [
+                "loading",
+                "working",
+            ]
     finally:
         result_of(again.close())
+
+
+def test_recovery_and_what_it_writes_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "again.sqlite3"
+    first = JobStore(path)
+    first.startup(NOW)
+    result_of(first.insert(job("working", state=JobState.WORKING, attempt=1)))
+    result_of(first.close())
+
+    def broken(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+        db.execute(
+            "INSERT INTO deliveries (job_id, url, body, next_at, created_at)"
+            " VALUES (?, 'http://r.test/', x'7b7d', 0, 0)",
+            (moved.id,),
+        )
+        raise sqlite3.OperationalError("disk I/O error")
+
+    refused = JobStore(path)
+    with pytest.raises(sqlite3.OperationalError):
+        refused.startup(NOW + 5, broken)
+    result_of(refused.close())
+    with raw(path) as connection:
+        assert connection.execute("SELECT state FROM jobs").fetchall() == [("working",)]
+        assert connection.execute("SELECT COUNT(*) FROM deliveries").fetchone() == (0,)
+
+
+# -- writes that carry other work in their transaction ---------------------------------------
+
+
+def mark(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO artifacts VALUES ('a', 'x', 'text/plain', x'00', 0)")
+
+
+def fail_after(work: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    def failing(db: sqlite3.Connection) -> None:
+        work(db)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    return failing
+
+
+def artifact_count(store: JobStore) -> int:
+    count: int = result_of(
+        store.transact(lambda db: db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
+    )
+    return count
+
+
+def test_an_insert_and_its_extra_work_commit_together_or_not_at_all(store: JobStore) -> None:
+    assert failure_of(store.insert(job("a"), fail_after(mark))).check(sqlite3.OperationalError)
+    assert result_of(store.get("a")) is None and artifact_count(store) == 0
+    assert result_of(store.insert(job("a"), mark)) == job("a")
+    assert artifact_count(store) == 1
+
+
+def test_an_update_and_its_extra_work_commit_together_or_not_at_all(store: JobStore) -> None:
+    result_of(store.insert(job("a")))
+    working = job("a", state=JobState.WORKING, attempt=1, updated_at=NOW + 1)
+    assert failure_of(store.update(working, fail_after(mark))).check(sqlite3.OperationalError)
+    assert result_of(store.get("a")) == job("a") and artifact_count(store) == 0
+    assert result_of(store.update(working, mark)) == working
+    assert result_of(store.get("a")) == working and artifact_count(store) == 1
+
+
+def test_an_idempotent_insert_runs_its_extra_work_only_when_it_inserts(store: JobStore) -> None:
+    first = job("a", idempotency_key="k")
+    failed = store.insert_unless_known(first, fail_after(mark))
+    assert failure_of(failed).check(sqlite3.OperationalError)
+    assert result_of(store.get("a")) is None and artifact_count(store) == 0
+    assert result_of(store.insert_unless_known(first, mark)) == first
+    assert result_of(store.insert_unless_known(job("b", idempotency_key="k"), mark)) == first
+    assert artifact_count(store) == 1

@@ -5,12 +5,14 @@ submits, and the webhook events the transitions become."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
@@ -20,6 +22,7 @@ from foreman.job_events import JobEvents
 from foreman.jobs import Job, JobState
 from foreman.scheduler import QueueFull
 from foreman.ulid import new_ulid
+from foreman.webhooks import StoredEvent
 from tests.worker_rig import WorkerRig, make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
@@ -240,75 +243,172 @@ def test_the_same_idempotency_key_makes_one_job(tmp_path: Path) -> None:
 
 @attrs.define
 class Outbox:
-    handed: list[tuple[str, str, dict[str, Any]]] = attrs.Factory(list)
+    """Told of each event row once the transaction that wrote it committed."""
 
-    def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
-        self.handed.append((job_id, url, json.loads(body)))
-        return succeed(None)
+    scheduled: list[StoredEvent] = attrs.Factory(list)
+
+    def schedule(self, event: StoredEvent) -> None:
+        self.scheduled.append(event)
+
+
+def deliveries(rig: WorkerRig) -> list[tuple[int, str, str, dict[str, Any]]]:
+    """The outbox's rows in the store: id, job, URL and the event."""
+    rows = rig.store._db.execute("SELECT id, job_id, url, body FROM deliveries ORDER BY id")
+    return [(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
+
+
+def sync_call(rig: WorkerRig, **extra: Any) -> None:
+    body = {"model": "llama3.2", "messages": [], "stream": False, **extra}
+    request = cast(IRequest, DummyRequest([b"api", b"chat"]))
+    rig.worker.run(GenerationCall("chat", "llama3.2", json.dumps(body).encode(), False), request)
+
+
+def with_events(outbox: Outbox) -> Callable[[WorkerRig], None]:
+    return lambda rig: rig.worker.record_transitions(JobEvents(outbox, inline_limit=1 << 20))
 
 
 def test_transitions_of_webhook_jobs_become_events(tmp_path: Path) -> None:
-    rig = make_worker_rig(tmp_path)
     outbox = Outbox()
-    rig.worker.on_transition(JobEvents(outbox, inline_limit=1 << 20))
+    rig = make_worker_rig(tmp_path, prepare=with_events(outbox))
     hooked = fired(rig.worker.submit(job_for(rig, "hooked", webhook_url="http://r.test/h")))
     fired(rig.worker.submit(job_for(rig, "silent")))
-    sync_body = {
-        "model": "llama3.2",
-        "messages": [],
-        "stream": False,
-        "state_webhook_url": "http://r.test/h",
-    }
-    request = cast(IRequest, DummyRequest([b"api", b"chat"]))
-    call = GenerationCall("chat", "llama3.2", json.dumps(sync_body).encode(), False)
-    rig.worker.run(call, request)
+    sync_call(rig, state_webhook_url="http://r.test/h")
     rig.worker.startService()
     rig.run_until(rig.all_finished)
-    assert [(job_id, url, body["state"]) for job_id, url, body in outbox.handed] == [
+    rows = deliveries(rig)
+    assert [(job_id, url, body["state"]) for _, job_id, url, body in rows] == [
         (hooked.id, "http://r.test/h", "queued"),
         (hooked.id, "http://r.test/h", "loading"),
         (hooked.id, "http://r.test/h", "working"),
         (hooked.id, "http://r.test/h", "done"),
     ]
-    done = outbox.handed[-1][2]
-    assert done["result"] == json.loads(fired(rig.store.get(hooked.id)).result)
+    # Each row handed to the outbox once its transaction committed, as stored.
+    assert [(e.id, e.job_id, e.url, json.loads(e.body)) for e in outbox.scheduled] == rows
+    done = fired(rig.store.get(hooked.id))
+    assert rows[-1][3]["result"] == json.loads(done.result)
+    # Due from the moment of the transition.
+    assert outbox.scheduled[-1].next_at == done.updated_at
     rig.stop()
 
 
-def test_an_outbox_that_fails_is_only_logged(tmp_path: Path) -> None:
-    rig = make_worker_rig(tmp_path)
+def test_an_event_is_written_in_its_state_s_transaction_and_only_there(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()))
+    statements: list[str] = []
+    rig.store._db.set_trace_callback(statements.append)
+    hooked = fired(rig.worker.submit(job_for(rig, "hooked", webhook_url="http://r.test/h")))
+    inserted, statements[:] = list(statements), []
+    assert [s.split(" (")[0] for s in inserted if not s.startswith("SELECT")] == [
+        "BEGIN IMMEDIATE",
+        "INSERT INTO jobs",
+        "INSERT INTO deliveries",
+        "COMMIT",
+    ]
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    saves = [s.split(" SET")[0].split(" (")[0] for s in statements if not s.startswith("SELECT")]
+    assert saves == ["BEGIN IMMEDIATE", "UPDATE jobs", "INSERT INTO deliveries", "COMMIT"] * 3
+    assert fired(rig.store.get(hooked.id)).state is JobState.DONE
 
+    # The hot path: a sync call, and a job without a URL, save in one
+    # statement each, with no transaction or query of their own.
+    statements[:] = []
+    silent = fired(rig.worker.submit(job_for(rig, "silent")))
+    sync_call(rig, state_webhook_url="http://r.test/h")
+    rig.run_until(rig.all_finished)
+    assert not [s for s in statements if "deliveries" in s]
+    updates = [s for s in statements if s.startswith("UPDATE")]
+    assert len(updates) == 6  # loading, working, done for each
+    assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]  # the submit
+    assert len(deliveries(rig)) == 4
+    assert fired(rig.store.get(silent.id)).state is JobState.DONE
+    rig.stop()
+
+
+def test_an_outbox_that_fails_to_schedule_is_only_logged(tmp_path: Path) -> None:
     failing: list[str] = []
 
     class Refusing:
-        def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
-            failing.append(json.loads(body)["state"])
-            return Deferred.fromCoroutine(_raise())
+        def schedule(self, event: StoredEvent) -> None:
+            failing.append(json.loads(event.body)["state"])
+            raise RuntimeError("the outbox broke")
 
-    async def _raise() -> None:
-        raise RuntimeError("the outbox broke")
-
-    rig.worker.on_transition(JobEvents(Refusing(), inline_limit=0))
+    rig = make_worker_rig(tmp_path)
+    rig.worker.record_transitions(JobEvents(Refusing(), inline_limit=0))
     fired(rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h")))
     rig.worker.startService()
     rig.run_until(rig.all_finished)
     assert failing == ["queued", "loading", "working", "done"]
     assert rig.jobs()[0].state is JobState.DONE
+    # Stored all the same: the next start sends them.
+    assert [body["state"] for *_, body in deliveries(rig)] == failing
     rig.stop()
 
 
-def test_a_submit_is_accepted_once_its_first_event_is_stored(tmp_path: Path) -> None:
-    rig = make_worker_rig(tmp_path)
-    storing: list[Deferred[None]] = []
+def test_a_submit_stores_the_job_and_its_first_event_or_neither(tmp_path: Path) -> None:
+    outbox = Outbox()
+    rig = make_worker_rig(tmp_path, max_queue=2, prepare=with_events(outbox))
+    rig.store._db.execute("ALTER TABLE deliveries RENAME TO elsewhere")
+    with pytest.raises(sqlite3.OperationalError):
+        fired(rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h")))
+    assert rig.jobs() == [] and outbox.scheduled == []
+    assert rig.worker.scheduler.depth == 0  # its place given back
+    rig.store._db.execute("ALTER TABLE elsewhere RENAME TO deliveries")
 
-    class SlowOutbox:
-        def deliver(self, job_id: str, url: str, body: bytes) -> Deferred[None]:
-            storing.append(Deferred())
-            return storing[-1]
+    first = job_for(rig, "x", webhook_url="http://r.test/h", idempotency_key="k")
+    assert fired(rig.worker.submit(first)) == first
+    again = fired(rig.worker.submit(job_for(rig, "x", idempotency_key="k")))
+    assert again == first
+    # Accepted means both stored; the retry found the job and wrote nothing.
+    assert [(job_id, body["state"]) for _, job_id, _, body in deliveries(rig)] == [
+        (first.id, "queued")
+    ]
+    assert [event.job_id for event in outbox.scheduled] == [first.id]
+    rig.stop()
 
-    rig.worker.on_transition(JobEvents(SlowOutbox(), inline_limit=0))
-    submitting = rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h"))
-    assert len(storing) == 1 and not submitting.called
-    storing[0].callback(None)
-    assert fired(submitting).state is JobState.QUEUED
+
+def test_recovery_writes_the_queued_event_of_a_job_it_puts_back(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()), **SLOW)
+    job = fired(rig.worker.submit(job_for(rig, "again", webhook_url="http://r.test/h")))
+    rig.worker.startService()
+    rig.run_until(lambda: rig.jobs()[0].state is JobState.WORKING)
+    rig.stop()  # an asynchronous job stays running in the store, as after a crash
+    fired(rig.store.close())
+
+    outbox = Outbox()
+    heard: list[tuple[str | None, str]] = []
+
+    def prepare(again: WorkerRig) -> None:
+        with_events(outbox)(again)
+        again.worker.on_transition(lambda j, p: heard.append((p and p.value, j.state.value)))
+
+    again = make_worker_rig(tmp_path / "again", database=rig.store.path, prepare=prepare, **SLOW)
+    *_, (row_id, job_id, _, back) = deliveries(again)
+    assert (job_id, back["previous_state"], back["state"], back["attempt"]) == (
+        job.id,
+        "working",
+        "queued",
+        1,
+    )
+    # Handed over once the worker has the job (a real outbox, not started yet,
+    # leaves it to its start, which loads every pending row).
+    assert [event.id for event in outbox.scheduled] == [row_id]
+    assert heard == [("working", "queued")]
+    again.worker.startService()
+    again.run_until(again.all_finished)
+    assert [state for _, state in heard] == ["queued", "loading", "working", "done"]
+    again.stop()
+
+
+def test_a_recorder_that_fails_to_render_is_only_logged(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()))
+
+    def broken(job: Job, previous: JobState | None) -> None:
+        raise RuntimeError("a broken recorder")
+
+    rig.worker.transitions.add_recorder(broken)
+    fired(rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h")))
+    rig.worker.startService()
+    rig.run_until(rig.all_finished)
+    assert rig.jobs()[0].state is JobState.DONE
+    assert len(deliveries(rig)) == 4  # the others' writes are untouched
     rig.stop()

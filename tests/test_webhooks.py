@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 import foreman
 from foreman.store import JobStore
-from foreman.webhooks import WebhookOutbox, sign, verify
+from foreman.webhooks import StoredEvent, WebhookOutbox, sign, store_event, verify
 from tests.webhook_receiver import OK, WAIT_LIMIT, Answer, Behaviour, Hang, Trickle, WebhookReceiver
 
 NOW = 1_800_000_000.0
@@ -611,3 +611,54 @@ async def test_a_store_that_fails_never_reaches_the_caller(
     assert (dropped["outcome"], dropped["job_id"]) == ("dropped", JOB)
     assert dropped["log_failure"] is not None
     assert outbox.dropped == 1
+
+
+# -- events stored in another module's transaction -------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_stored_in_a_job_s_transaction_is_sent_once_scheduled(
+    store: JobStore, receivers: MakeReceiver, start_outbox: StartOutbox, outcomes: Outcomes
+) -> None:
+    receiver = receivers()
+    outbox = start_outbox(store)
+    url = receiver.url()
+    # As the worker does: the event row written by the job's own transaction.
+    stored = await store.transact(lambda db: store_event(db, JOB, url, event_body(), NOW))
+    assert stored == StoredEvent(1, JOB, url, event_body(), NOW)
+    [row] = await rows(store)
+    assert (row["attempt"], row["next_at"], row["created_at"]) == (0, NOW, NOW)
+    assert receiver.received == []  # nothing is sent until the outbox is told
+
+    outbox.schedule(stored)
+    outbox.schedule(stored)  # told twice: sent once
+    assert (await outcomes.nth(1))["outcome"] == "delivered"
+    assert [request.headers["x-foreman-delivery"] for request in receiver.received] == ["1"]
+    assert request_bodies(receiver) == [event_body()]
+    assert await rows(store) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_event_never_scheduled_is_sent_by_the_next_start(
+    open_store: OpenStore, receivers: MakeReceiver, start_outbox: StartOutbox, outcomes: Outcomes
+) -> None:
+    receiver = receivers()
+    store = await open_store()
+    stopped = start_outbox(store, start=False)
+    stored = await store.transact(
+        lambda db: store_event(db, JOB, receiver.url(), event_body(), NOW)
+    )
+    # The process dies right after the commit, before telling its outbox;
+    # a stopped outbox ignores it the same way.
+    stopped.schedule(stored)
+    await store.close()
+
+    reopened = await open_store()
+    start_outbox(reopened)
+    assert (await outcomes.nth(1))["outcome"] == "delivered"
+    assert request_bodies(receiver) == [event_body()]
+    assert await rows(reopened) == []
+
+
+def request_bodies(receiver: WebhookReceiver) -> list[bytes]:
+    return [request.body for request in receiver.received]

@@ -22,10 +22,11 @@ from zope.interface import implementer
 
 from foreman.inventory import Inventory
 from foreman.jobs import Job, JobState
+from foreman.queueing import recover_queue
 from foreman.relay import Relay
 from foreman.residency import Residency
 from foreman.scheduler import Scheduler
-from foreman.store import JobStore, inline_runner
+from foreman.store import JobStore, Runner, inline_runner
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
 from foreman.ulid import new_ulid
 from foreman.upstream import BytesBodyProducer, Target
@@ -131,9 +132,17 @@ def make_worker_rig(
     max_attempts: int = 3,
     max_queue: int = 256,
     embed_model: str | None = None,
+    database: Path | None = None,
+    runner: Runner[Any] = inline_runner,
+    start_at: float = 0.0,
+    prepare: Callable[[WorkerRig], object] | None = None,
     **sim_options: Any,
 ) -> WorkerRig:
+    """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
+    recovered as foreman's start-up does, after ``prepare(rig)`` (to add what
+    should record or hear recovery's transitions)."""
     clock = Clock()
+    clock.advance(start_at)
     sim_options.setdefault("check_host", False)
     load_seconds = sim_options.pop("load_seconds", None)
     if load_seconds is not None:
@@ -145,11 +154,13 @@ def make_worker_rig(
     target = Target("http://ollama.test")
     relay = Relay(agent, target)
     inventory = Inventory(HTTPClient(agent), target, clock)
-    store = JobStore(tmp_path / "jobs.sqlite3", inline_runner)
-    store.startup(clock.seconds())
+    store = JobStore(database or tmp_path / "jobs.sqlite3", runner)
     residency = Residency(relay, inventory, embed_model=embed_model)
     worker = Worker(store, Scheduler(max_queue), residency, relay, clock, max_attempts=max_attempts)
     rig = WorkerRig(clock, sim, agent, store, worker, inventory)
+    if prepare is not None:
+        prepare(rig)
+    recover_queue(store, worker, clock.seconds())
     inventory.refresh()
     rig.flush()
     return rig
