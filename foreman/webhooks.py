@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 import attrs
 import hyperlink
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 import foreman
 from foreman.store import JobStore
+from foreman.upstream import BytesBodyProducer
 
 log = Logger()
 
@@ -306,7 +307,7 @@ class WebhookOutbox(Service):
             signature = sign(self._secret, delivery.body)
             headers.addRawHeader(b"X-Foreman-Signature", signature.encode("ascii"))
         url = _url_bytes(delivery.url)
-        requesting = self._agent.request(b"POST", url, headers, _Body(delivery.body))
+        requesting = self._agent.request(b"POST", url, headers, BytesBodyProducer(delivery.body))
         answered = requesting.addCallback(_read_answer)
         # One budget for connecting, the headers and the body: a receiver that
         # trickles bytes cannot hold an attempt open either.
@@ -392,27 +393,6 @@ class _Discard(Protocol):
 
 
 @implementer(IBodyProducer)
-class _Body:
-    """The event body, written in one go (it is already in memory)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def _body_timestamp(body: bytes) -> str | None:
     """The body's own ``timestamp`` (signed with it), for ``X-Foreman-Timestamp``."""
     try:
