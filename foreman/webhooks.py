@@ -20,40 +20,38 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import random
 import sqlite3
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
-import hyperlink
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
 import foreman
 from foreman.store import JobStore
 from foreman.upstream import BytesBodyProducer
+from foreman.webhook_http import (
+    DeliveryFailed,
+    body_timestamp,
+    describe,
+    for_log,
+    read_answer,
+    url_bytes,
+)
 
 log = Logger()
 
 USER_AGENT = f"foreman-webhooks/{foreman.__version__}"
 EVENT = "job.state"
-
-#: A receiver owes us a status, not a body: read at most this much of one.
-MAX_RESPONSE_BODY = 64 * 1024
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -86,7 +84,7 @@ class _Delivery:
     timestamp: str | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        self.timestamp = _body_timestamp(self.body)
+        self.timestamp = body_timestamp(self.body)
 
 
 @attrs.frozen
@@ -111,10 +109,6 @@ def store_event(
     )
     assert cursor.lastrowid is not None
     return StoredEvent(cursor.lastrowid, job_id, url, body, now)
-
-
-class _Failed(Exception):
-    """An attempt failed for the reason given, already in words."""
 
 
 class WebhookOutbox(Service):
@@ -199,7 +193,7 @@ class WebhookOutbox(Service):
                 "Dropped a webhook for job {job_id}: it could not be stored",
                 failure,
                 job_id=job_id,
-                url=_for_log(url),
+                url=for_log(url),
                 outcome="dropped",
             )
 
@@ -248,7 +242,7 @@ class WebhookOutbox(Service):
                 self._log(delivery, "delivered", "Delivered webhook {delivery_id} for job {job_id}")
                 return
             self.failed_attempts += 1
-            delivery.last_error = _describe(failure)
+            delivery.last_error = describe(failure)
             if delivery.attempt > self._max_retries:
                 self.dropped += 1
                 await self._write(delivery, forget=True)
@@ -278,7 +272,7 @@ class WebhookOutbox(Service):
             message + " ({url}, attempt {attempt})",
             delivery_id=delivery.id,
             job_id=delivery.job_id,
-            url=_for_log(delivery.url),
+            url=for_log(delivery.url),
             attempt=delivery.attempt,
             outcome=outcome,
             **fields,
@@ -306,15 +300,15 @@ class WebhookOutbox(Service):
         if self._secret is not None:
             signature = sign(self._secret, delivery.body)
             headers.addRawHeader(b"X-Foreman-Signature", signature.encode("ascii"))
-        url = _url_bytes(delivery.url)
+        url = url_bytes(delivery.url)
         requesting = self._agent.request(b"POST", url, headers, BytesBodyProducer(delivery.body))
-        answered = requesting.addCallback(_read_answer)
+        answered = requesting.addCallback(read_answer)
         # One budget for connecting, the headers and the body: a receiver that
         # trickles bytes cannot hold an attempt open either.
         return answered.addTimeout(self._attempt_timeout, self._clock, self._timed_out)
 
     def _timed_out(self, result: object, timeout: float) -> Failure:
-        return Failure(_Failed(f"no complete answer within {timeout:g} s"))
+        return Failure(DeliveryFailed(f"no complete answer within {timeout:g} s"))
 
     # -- the outbox table ------------------------------------------------------------
 
@@ -347,97 +341,3 @@ def _pending(db: sqlite3.Connection) -> list[_Delivery]:
     return [
         _Delivery(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6]) for row in rows
     ]
-
-
-def _read_answer(response: IResponse) -> Deferred[None]:
-    body = _Discard(MAX_RESPONSE_BODY)
-    response.deliverBody(body)
-
-    def judge(_: None) -> None:
-        if not 200 <= response.code < 300:
-            phrase = response.phrase.decode("latin-1", "replace")
-            # The raw Agent never follows one; say so, it is the usual surprise.
-            note = " (redirects are not followed)" if 300 <= response.code < 400 else ""
-            raise _Failed(f"HTTP {response.code} {phrase}".rstrip() + note)
-
-    return body.done.addCallback(judge)
-
-
-class _Discard(Protocol):
-    """Reads a response body to its end (or to ``limit`` bytes) and forgets it."""
-
-    def __init__(self, limit: int) -> None:
-        self.done: Deferred[None] = Deferred(self._cancel)
-        self._left = limit
-
-    def _cancel(self, _: Deferred[None]) -> None:
-        # The Agent's body transport has no abortConnection; stopping it closes
-        # the connection.
-        transport: IPushProducer | None = self.transport  # type: ignore[assignment]
-        if transport is not None:
-            transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self._left -= len(data)
-        if self._left < 0 and not self.done.called:
-            self.done.callback(None)
-            self._cancel(self.done)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(None)
-        else:
-            self.done.errback(reason)
-
-
-@implementer(IBodyProducer)
-def _body_timestamp(body: bytes) -> str | None:
-    """The body's own ``timestamp`` (signed with it), for ``X-Foreman-Timestamp``."""
-    try:
-        event = json.loads(body)
-    except ValueError:
-        return None
-    value = event.get("timestamp") if isinstance(event, dict) else None
-    # Only what can go in a header as it is.
-    if isinstance(value, str) and value.isascii() and value.isprintable():
-        return value
-    return None
-
-
-def _url_bytes(url: str) -> bytes:
-    if url.isascii():
-        return url.encode("ascii")
-    # An internationalised host or path becomes its ASCII (IDNA, percent) form.
-    text: str = hyperlink.URL.from_text(url).to_uri().to_text()
-    return text.encode("ascii")
-
-
-def _for_log(url: str) -> str:
-    """The URL without user info and query, where credentials tend to hide."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<malformed URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
-
-
-def _describe(failure: Failure) -> str:
-    """A short reason for the log and ``last_error``."""
-    reasons = getattr(failure.value, "reasons", None)
-    if isinstance(reasons, list) and reasons and isinstance(reasons[0], Failure):
-        # ResponseNeverReceived, ResponseFailed, RequestGenerationFailed.
-        inner = reasons[0]
-        if inner.check(CancelledError):
-            return "cancelled"
-        return f"{type(failure.value).__name__}: {_describe(inner)}"
-    if failure.check(_Failed):
-        return str(failure.value)
-    if failure.check(ConnectionRefusedError):
-        return "connection refused"
-    if failure.check(DNSLookupError):
-        return f"DNS lookup failed: {failure.value}"
-    return f"{type(failure.value).__name__}: {failure.value}".rstrip(": ")
