@@ -39,10 +39,29 @@ from typing import Any
 import attrs
 from twisted.python import usage
 
+from foreman.launchd_plist import (
+    DEFAULT_LABEL,
+    LaunchdError,
+    Layout,
+    build_plist,
+    layout,
+    render,
+)
 from foreman.options import ForemanOptions
 
-DEFAULT_LABEL = "local.foreman"
-THROTTLE_INTERVAL = 10
+__all__ = [
+    "DEFAULT_LABEL",
+    "Host",
+    "LaunchdError",
+    "Layout",
+    "add_commands",
+    "build_plist",
+    "layout",
+    "main",
+    "register",
+    "render",
+]
+
 LAUNCHCTL = "/bin/launchctl"
 
 #: foreman options whose values are paths; they are made absolute.
@@ -53,17 +72,8 @@ _SECRET_FLAGS = {
     "ollama-token": "ollama-token-file",
     "webhook-secret": "webhook-secret-file",
 }
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 Runner = Callable[[Sequence[str]], int]
-
-
-class LaunchdError(Exception):
-    """A refusal (status 2: the command line) or a failure (status 1)."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _run_launchctl(command: Sequence[str]) -> int:
@@ -83,70 +93,6 @@ class Host:
     environ: Mapping[str, str] = attrs.field(factory=lambda: dict(os.environ))
     run: Runner = _run_launchctl
     sleep: Callable[[float], None] = time.sleep
-
-
-@attrs.frozen
-class Layout:
-    """Where one agent's files go."""
-
-    label: str
-    plist: Path
-    log_dir: Path
-    #: twistd's ``--logfile``, rotated by Twisted's ``LogFile``.
-    log_file: Path
-    stdout: Path
-    stderr: Path
-    data_dir: Path
-
-
-def layout(label: str, home: Path, data_dir: Path | None = None) -> Layout:
-    """The default agent uses foreman's usual macOS data directory. Another label
-    gets its own data subfolder and log names: two foremen must never share a
-    job store (one daemon, one target, one queue)."""
-    if not _LABEL.match(label) or label.endswith(".plist"):
-        raise LaunchdError(f"not a usable label: {label!r} (use e.g. {DEFAULT_LABEL})", 2)
-    if not home.is_absolute():
-        raise LaunchdError(f"the home directory must be an absolute path, not {home}")
-    default = label == DEFAULT_LABEL
-    stem = "foreman" if default else label
-    logs = home / "Library" / "Logs" / "foreman"
-    app_support = home / "Library" / "Application Support" / "foreman"
-    return Layout(
-        label=label,
-        plist=home / "Library" / "LaunchAgents" / f"{label}.plist",
-        log_dir=logs,
-        log_file=logs / f"{stem}.log",
-        stdout=logs / f"{stem}.stdout.log",
-        stderr=logs / f"{stem}.stderr.log",
-        data_dir=data_dir or (app_support if default else app_support / label),
-    )
-
-
-def build_plist(where: Layout, twistd: Path, foreman_args: Sequence[str]) -> dict[str, Any]:
-    """The agent's property list; every path in it is absolute."""
-    return {
-        "Label": where.label,
-        "ProgramArguments": [
-            str(twistd),
-            "--nodaemon",
-            "--pidfile=",
-            f"--logfile={where.log_file}",
-            "foreman",
-            f"--data-dir={where.data_dir}",
-            *foreman_args,
-        ],
-        "RunAtLoad": True,
-        "KeepAlive": {"SuccessfulExit": False},
-        "ThrottleInterval": THROTTLE_INTERVAL,
-        "ProcessType": "Background",
-        "WorkingDirectory": str(where.data_dir),
-        "StandardOutPath": str(where.stdout),
-        "StandardErrorPath": str(where.stderr),
-    }
-
-
-def render(plist: Mapping[str, Any]) -> bytes:
-    return plistlib.dumps(dict(plist), fmt=plistlib.FMT_XML, sort_keys=True)
 
 
 def find_twistd(executable: str) -> Path:
