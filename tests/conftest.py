@@ -23,6 +23,7 @@ from foreman.service import Foreman, build_foreman
 from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
+from tests.webhook_receiver import WebhookReceiver
 
 if TYPE_CHECKING:
     from foreman.testing import SimulatedOllama
@@ -193,3 +194,12 @@ def daemons() -> Iterator[list[Daemon]]:
         if daemon.process.poll() is None:
             daemon.process.kill()
         daemon.process.wait(timeout=20)
+
+
+@pytest_twisted.async_yield_fixture
+async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1 that answers 200 to everything."""
+    receiving = WebhookReceiver(reactor)
+    receiving.listen()
+    yield receiving
+    await receiving.close()

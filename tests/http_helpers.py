@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
@@ -18,6 +20,15 @@ from foreman.upstream import BytesBodyProducer
 def within(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[Any]:
     """Fail the test instead of hanging when something never happens."""
     return d.addTimeout(seconds, reactor)
+
+
+async def eventually(condition: Callable[[], bool], reactor: Any, seconds: float = 5.0) -> None:
+    """Wait (briefly, on the real reactor) for another socket's side to catch up."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition never became true")
 
 
 class LineReader(Protocol):

@@ -20,7 +20,7 @@ import contextlib
 import json
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,6 @@ OUTBOX_TIME = 1_000_000.0
 #: The restart's own clock starts later than the first run's ended.
 RESTART_AT = 10_000.0
 RUNNING = (JobState.LOADING, JobState.WORKING)
-
-
-@pytest_twisted.async_yield_fixture
-async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
-    receiving = WebhookReceiver(reactor)
-    receiving.listen()
-    yield receiving
-    await receiving.close()
 
 
 # -- the first run, copied after every commit -------------------------------------------

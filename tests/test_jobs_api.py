@@ -14,8 +14,8 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from foreman.jobs import JobState
 from foreman.testing import DEFAULT_MODELS, SimModel
 from tests.conftest import RunningForeman, StartForeman, StartSimulator
+from tests.http_helpers import eventually
 from tests.jobs_http import JobsClient, chat
-from tests.test_relay_with_simulator import eventually
 
 SLOW_LOADER = SimModel(name="slowload:latest", size=1, load_seconds=30.0)
 

@@ -5,7 +5,6 @@ sync calls that must stay silent (ADR-0005, ADR-0006, ADR-0014)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -20,14 +19,6 @@ from tests.webhook_receiver import Received, WebhookReceiver
 
 SECRET = "webhook secret"
 TOKEN = "caller token"
-
-
-@pytest_twisted.async_yield_fixture
-async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
-    receiving = WebhookReceiver(reactor)
-    receiving.listen()
-    yield receiving
-    await receiving.close()
 
 
 def event(received: Received) -> dict[str, Any]:

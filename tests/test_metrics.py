@@ -8,7 +8,6 @@ parsed with prometheus-client's own parser.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -18,22 +17,14 @@ from treq.client import HTTPClient
 from twisted.web.http_headers import Headers
 
 from tests.conftest import StartForeman, StartSimulator
+from tests.http_helpers import eventually
 from tests.jobs_http import JobsClient, chat
-from tests.test_relay_with_simulator import eventually
 from tests.webhook_receiver import WebhookReceiver
 
 TOKEN = "metrics token"
 AUTH = Headers({b"Authorization": [b"Bearer " + TOKEN.encode()]})
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest_twisted.async_yield_fixture
-async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
-    receiving = WebhookReceiver(reactor)
-    receiving.listen()
-    yield receiving
-    await receiving.close()
 
 
 async def scrape(http: HTTPClient, url: str) -> Samples:

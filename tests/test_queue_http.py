@@ -14,8 +14,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults, maybeDeferred
 from twisted.web.http_headers import Headers
 
 from tests.conftest import StartForeman, StartSimulator
-from tests.http_helpers import StreamingClient, within
-from tests.test_relay_with_simulator import eventually
+from tests.http_helpers import StreamingClient, eventually, within
 
 
 def chat(model: str, text: str, stream: bool = True) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +12,14 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from foreman.testing import DEFAULT_MODELS, SimModel
 from tests.conftest import StartForeman, StartSimulator
-from tests.http_helpers import StreamingClient, within
+from tests.http_helpers import StreamingClient, eventually, within
 
 SLOW_LOADER = SimModel(name="slowload:latest", size=4_000_000_000, load_seconds=30.0)
-
-
-async def eventually(condition: Callable[[], bool], reactor: Any, seconds: float = 5.0) -> None:
-    """Wait (briefly, on the real reactor) for another socket's side to catch up."""
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition never became true")
 
 
 @pytest_twisted.ensureDeferred

@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from foreman.status_page import MAX_SESSIONS, SESSION_SECONDS, Sessions, prefers_html
 from tests.conftest import RunningForeman, RunningSimulator, StartForeman, StartSimulator
-from tests.test_relay_with_simulator import eventually
+from tests.http_helpers import eventually
 
 TOKEN = "status-page-token-7f3a"
 _FORM = {"Content_Type": "application/x-www-form-urlencoded"}
