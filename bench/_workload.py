@@ -23,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from bench._common import percentile
 from foreman.upstream import BytesBodyProducer
 
 EMBED_MODEL = "all-minilm"
@@ -150,13 +151,6 @@ def embed_body(index: int) -> dict[str, Any]:
 
 
 # -- figures ---------------------------------------------------------------------
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def summary_ms(samples: list[float]) -> dict[str, float]:

@@ -23,7 +23,6 @@ Usage: ``python bench/jobs.py [--quick] [--json FILE]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -35,13 +34,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import treq
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from bench._common import main as bench_main
+from bench._common import percentile
 from bench._processes import foreman, simulated_ollama
 from foreman.upstream import BytesBodyProducer
 
@@ -80,11 +81,6 @@ class Receiver(Resource):
 
 def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def run(reactor: Any, quick: bool) -> dict[str, dict[str, Any]]:
@@ -163,21 +159,12 @@ def report(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fifth of the jobs")
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    arguments = parser.parse_args()
-
-    def go(reactor: Any) -> defer.Deferred[None]:
-        async def body() -> None:
-            results = await run(reactor, arguments.quick)
-            print(report(results))
-            if arguments.json:
-                arguments.json.write_text(json.dumps(results, indent=2))
-
-        return defer.ensureDeferred(body())
-
-    task.react(go)
+    bench_main(
+        __doc__.splitlines()[0],
+        "a fifth of the jobs",
+        lambda reactor, arguments: run(reactor, arguments.quick),
+        report,
+    )
 
 
 if __name__ == "__main__":

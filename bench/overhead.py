@@ -17,7 +17,6 @@ Usage: ``python bench/overhead.py [--quick] [--json FILE]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -29,13 +28,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from bench._common import main as bench_main
+from bench._common import percentile
 from bench._processes import foreman, simulated_ollama
 from foreman.upstream import BytesBodyProducer
 
@@ -138,11 +139,6 @@ def _parse_created_at(text: str) -> float:
     head, _, fraction = text.rstrip("Z").partition(".")
     moment = datetime.fromisoformat(head + "." + (fraction + "000000")[:6] + "+00:00")
     return moment.timestamp()
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def alternate(
@@ -265,21 +261,12 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a quarter of the samples")
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    arguments = parser.parse_args()
-
-    def go(reactor: Any) -> defer.Deferred[None]:
-        async def body() -> None:
-            results = await run(reactor, arguments.quick)
-            print(report(results))
-            if arguments.json:
-                arguments.json.write_text(json.dumps(results, indent=2))
-
-        return defer.ensureDeferred(body())
-
-    task.react(go)
+    bench_main(
+        __doc__.splitlines()[0],
+        "a quarter of the samples",
+        lambda reactor, arguments: run(reactor, arguments.quick),
+        report,
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,10 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import defer, task, threads
+from twisted.internet import threads
 from twisted.internet.interfaces import IListeningPort
 
+from bench._common import main as bench_main
 from bench._processes import foreman, simulated_ollama
 from bench._workload import (
     ARRIVALS_PER_SECOND,
@@ -526,23 +527,16 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a shorter run (< 1 minute)")
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    parser.add_argument("--seed", type=int, default=2026, help="workload seed (default 2026)")
-    arguments = parser.parse_args()
-    settings = QUICK if arguments.quick else FULL
+    def seed_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--seed", type=int, default=2026, help="workload seed (default 2026)")
 
-    def go(reactor: Any) -> defer.Deferred[None]:
-        async def body() -> None:
-            results = await run(reactor, settings, arguments.seed)
-            print(report(results))
-            if arguments.json:
-                arguments.json.write_text(json.dumps(results, indent=2))
-
-        return defer.ensureDeferred(body())
-
-    task.react(go)
+    bench_main(
+        __doc__.splitlines()[0],
+        "a shorter run (< 1 minute)",
+        lambda reactor, arguments: run(reactor, QUICK if arguments.quick else FULL, arguments.seed),
+        report,
+        seed_option,
+    )
 
 
 if __name__ == "__main__":
