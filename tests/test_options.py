@@ -122,3 +122,46 @@ def test_empty_token_file_is_refused(tmp_path: Path) -> None:
 )
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_the_jobs_and_metrics_settings_come_from_the_environment(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("hook-key\n")
+    config = parse(
+        [],
+        {
+            "FOREMAN_WEBHOOK_SECRET_FILE": str(secret_file),
+            "FOREMAN_ARTIFACT_INLINE_LIMIT": "1KiB",
+            "FOREMAN_METRICS_PUBLIC": "1",
+        },
+    )
+    assert config.webhook_secret == "hook-key"
+    assert config.artifact_inline_limit == 1024
+    assert config.metrics_public
+    assert "hook-key" not in repr(config)
+    assert parse([], {"FOREMAN_WEBHOOK_SECRET": "from-env"}).webhook_secret == "from-env"
+    defaults = parse([])
+    assert (defaults.webhook_secret, defaults.metrics_public) == (None, False)
+    assert defaults.artifact_inline_limit == 256 * 1024
+
+
+def test_help_and_environment_cover_every_option() -> None:
+    from foreman.options import _FLAGS, _PARAMETERS
+
+    text = str(ForemanOptions({}))
+    for parameter in _PARAMETERS:
+        assert f"--{parameter[0]}" in text and parameter[1] in text
+    for name, env, _help in _FLAGS:
+        assert f"--{name}" in text and env in text
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--artifact-inline-limit", "big"], "--artifact-inline-limit"),
+        (["--webhook-secret-file", "/nonexistent/secret"], "cannot read webhook secret file"),
+    ],
+)
+def test_bad_jobs_settings_are_usage_errors(args: list[str], complaint: str) -> None:
+    with pytest.raises(usage.UsageError, match=complaint):
+        parse(args)
