@@ -79,6 +79,10 @@ class ForemanRequest(server.Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.started = time.perf_counter()
+        # Taken now: by the time a request whose caller left is logged, its
+        # channel may no longer know its site.
+        site = getattr(self.channel, "site", None)
+        self._metrics: ForemanMetrics | None = getattr(site, "metrics", None)
         #: The model named in the body, once a handler has read it.
         self.model: str | None = None
         self._body_limit: int | None = None
@@ -124,6 +128,10 @@ class ForemanRequest(server.Request):
         if self._refused_size:
             return
         self._refused_size = True
+        # The request line is only on the channel while the body arrives, and
+        # this request is never processed: keep it for the access line.
+        self.method = getattr(self.channel, "_command", self.method)
+        self.path = getattr(self.channel, "_path", b"?").split(b"?", 1)[0]
         body = error_body(f"request body too large: the limit is {self._body_limit} bytes")
         # The channel is still reading the body, so the normal response
         # machinery is not ready; answer directly and close afterwards.
@@ -154,11 +162,17 @@ class ForemanRequest(server.Request):
 
     def _log_access(self, result: object) -> None:
         lost = isinstance(result, Failure) and not self._refused_size
-        path = self.path if getattr(self, "path", None) else getattr(self.channel, "_path", b"?")
-        method = self.method if getattr(self, "method", None) else b"?"
+        # A caller that hung up while sending its body left a request that was
+        # never processed: its request line is still on the channel.
+        path = getattr(self, "path", None) or getattr(self.channel, "_path", None) or b"?"
+        method = self.method
+        if method == server.Request.method:
+            method = getattr(self.channel, "_command", None) or b"?"
+        method_text = method.decode("ascii", "replace")
+        path_text = path.decode("utf-8", "replace").split("?", 1)[0]
         fields = {
-            "method": method.decode("ascii", "replace"),
-            "path": path.decode("utf-8", "replace").split("?", 1)[0],
+            "method": method_text,
+            "path": path_text,
             "status": self.code,
             "model": self.model or "-",
             "duration_ms": round((time.perf_counter() - self.started) * 1000.0, 3),
@@ -174,13 +188,9 @@ class ForemanRequest(server.Request):
             + (" (client disconnected)" if lost else "")
         )
         access_log.info("{line}", line=line, **fields)
-        # ``site`` is set when the request is processed; a 413 refused while
-        # the body arrived never was, so its channel's site is asked instead.
-        site = getattr(self, "site", None) or getattr(self.channel, "site", None)
-        metrics = getattr(site, "metrics", None)
-        if metrics is not None:
-            metrics.request_finished(
-                fields["path"], fields["method"], self.code, time.perf_counter() - self.started
+        if self._metrics is not None:
+            self._metrics.request_finished(
+                path_text, method_text, self.code, time.perf_counter() - self.started
             )
         # notifyFinish's errback is consumed here: a caller hanging up is an
         # ordinary event, not an unhandled error.

@@ -118,3 +118,44 @@ async def test_metrics_need_the_token_unless_public(
     # Only /metrics is opened.
     assert (await http.get(public.url + "/api/foreman/queue")).code == 401
     await treq.content(await http.get(public.url + "/api/tags", headers=AUTH))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_refused_as_too_large_is_counted(
+    reactor: Any, simulator: Any, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    running = await start_foreman(simulator.url, token=TOKEN, max_body_size=100)
+    refused = await http.post(
+        running.url + "/api/chat", data=json.dumps(chat("llama3.2", "x" * 500)).encode()
+    )
+    assert refused.code == 413
+    await refused.content()
+    too_large = {"route": "/api/chat", "method": "POST", "status": "413"}
+    metrics = running.foreman.metrics
+    # Counted when foreman closes the connection, after the 413 was sent.
+    await eventually(
+        lambda: metrics.registry.get_sample_value("foreman_http_requests_total", too_large) == 1,
+        reactor,
+    )
+    samples = await scrape(http, running.url)
+    assert value(samples, "foreman_http_requests_total", **too_large) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_observer_that_fails_does_not_spoil_the_reply(
+    simulator: Any, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    running = await start_foreman(simulator.url)
+
+    def broken(path: bytes, final: bytes) -> None:
+        raise RuntimeError("observer bug")
+
+    running.foreman.relay.observe(broken)
+    answered = await http.post(
+        running.url + "/api/chat", data=json.dumps(chat("llama3.2", "hi", stream=False)).encode()
+    )
+    assert answered.code == 200
+    assert (await answered.json())["done"] is True
+    # The metrics observer, registered before the broken one, still counted it.
+    samples = await scrape(http, running.url)
+    assert value(samples, "foreman_generations_total", model="llama3.2") == 1
