@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from bench._common import percentile
-from foreman.upstream import BytesBodyProducer
+from foreman.relay.upstream import BytesBodyProducer
 
 EMBED_MODEL = "all-minilm"
 HEADERS = Headers({b"Content-Type": [b"application/json"]})

@@ -44,7 +44,7 @@ from twisted.web.server import Site
 from bench._common import main as bench_main
 from bench._common import percentile
 from bench._processes import foreman, simulated_ollama
-from foreman.upstream import BytesBodyProducer
+from foreman.relay.upstream import BytesBodyProducer
 
 JOBS = 1000
 SCENARIOS = {

@@ -38,7 +38,7 @@ from twisted.web.iweb import IResponse
 from bench._common import main as bench_main
 from bench._common import percentile
 from bench._processes import foreman, simulated_ollama
-from foreman.upstream import BytesBodyProducer
+from foreman.relay.upstream import BytesBodyProducer
 
 SMALL_CHAT = json.dumps(
     {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}

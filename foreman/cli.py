@@ -1,6 +1,6 @@
 """``foreman``: submit, list, wait for and cancel jobs from a shell (ADR-0011).
 
-The commands live in :mod:`foreman.cli_commands`; this module parses the
+The commands live in :mod:`foreman.client.commands`; this module parses the
 command line, runs the command on the reactor and turns its failures into the
 documented exit codes, so scripts can rely on them. Another module's
 commands (``foreman launchd`` is next) join by adding their
@@ -21,9 +21,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 
-from foreman import cli_commands as commands
-from foreman.cli_commands import EPILOG, Context, ExitCode, HelpFormatter, UsageProblem
-from foreman.client import ForemanError, ForemanUnreachable, WaitTimeout
+from foreman.client import commands
+from foreman.client.commands import EPILOG, Context, ExitCode, HelpFormatter, UsageProblem
+from foreman.client.jobs_client import ForemanError, ForemanUnreachable, WaitTimeout
 
 __all__ = ["REGISTRARS", "ExitCode", "build_parser", "main", "run"]
 
@@ -32,7 +32,7 @@ __all__ = ["REGISTRARS", "ExitCode", "build_parser", "main", "run"]
 def _register_launchd(subparsers: Any) -> None:
     # The launchd commands run without the reactor's help; they only write a
     # file and, on request, run launchctl.
-    from foreman import launchd
+    from foreman.ops import launchd
 
     launchd.register(subparsers)
     subparsers.choices["launchd"].set_defaults(handler=_run_launchd)

@@ -26,7 +26,7 @@ from foreman.config import (
     UpstreamMode,
     default_data_dir,
 )
-from foreman.durations import DurationError, parse_setting_duration
+from foreman.wire.durations import DurationError, parse_setting_duration
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {

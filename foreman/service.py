@@ -17,19 +17,19 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 
-from foreman.api import ForemanAPI
-from foreman.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.config import Config, LogFormat, UpstreamMode
-from foreman.generation import DirectGeneration, GenerationRunner
-from foreman.http_server import ForemanSite
-from foreman.inventory import Inventory
-from foreman.jobs_api import JobsAPI
-from foreman.listen_address import is_loopback_only
-from foreman.logging import json_observer
-from foreman.metrics import ForemanMetrics
-from foreman.queueing import Queue, build_queue
-from foreman.relay import Relay
-from foreman.upstream import Target, make_agent
+from foreman.front.api import ForemanAPI
+from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
+from foreman.http.listen_address import is_loopback_only
+from foreman.http.site import ForemanSite
+from foreman.jobs.api import JobsAPI
+from foreman.ops.logging import json_observer
+from foreman.ops.metrics import ForemanMetrics
+from foreman.queue.lifecycle import Queue, build_queue
+from foreman.relay.forward import Relay
+from foreman.relay.generation import DirectGeneration, GenerationRunner
+from foreman.relay.inventory import Inventory
+from foreman.relay.upstream import Target, make_agent
 
 log = Logger()
 

@@ -14,7 +14,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from foreman.upstream import BytesBodyProducer
+from foreman.relay.upstream import BytesBodyProducer
 
 
 def within(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[Any]:

@@ -27,12 +27,12 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from foreman.auth import BearerTokenGuard
-from foreman.client_receiver import TERMINAL_STATES, ConnectionTracker
-from foreman.errors import SERVER_BUSY, model_not_found, write_json_error
+from foreman.client.receiver import TERMINAL_STATES, ConnectionTracker
+from foreman.http.auth import BearerTokenGuard
+from foreman.http.errors import SERVER_BUSY, model_not_found, write_json_error
+from foreman.jobs.outbox import sign
+from foreman.queue.ulid import new_ulid
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
-from foreman.ulid import new_ulid
-from foreman.webhooks import sign
 
 #: How long a model load takes in the simulated Ollama of :class:`ForemanRig`.
 LOAD_SECONDS = 5.0

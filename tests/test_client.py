@@ -17,7 +17,7 @@ import treq
 from twisted.internet.defer import CancelledError, Deferred
 
 from foreman.client import ForemanError, ForemanUnreachable, JobsClient, JobView, WaitTimeout
-from foreman.client_receiver import WebhookReceiver
+from foreman.client.receiver import WebhookReceiver
 from tests.conftest import StartForeman
 from tests.jobs_stub import ForemanRig, JobsStub, WatchedClock, chat_completion
 
@@ -331,7 +331,7 @@ async def test_the_receiver_refuses_what_is_not_a_state_event(
     assert no_signature.code == 401
     assert "X-Foreman-Signature" in (await treq.json_content(no_signature))["error"]
 
-    from foreman.webhooks import sign
+    from foreman.jobs.outbox import sign
 
     garbage = b"not json"
     signed = {b"X-Foreman-Signature": [sign(SECRET, garbage).encode()]}

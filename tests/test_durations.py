@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from foreman.durations import (
+from foreman.wire.durations import (
     FOREVER,
     DurationError,
     format_go_duration,

@@ -30,11 +30,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from foreman.job_events import JobEvents
-from foreman.jobs import Job, JobState
-from foreman.store import JobStore, inline_runner
-from foreman.transitions import Record
-from foreman.webhooks import WebhookOutbox, verify
+from foreman.jobs.events import JobEvents
+from foreman.jobs.outbox import WebhookOutbox, verify
+from foreman.queue.job import Job, JobState
+from foreman.queue.store import JobStore, inline_runner
+from foreman.queue.transitions import Record
 from tests.test_job_worker import fired, job_for
 from tests.test_webhooks import Outcomes
 from tests.webhook_receiver import WebhookReceiver

@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from foreman.inventory import Inventory
+from foreman.relay.inventory import Inventory
+from foreman.relay.upstream import Target
 from foreman.testing import SimulatedOllama
-from foreman.upstream import Target
 
 
 class Switchable(Resource):

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from foreman.artifacts import artifact_content, outputs_of
-from foreman.job_events import event, event_body
-from foreman.job_requests import idempotency_key, parse_submission
-from foreman.job_views import job_view, summary, timestamp
-from foreman.jobs import Job, JobState
-from foreman.jobs_api import uncancellable
-from foreman.routing import BadRequest
+from foreman.http.routing import BadRequest
+from foreman.jobs.api import uncancellable
+from foreman.jobs.artifacts import artifact_content, outputs_of
+from foreman.jobs.events import event, event_body
+from foreman.jobs.requests import idempotency_key, parse_submission
+from foreman.jobs.views import job_view, summary, timestamp
+from foreman.queue.job import Job, JobState
 
 NOW = 1_800_000_000.0
 COMPLETION = b'{"model":"llama3.2","message":{"role":"assistant","content":"hi"},"done":true}'

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from foreman.jobs import Job, JobState
-from foreman.store import DATABASE_NAME, JobStore
+from foreman.queue.job import Job, JobState
+from foreman.queue.store import DATABASE_NAME, JobStore
 from tests.test_store import failure_of, job, raw, result_of
 
 NOW = 1_800_000_000.0

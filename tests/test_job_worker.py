@@ -17,12 +17,12 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from foreman.generation import GenerationCall
-from foreman.job_events import JobEvents
-from foreman.jobs import Job, JobState
-from foreman.scheduler import QueueFull
-from foreman.ulid import new_ulid
-from foreman.webhooks import StoredEvent
+from foreman.jobs.events import JobEvents
+from foreman.jobs.outbox import StoredEvent
+from foreman.queue.job import Job, JobState
+from foreman.queue.scheduler import QueueFull
+from foreman.queue.ulid import new_ulid
+from foreman.relay.generation import GenerationCall
 from tests.worker_rig import WorkerRig, make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}

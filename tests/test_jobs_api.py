@@ -11,7 +11,7 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet.defer import ensureDeferred, gatherResults
 
-from foreman.jobs import JobState
+from foreman.queue.job import JobState
 from foreman.testing import DEFAULT_MODELS, SimModel
 from tests.conftest import RunningForeman, StartForeman, StartSimulator
 from tests.http_helpers import eventually

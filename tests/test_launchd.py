@@ -19,8 +19,8 @@ from typing import Any
 import attrs
 import pytest
 
-from foreman import launchd
-from foreman.launchd import DEFAULT_LABEL, Host
+from foreman.ops import launchd
+from foreman.ops.launchd import DEFAULT_LABEL, Host
 
 UID = 501
 
@@ -416,7 +416,7 @@ def test_register_adds_launchd_to_a_foreman_command(
 def test_module_runs_as_a_command(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
     finished = subprocess.run(
-        [sys.executable, "-m", "foreman.launchd", "install", "--print"],
+        [sys.executable, "-m", "foreman.ops.launchd", "install", "--print"],
         env={**environment, "HOME": str(tmp_path)},
         capture_output=True,
         check=True,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from foreman.listen_address import is_loopback_only
+from foreman.http.listen_address import is_loopback_only
 
 
 @pytest.mark.parametrize(

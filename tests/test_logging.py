@@ -9,7 +9,7 @@ import pytest
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher
 
-from foreman.logging import json_lines_observer
+from foreman.ops.logging import json_lines_observer
 from foreman.service import ForemanService
 
 
@@ -58,7 +58,7 @@ def test_access_events_wait_for_the_reactor_to_send_the_reply() -> None:
     from twisted.internet.base import DelayedCall
     from twisted.internet.task import Clock
 
-    from foreman.http_server import AfterSend
+    from foreman.http.site import AfterSend
 
     clock = Clock()
     published: list[LogEvent] = []
@@ -81,7 +81,7 @@ def test_access_events_wait_for_the_reactor_to_send_the_reply() -> None:
 def test_json_lines_go_to_twistds_log_file_when_one_is_named(tmp_path: Path) -> None:
     from twisted.scripts._twistd_unix import ServerOptions
 
-    from foreman.logging import json_observer
+    from foreman.ops.logging import json_observer
 
     log_file = tmp_path / "foreman.log"
     options = ServerOptions()
@@ -96,7 +96,7 @@ def test_json_lines_go_to_twistds_log_file_when_one_is_named(tmp_path: Path) -> 
 
 
 def test_without_a_log_file_json_lines_go_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
-    from foreman.logging import json_observer
+    from foreman.ops.logging import json_observer
 
     for log_file in (None, "-"):
         publisher = LogPublisher(json_observer(log_file))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from foreman.metrics import ForemanMetrics, route_of
+from foreman.ops.metrics import ForemanMetrics, route_of
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from foreman.model_names import canonical_model_name
+from foreman.wire.model_names import canonical_model_name
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from treq.client import HTTPClient
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from foreman.jobs import JobState
+from foreman.queue.job import JobState
 from tests.conftest import StartForeman
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from foreman.jobs import Job
-from foreman.model_names import canonical_model_name
-from foreman.scheduler import QueueFull, Scheduler
+from foreman.queue.job import Job
+from foreman.queue.scheduler import QueueFull, Scheduler
+from foreman.wire.model_names import canonical_model_name
 
 T0 = 1_000.0
 LLAMA = "llama3.2:latest"  # residency reports canonical names

@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from foreman.gojson import (
+from foreman.testing import DEFAULT_MODELS, SimModel
+from foreman.testing._generation import normalize, plan_reply, raw_embedding, word_tokens
+from foreman.testing._hosts import allowed_host, split_host_port
+from foreman.testing._models import display_shortest, full_name, is_valid_name, parameter_count
+from foreman.testing._requests import CHAT, RequestError, check_options, decode
+from foreman.wire.gojson import (
     MAX_DURATION_NS,
     EmptyBody,
     GoJSONError,
@@ -16,11 +21,6 @@ from foreman.gojson import (
     rfc3339,
     rfc3339_ns,
 )
-from foreman.testing import DEFAULT_MODELS, SimModel
-from foreman.testing._generation import normalize, plan_reply, raw_embedding, word_tokens
-from foreman.testing._hosts import allowed_host, split_host_port
-from foreman.testing._models import display_shortest, full_name, is_valid_name, parameter_count
-from foreman.testing._requests import CHAT, RequestError, check_options, decode
 
 
 @pytest.mark.parametrize(

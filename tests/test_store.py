@@ -22,9 +22,9 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from foreman import store as store_module
-from foreman.jobs import Job, JobState
-from foreman.store import (
+from foreman.queue import store as store_module
+from foreman.queue.job import Job, JobState
+from foreman.queue.store import (
     DATABASE_NAME,
     MIGRATIONS,
     JobStore,

@@ -6,7 +6,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.client import URI
 
-from foreman.upstream import _ReusedEndpoints
+from foreman.relay.upstream import _ReusedEndpoints
 
 
 def test_one_endpoint_serves_every_request_to_an_address() -> None:

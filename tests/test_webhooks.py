@@ -27,8 +27,8 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 import foreman
-from foreman.store import JobStore
-from foreman.webhooks import StoredEvent, WebhookOutbox, sign, store_event, verify
+from foreman.jobs.outbox import StoredEvent, WebhookOutbox, sign, store_event, verify
+from foreman.queue.store import JobStore
 from tests.webhook_receiver import OK, WAIT_LIMIT, Answer, Behaviour, Hang, Trickle, WebhookReceiver
 
 NOW = 1_800_000_000.0
@@ -64,7 +64,7 @@ class Outcomes:
         self._waiting: list[tuple[int, Deferred[LogEvent]]] = []
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") != "foreman.webhooks":
+        if event.get("log_namespace") != "foreman.jobs.outbox":
             return
         self.all.append(event)
         if "outcome" in event:

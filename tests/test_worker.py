@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import ensureDeferred
 
-from foreman.jobs import JobState
-from foreman.scheduler import QueueFull
+from foreman.queue.job import JobState
+from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
 from tests.worker_rig import make_worker_rig
 
@@ -161,8 +161,8 @@ def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> No
     rig.worker.startService()
     rig.submit("llama3.2", "first")
     rig.run_until(rig.all_finished)
-    from foreman.jobs import Job
-    from foreman.ulid import new_ulid
+    from foreman.queue.job import Job
+    from foreman.queue.ulid import new_ulid
 
     now = rig.clock.seconds()
     body = b'{"model":"llama3.2","keep_alive":0,"messages":[{"role":"user","content":"x"}]}'
@@ -185,7 +185,7 @@ def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> No
 
 
 def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
-    from foreman.queueing import SWEEP_INTERVAL, ttl_sweeper
+    from foreman.queue.lifecycle import SWEEP_INTERVAL, ttl_sweeper
 
     rig = make_worker_rig(tmp_path)
     rig.worker.startService()

@@ -20,17 +20,17 @@ from twisted.internet.task import Clock
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from foreman.inventory import Inventory
-from foreman.jobs import Job, JobState
-from foreman.queueing import recover_queue
-from foreman.relay import Relay
-from foreman.residency import Residency
-from foreman.scheduler import Scheduler
-from foreman.store import JobStore, Runner, inline_runner
+from foreman.queue.job import Job, JobState
+from foreman.queue.lifecycle import recover_queue
+from foreman.queue.residency import Residency
+from foreman.queue.scheduler import Scheduler
+from foreman.queue.store import JobStore, Runner, inline_runner
+from foreman.queue.ulid import new_ulid
+from foreman.queue.worker import Worker
+from foreman.relay.forward import Relay
+from foreman.relay.inventory import Inventory
+from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
-from foreman.ulid import new_ulid
-from foreman.upstream import BytesBodyProducer, Target
-from foreman.worker import Worker
 
 
 @implementer(IAgent)

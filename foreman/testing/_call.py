@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.gojson import dumps_line, duration_ns
 from foreman.testing._http import (
     JSON_UTF8,
     NDJSON,
@@ -30,6 +29,7 @@ from foreman.testing._http import (
 from foreman.testing._models import SimModel
 from foreman.testing._residency import Lease, QueueFull
 from foreman.testing._streaming import EventPump, Pace
+from foreman.wire.gojson import dumps_line, duration_ns
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from twisted.web.server import Request
 
-from foreman.gojson import dumps, duration_ns, float_array
 from foreman.testing._call import InferenceCall
 from foreman.testing._generation import count_tokens, normalize, raw_embedding
 from foreman.testing._http import error_body, go_quote
 from foreman.testing._models import is_valid_name
 from foreman.testing._requests import EMBED, EMBEDDINGS, RequestError, check_options, decode
+from foreman.wire.gojson import dumps, duration_ns, float_array
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

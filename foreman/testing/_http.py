@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from foreman.gojson import dumps
+from foreman.wire.gojson import dumps
 
 JSON_UTF8 = b"application/json; charset=utf-8"
 NDJSON = b"application/x-ndjson"

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.web.server import Request
 
-from foreman.gojson import rfc3339
 from foreman.testing._call import Chunk, InferenceCall
 from foreman.testing._generation import (
     ReplyPlan,
@@ -27,6 +26,7 @@ from foreman.testing._http import JSON_UTF8, error_body, go_quote, json_body
 from foreman.testing._models import SimModel, full_name, is_valid_name
 from foreman.testing._requests import CHAT, GENERATE, RequestError, Struct, check_options, decode
 from foreman.testing._streaming import PACE, Pace
+from foreman.wire.gojson import rfc3339
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.gojson import dumps_line
-from foreman.model_names import canonical_model_name
 from foreman.testing._http import NDJSON, empty_body, error_body, go_quote, json_body
 from foreman.testing._models import DEFAULT_MODELS, SimModel, display_shortest, is_valid_name
 from foreman.testing._requests import COPY, CREATE, DELETE, PULL, PUSH, RequestError, decode
+from foreman.wire.gojson import dumps_line
+from foreman.wire.model_names import canonical_model_name
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from foreman.gojson import rfc3339
-from foreman.model_names import DEFAULT_NAMESPACE, DEFAULT_REGISTRY, canonical_model_name
+from foreman.wire.gojson import rfc3339
+from foreman.wire.model_names import DEFAULT_NAMESPACE, DEFAULT_REGISTRY, canonical_model_name
 
 # Default models are "installed" at fixed moments so /api/tags is stable
 # across runs whatever clock the simulator is given (2025-06-01T00:00:00Z).

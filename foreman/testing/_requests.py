@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 
-from foreman.durations import DurationError, parse_keep_alive
-from foreman.gojson import GoJSONError, format_float, loads
+from foreman.wire.durations import DurationError, parse_keep_alive
+from foreman.wire.gojson import GoJSONError, format_float, loads
 
 
 class RequestError(Exception):

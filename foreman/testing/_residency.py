@@ -37,8 +37,8 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from foreman.gojson import duration_ns, to_ns
 from foreman.testing._models import SimModel
+from foreman.wire.gojson import duration_ns, to_ns
 
 #: Ollama's 503 message, two spaces included.
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"

@@ -16,7 +16,6 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.gojson import rfc3339_ns
 from foreman.testing import _embeddings, _inference, _management
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
@@ -29,6 +28,7 @@ from foreman.testing._models import (
 )
 from foreman.testing._requests import SHOW, RequestError, decode
 from foreman.testing._simulator import RecordedRequest
+from foreman.wire.gojson import rfc3339_ns
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

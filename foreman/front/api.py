@@ -1,0 +1,250 @@
+"""foreman's HTTP surface: the native Ollama API, plus ``/healthz`` and ``/jobs``.
+
+Metadata calls are relayed (or served from the inventory); generation calls
+go through the :class:`~foreman.relay.generation.GenerationRunner` seam; embedding
+calls are relayed directly and concurrently, always (ADR-0013). ``/jobs`` is
+an app of its own (:mod:`foreman.jobs.api`), mounted here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import NotFound
+
+from foreman.http import routing
+from foreman.http.auth import BearerTokenGuard
+from foreman.http.errors import (
+    JSON_CONTENT_TYPE,
+    embedding_model_not_found,
+    model_not_found,
+    write_json_error,
+)
+from foreman.http.routing import read_json
+from foreman.jobs.api import JobsAPI
+from foreman.ops.health import health_report, queue_report
+from foreman.ops.metrics import ForemanMetrics
+from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
+from foreman.queue.store import JobStore
+from foreman.queue.worker import Worker
+from foreman.relay.forward import Relay
+from foreman.relay.generation import Endpoint, GenerationCall, GenerationRunner
+from foreman.relay.inventory import Inventory
+from foreman.relay.upstream import BytesBodyProducer
+from foreman.relay.upstream_body import request_body_producer
+
+
+def _whole(request: IRequest, body: bytes | None) -> bytes | None:
+    """Give a body that is sent in one piece its Content-Length, as Ollama does."""
+    if body is not None:
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _model_of(parsed: Any) -> str | None:
+    """The model a body names, or ``None`` when Ollama should judge the body."""
+    if isinstance(parsed, dict):
+        model = parsed.get("model")
+        if isinstance(model, str) and model:
+            return model
+    return None
+
+
+class ForemanAPI:
+    app = Klein()
+
+    def __init__(
+        self,
+        relay: Relay,
+        inventory: Inventory,
+        generation: GenerationRunner,
+        *,
+        worker: Worker | None = None,
+        store: JobStore | None = None,
+        jobs: JobsAPI | None = None,
+        simulated: bool = False,
+        metrics: ForemanMetrics | None = None,
+    ) -> None:
+        self._relay = relay
+        self._inventory = inventory
+        self._generation = generation
+        self._worker = worker
+        self._store = store
+        self._jobs = None if jobs is None else jobs.app.resource()
+        self._simulated = simulated
+        self._ui: IResource | None = None
+        self._metrics = metrics
+
+    def resource(self, guard: BearerTokenGuard) -> IResource:
+        # The status page checks access itself (the Bearer header or its own
+        # session cookie), so it is made here, with the guard.
+        self._ui = StatusPage(
+            self._inventory,
+            self._relay,
+            guard,
+            worker=self._worker,
+            store=self._store,
+            simulated=self._simulated,
+        ).app.resource()
+        return _Guarded(self.app.resource(), guard)
+
+    # -- answered by foreman itself ----------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root(self, request: IRequest) -> bytes | None:
+        if wants_page(request):
+            return redirect_to_page(request)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return _whole(request, b"Ollama is running")
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes | None:
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        report = health_report(
+            self._inventory, self._relay.target, simulated=self._simulated, worker=self._worker
+        )
+        return _whole(request, json.dumps(report).encode())
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    def metrics(self, request: IRequest) -> bytes | None:
+        if self._metrics is None:
+            raise NotFound()
+        request.setHeader(b"Content-Type", self._metrics.content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return _whole(request, self._metrics.render())
+
+    @app.route("/api/foreman/queue", methods=["GET", "HEAD"])
+    def queue(self, request: IRequest) -> bytes | None:
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self._worker is None:
+            report: dict[str, Any] = {"jobs": [], "depth": 0, "queue": "disabled"}
+        else:
+            report = queue_report(self._worker, self._inventory, time.time())
+        return _whole(request, json.dumps(report).encode())
+
+    @app.route("/api/tags", methods=["GET", "HEAD"])
+    async def tags(self, request: IRequest) -> bytes | None:
+        if self._inventory.tags_body is None or self._inventory.degraded:
+            await self._inventory.refresh()
+        if self._inventory.tags_body is None:
+            # Never reached the target yet: let the relay say why, in its words.
+            await self._relay.forward(request, b"GET", b"/api/tags", None)
+            return None
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return _whole(request, self._inventory.tags_body)
+
+    @app.route("/jobs", branch=True)
+    def jobs(self, request: IRequest) -> IResource | bytes:
+        if self._jobs is None:
+            return routing.page_not_found(request)
+        # Klein renders the returned app with ``/jobs`` moved into the
+        # request's prepath: its routes are relative to ``/jobs``. ``/jobs``
+        # itself would reach it as an empty path, which werkzeug matches to
+        # no rule (a 404 for a wrong method); it is its ``/``.
+        if not request.postpath:
+            request.postpath = [b""]
+        return self._jobs
+
+    @app.route("/ui", branch=True)
+    def ui(self, request: IRequest) -> IResource | bytes:
+        # docs/status-page.md; its routes are relative to ``/ui``.
+        return self._ui if self._ui is not None else routing.page_not_found(request)
+
+    # -- relayed as they are -------------------------------------------------
+
+    @app.route("/api/version", methods=["GET", "HEAD"])
+    @app.route("/api/ps", methods=["GET", "HEAD"])
+    @app.route("/api/show", methods=["POST"])
+    def passthrough(self, request: IRequest) -> Deferred[None]:
+        return self._relay_as_is(request)
+
+    @app.route("/api/pull", methods=["POST"])
+    @app.route("/api/push", methods=["POST"])
+    @app.route("/api/create", methods=["POST"])
+    @app.route("/api/copy", methods=["POST"])
+    @app.route("/api/delete", methods=["DELETE"])
+    async def manage(self, request: IRequest) -> None:
+        await self._relay_as_is(request)
+        # These change what the target has: look again before answering, so
+        # a model pulled through foreman is usable the moment pull returns.
+        await self._inventory.refresh()
+
+    @app.route("/api/blobs/<string:digest>", methods=["HEAD", "POST"])
+    def blobs(self, request: IRequest, digest: str) -> Deferred[None]:
+        return self._relay_as_is(request)
+
+    def _relay_as_is(self, request: IRequest) -> Deferred[None]:
+        body = request_body_producer(request)
+        return self._relay.forward(request, request.method, request.uri, body)
+
+    # -- calls that name a model ---------------------------------------------
+
+    @app.route("/api/chat", methods=["POST"])
+    async def chat(self, request: IRequest) -> bytes | None:
+        return await self._generate(request, "chat")
+
+    @app.route("/api/generate", methods=["POST"])
+    async def generate(self, request: IRequest) -> bytes | None:
+        return await self._generate(request, "generate")
+
+    @app.route("/api/embed", methods=["POST"])
+    @app.route("/api/embeddings", methods=["POST"])
+    async def embed(self, request: IRequest) -> bytes | None:
+        raw, parsed = read_json(request)
+        model = _model_of(parsed)
+        if model is not None:
+            request.model = model  # type: ignore[attr-defined]
+            if await self._inventory.knows_model(model) is False:
+                return write_json_error(request, 404, embedding_model_not_found(model))
+        await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
+        return None
+
+    async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
+        raw, parsed = read_json(request)
+        model = _model_of(parsed)
+        if model is None:
+            # No usable model name: nothing can load or run, so Ollama gives
+            # its own verdict on the body without any queueing.
+            path = request.path
+            await self._relay.forward(request, b"POST", path, BytesBodyProducer(raw))
+            return None
+        request.model = model  # type: ignore[attr-defined]
+        if await self._inventory.knows_model(model) is False:
+            return write_json_error(request, 404, model_not_found(model))
+        stream = parsed.get("stream", True) is not False
+        call = GenerationCall(endpoint=endpoint, model=model, body=raw, stream=stream)
+        await self._generation.run(call, request)
+        return None
+
+    # -- errors ----------------------------------------------------------------
+
+    routing.answer_routing_errors(app)
+
+
+class _Guarded(Resource):
+    """Checks the Bearer token before any route (or 404) is considered.
+
+    The status page's paths are let through: it checks access itself.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, guard: BearerTokenGuard) -> None:
+        super().__init__()
+        self._inner = inner
+        self._guard = guard
+
+    def render(self, request: IRequest) -> bytes | int:
+        if not (serves(request) or self._guard.allows(request)):
+            return self._guard.refuse(request)
+        result: bytes | int = self._inner.render(request)
+        return result if result is not None else NOT_DONE_YET

@@ -1,0 +1,219 @@
+"""The asynchronous ``/jobs`` surface (ADR-0004, docs/jobs.md).
+
+A Klein app of its own, mounted under ``/jobs`` by :class:`foreman.front.api.ForemanAPI`
+(so the token guard and gin's 404/405 apply as everywhere). Routes here are
+relative to ``/jobs``. Only asynchronous jobs are visible: a sync call's job
+has an id its caller never sees, and is cancelled by hanging up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from foreman.http import routing
+from foreman.http.errors import SERVER_BUSY, model_not_found, write_json_error
+from foreman.http.routing import BadRequest, json_answer
+from foreman.jobs.artifacts import artifact_content
+from foreman.jobs.requests import idempotency_key, parse_submission
+from foreman.jobs.views import job_view, summary
+from foreman.queue.job import Job, JobState
+from foreman.queue.scheduler import QueueFull
+from foreman.queue.store import JobStore
+from foreman.queue.ulid import new_ulid
+from foreman.queue.worker import Worker
+from foreman.relay.inventory import Inventory
+
+log = Logger()
+T = TypeVar("T")
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+NO_QUEUE = "foreman: /jobs needs the job queue, and this foreman runs with --no-queue"
+
+
+class _Unavailable(Exception):
+    """``/jobs`` is switched off (``--no-queue``)."""
+
+
+class JobsAPI:
+    app = Klein()
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        clock: IReactorTime,
+        *,
+        worker: Worker | None,
+        store: JobStore | None,
+        inline_limit: int,
+    ) -> None:
+        self._inventory = inventory
+        self._clock = clock
+        self._worker = worker
+        self._store = store
+        self._inline_limit = inline_limit
+
+    def _queue(self) -> tuple[Worker, JobStore]:
+        if self._worker is None or self._store is None:
+            raise _Unavailable()
+        return self._worker, self._store
+
+    async def _job(self, job_id: str) -> Job | None:
+        """The asynchronous job ``job_id``, if there is one."""
+        _, store = self._queue()
+        job = await store.get(job_id)
+        return None if job is None or job.sync else job
+
+    # -- submit --------------------------------------------------------------------
+
+    @app.route("/", methods=["POST"])
+    async def submit(self, request: IRequest) -> bytes:
+        worker, store = self._queue()
+        _, document = routing.read_json(request)
+        submission = parse_submission(document)
+        key = idempotency_key(request.getHeader(b"idempotency-key"))
+        request.model = submission.model  # type: ignore[attr-defined]
+        if key is not None:
+            # A retry usually finds its job here, even when the queue is full.
+            known = await store.find_by_idempotency_key(key)
+            if known is not None:
+                return self._accepted(request, submission.same_request, known, key)
+        if await self._inventory.knows_model(submission.model) is False:
+            return write_json_error(request, 404, model_not_found(submission.model))
+        now = self._clock.seconds()
+        job = submission.job(new_ulid(now), now, key)
+        try:
+            # A caller hanging up now must not cut the submit in half (a
+            # stored job the worker never heard of): it finishes regardless.
+            stored = await uncancellable(worker.submit(job))
+        except QueueFull:
+            retry = b"%d" % worker.retry_after()
+            return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+        except Exception:
+            log.failure("Could not record a new job")
+            message = "foreman: could not record the job; see its log"
+            retry = b"%d" % worker.retry_after()
+            return write_json_error(request, 503, message, {b"Retry-After": retry})
+        return self._accepted(request, submission.same_request, stored, key)
+
+    @staticmethod
+    def _accepted(
+        request: IRequest, same: Callable[[Job], bool], job: Job, key: str | None
+    ) -> bytes:
+        if key is not None and not same(job):
+            message = f"Idempotency-Key {key!r} was already used for a different request"
+            return write_json_error(request, 422, message)
+        request.setHeader(b"Location", f"/jobs/{job.id}".encode())
+        return json_answer(request, {"job_id": job.id}, 202)
+
+    # -- look ----------------------------------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    async def listing(self, request: IRequest) -> bytes:
+        _, store = self._queue()
+        state = _argument(request, "state")
+        model = _argument(request, "model")
+        before = _argument(request, "before")
+        limit = _limit(_argument(request, "limit"))
+        try:
+            wanted = None if state is None else JobState(state)
+        except ValueError:
+            names = ", ".join(each.value for each in JobState)
+            raise BadRequest(f"state must be one of {names}") from None
+        page = await store.listing(limit=limit + 1, state=wanted, model=model, before=before)
+        jobs = page[:limit]
+        following = jobs[-1].id if len(page) > limit else None
+        return json_answer(request, {"jobs": [summary(job) for job in jobs], "next": following})
+
+    @app.route("/<job_id>", methods=["GET", "HEAD"])
+    async def show(self, request: IRequest, job_id: str) -> bytes:
+        job = await self._job(job_id)
+        if job is None:
+            return _no_such_job(request, job_id)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_answer(request, job_view(job, self._inline_limit))
+
+    @app.route("/<job_id>/artifacts/<name>", methods=["GET", "HEAD"])
+    async def artifact(self, request: IRequest, job_id: str, name: str) -> bytes:
+        job = await self._job(job_id)
+        if job is None:
+            return _no_such_job(request, job_id)
+        found = artifact_content(job, name)
+        if found is None:
+            return write_json_error(request, 404, f"job {job_id} has no artifact {name!r}")
+        content_type, content = found
+        request.setHeader(b"Content-Type", content_type.encode())
+        request.setHeader(b"Content-Length", b"%d" % len(content))
+        return content
+
+    # -- cancel --------------------------------------------------------------------
+
+    @app.route("/<job_id>/cancel", methods=["POST"])
+    async def cancel(self, request: IRequest, job_id: str) -> bytes:
+        worker, store = self._queue()
+        job = await self._job(job_id)
+        if job is None:
+            return _no_such_job(request, job_id)
+        if job.state.terminal:
+            return _already(request, job)
+        ended = await worker.cancel(job_id)
+        # ``None``: the worker let go of it meanwhile; the store knows how it ended.
+        job = ended if ended is not None else await store.get(job_id) or job
+        if job.state is JobState.CANCELLED:
+            return json_answer(request, job_view(job, self._inline_limit))
+        if job.state.terminal:
+            return _already(request, job)  # it ended before the cancel could land
+        # Queued or running, yet not the worker's: foreman is stopping.
+        message = "foreman is stopping; try again shortly"
+        return write_json_error(request, 503, message, {b"Retry-After": b"5"})
+
+    # -- errors ----------------------------------------------------------------------
+
+    @app.handle_errors(_Unavailable)
+    def unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        return write_json_error(request, 501, NO_QUEUE)
+
+    routing.answer_routing_errors(app)
+
+
+def uncancellable(work: Deferred[T]) -> Deferred[T]:
+    """``work``'s result, in a Deferred whose cancellation leaves ``work`` alone."""
+    shield: Deferred[T] = Deferred(lambda _: None)  # cancelled: fails at once
+    work.addBoth(lambda result: None if shield.called else shield.callback(result))
+    return shield
+
+
+def _already(request: IRequest, job: Job) -> bytes:
+    return write_json_error(request, 409, f"job {job.id} is already {job.state.value}")
+
+
+def _no_such_job(request: IRequest, job_id: str) -> bytes:
+    return write_json_error(request, 404, f"job {job_id} not found")
+
+
+def _argument(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    return bytes(values[-1]).decode("utf-8", "replace") or None
+
+
+def _limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return limit

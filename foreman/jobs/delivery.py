@@ -1,0 +1,122 @@
+"""The HTTP side of a webhook delivery: the URL, the receiver's answer, the reasons.
+
+Kept apart from :mod:`foreman.jobs.outbox` (the outbox: what is due, retries,
+persistence) because none of it knows about the outbox: it turns a URL into
+bytes for the Agent, reads and judges a receiver's answer, and says in a few
+words why an attempt failed.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import hyperlink
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+
+#: A receiver owes us a status, not a body: read at most this much of one.
+MAX_RESPONSE_BODY = 64 * 1024
+
+
+class DeliveryFailed(Exception):
+    """An attempt failed for the reason given, already in words."""
+
+
+def read_answer(response: IResponse) -> Deferred[None]:
+    body = _Discard(MAX_RESPONSE_BODY)
+    response.deliverBody(body)
+
+    def judge(_: None) -> None:
+        if not 200 <= response.code < 300:
+            phrase = response.phrase.decode("latin-1", "replace")
+            # The raw Agent never follows one; say so, it is the usual surprise.
+            note = " (redirects are not followed)" if 300 <= response.code < 400 else ""
+            raise DeliveryFailed(f"HTTP {response.code} {phrase}".rstrip() + note)
+
+    return body.done.addCallback(judge)
+
+
+class _Discard(Protocol):
+    """Reads a response body to its end (or to ``limit`` bytes) and forgets it."""
+
+    def __init__(self, limit: int) -> None:
+        self.done: Deferred[None] = Deferred(self._cancel)
+        self._left = limit
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        # The Agent's body transport has no abortConnection; stopping it closes
+        # the connection.
+        transport: IPushProducer | None = self.transport  # type: ignore[assignment]
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0 and not self.done.called:
+            self.done.callback(None)
+            self._cancel(self.done)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+def body_timestamp(body: bytes) -> str | None:
+    """The body's own ``timestamp`` (signed with it), for ``X-Foreman-Timestamp``."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    value = event.get("timestamp") if isinstance(event, dict) else None
+    # Only what can go in a header as it is.
+    if isinstance(value, str) and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def url_bytes(url: str) -> bytes:
+    if url.isascii():
+        return url.encode("ascii")
+    # An internationalised host or path becomes its ASCII (IDNA, percent) form.
+    text: str = hyperlink.URL.from_text(url).to_uri().to_text()
+    return text.encode("ascii")
+
+
+def for_log(url: str) -> str:
+    """The URL without user info and query, where credentials tend to hide."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def describe(failure: Failure) -> str:
+    """A short reason for the log and ``last_error``."""
+    reasons = getattr(failure.value, "reasons", None)
+    if isinstance(reasons, list) and reasons and isinstance(reasons[0], Failure):
+        # ResponseNeverReceived, ResponseFailed, RequestGenerationFailed.
+        inner = reasons[0]
+        if inner.check(CancelledError):
+            return "cancelled"
+        return f"{type(failure.value).__name__}: {describe(inner)}"
+    if failure.check(DeliveryFailed):
+        return str(failure.value)
+    if failure.check(ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(DNSLookupError):
+        return f"DNS lookup failed: {failure.value}"
+    return f"{type(failure.value).__name__}: {failure.value}".rstrip(": ")

@@ -1,0 +1,51 @@
+"""How ``/jobs`` shows a job: the JSON of ``GET /jobs/{id}`` and of a listing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from foreman.jobs.artifacts import outputs_of
+from foreman.queue.job import Job
+
+
+def timestamp(seconds: float | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds: ``2026-11-22T03:00:00.123Z``."""
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def metadata_value(job: Job) -> Any:
+    """The caller's ``metadata`` as the JSON value it sent (``None`` if none)."""
+    return None if job.metadata is None else json.loads(job.metadata)
+
+
+def summary(job: Job) -> dict[str, Any]:
+    """A job in a listing: everything but its output."""
+    return {
+        "job_id": job.id,
+        "state": job.state.value,
+        "model": job.model,
+        "endpoint": job.endpoint,
+        "attempt": job.attempt,
+        "created_at": timestamp(job.created_at),
+        "updated_at": timestamp(job.updated_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
+        "error": job.last_error,
+        "error_status": job.error_status,
+        "state_webhook_url": job.webhook_url,
+        "metadata": metadata_value(job),
+    }
+
+
+def job_view(job: Job, inline_limit: int) -> dict[str, Any]:
+    """``GET /jobs/{id}``: the summary, the completion inline if small, artifacts."""
+    outputs = outputs_of(job, inline_limit)
+    view = summary(job)
+    view["result"] = outputs.result
+    view["artifacts"] = [artifact.reference(job.id) for artifact in outputs.artifacts]
+    return view

@@ -1,0 +1,70 @@
+"""``GET /healthz``: what an operator wants to know at a glance, never behind auth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from foreman import __version__
+from foreman.queue.worker import Worker
+from foreman.relay.inventory import Inventory
+from foreman.relay.upstream import Target
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, Any]:
+    """``GET /api/foreman/queue``: what runs, what waits, what is loaded."""
+    residency = worker.residency
+    return {
+        "jobs": [
+            {
+                "id": job.id,
+                "model": job.model,
+                "endpoint": job.endpoint,
+                "state": job.state.value,
+                "sync": job.sync,
+                "attempt": job.attempt,
+                "age_seconds": round(now - job.created_at, 3),
+                "position": position,
+            }
+            for job, position in worker.snapshot()
+        ],
+        "depth": worker.scheduler.depth,
+        "max_queue": worker.scheduler.max_queue,
+        "worker_model": residency.worker_model,
+        "embed_model": residency.embed_model,
+        "resident_models": list(inventory.resident),
+    }
+
+
+def health_report(
+    inventory: Inventory, target: Target, *, simulated: bool, worker: Worker | None = None
+) -> dict[str, Any]:
+    queue: dict[str, Any] | None = None
+    if worker is not None:
+        queue = {
+            "depth": worker.scheduler.depth,
+            "running": worker.current.id if worker.current else None,
+            "worker_model": worker.residency.worker_model,
+        }
+    return {
+        "status": "degraded" if inventory.degraded else "ok",
+        "degraded": inventory.degraded,
+        "foreman_version": __version__,
+        "upstream": {
+            "url": target.base_url,
+            "simulated": simulated,
+            "reachable": inventory.reachable,
+            "ollama_version": inventory.ollama_version,
+            "last_poll_at": _timestamp(inventory.last_poll_at),
+            "last_error": inventory.last_error,
+        },
+        "models_available": len(inventory.model_names),
+        "resident_models": list(inventory.resident),
+        "queue": queue,
+    }

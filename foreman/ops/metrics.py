@@ -1,0 +1,286 @@
+"""``GET /metrics``: what foreman is doing, in Prometheus's text format.
+
+Two kinds of figures. Events are counted as they happen: every request
+(by route and status, with its duration), and every generation Ollama
+finished (time to first token and tokens per second, from the ``*_duration``
+and ``*_count`` fields of Ollama's own final reply). States are read at
+scrape time from the objects that hold them — queue depth, the running job,
+resident models, reachability, model loads, webhook deliveries — so nothing
+has to remember to update a gauge, and a scrape always sees the truth.
+
+Each foreman has its own registry (tests run several in one process).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from foreman.queue.job import JobState
+
+if TYPE_CHECKING:
+    from foreman.queue.worker import Worker
+    from foreman.relay.inventory import Inventory
+
+#: Routes are labels; anything with an id in it is folded into its pattern
+#: so that the number of series stays small.
+_ROUTE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^/jobs/[^/]+/artifacts/[^/]+$"), "/jobs/{id}/artifacts/{name}"),
+    (re.compile(r"^/jobs/[^/]+/cancel$"), "/jobs/{id}/cancel"),
+    (re.compile(r"^/jobs/[^/]+$"), "/jobs/{id}"),
+    (re.compile(r"^/api/blobs/[^/]+$"), "/api/blobs/{digest}"),
+    (re.compile(r"^/ui(/.*)?$"), "/ui"),
+)
+_KNOWN_ROUTES = frozenset(
+    {
+        "/",
+        "/healthz",
+        "/metrics",
+        "/jobs",
+        "/api/version",
+        "/api/tags",
+        "/api/ps",
+        "/api/show",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
+        "/api/delete",
+        "/api/foreman/queue",
+    }
+)
+EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings"})
+GENERATION_PATHS = frozenset({b"/api/chat", b"/api/generate"})
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 400)
+
+
+def route_of(path: str) -> str:
+    """The label for ``path``: itself if known, its pattern, or ``other``."""
+    if path in _KNOWN_ROUTES:
+        return path
+    for pattern, route in _ROUTE_PATTERNS:
+        if pattern.match(path):
+            return route
+    return "other"
+
+
+class ForemanMetrics:
+    """foreman's registry, the event metrics, and the scrape-time collector."""
+
+    content_type = CONTENT_TYPE_LATEST.encode("ascii")
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "foreman_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "foreman_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.embedding_seconds = Histogram(
+            "foreman_embedding_duration_seconds",
+            "Embedding calls (/api/embed, /api/embeddings), arrival to last byte.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_token_seconds = Histogram(
+            "foreman_generation_time_to_first_token_seconds",
+            "Ollama's load_duration + prompt_eval_duration of finished generations.",
+            ["model"],
+            buckets=_GENERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_per_second = Histogram(
+            "foreman_generation_tokens_per_second",
+            "Ollama's eval_count / eval_duration of finished generations.",
+            ["model"],
+            buckets=_RATE_BUCKETS,
+            registry=self.registry,
+        )
+        self.generations = Counter(
+            "foreman_generations",
+            "Generations Ollama finished (its final reply was relayed), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def watch(
+        self,
+        *,
+        inventory: Inventory | None = None,
+        worker: Worker | None = None,
+        outbox: Any = None,
+    ) -> None:
+        """Read these objects' state at every scrape (any may be left out)."""
+        self._state.inventory = inventory
+        self._state.worker = worker
+        self._state.outbox = outbox
+        if worker is not None:
+            worker_transitions = getattr(worker, "on_transition", None)
+            if worker_transitions is not None:
+                worker_transitions(self._state.job_moved)
+
+    # -- events --------------------------------------------------------------------------
+
+    def request_finished(self, path: str, method: str, status: int, seconds: float) -> None:
+        route = route_of(path)
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+        if route in EMBEDDING_ROUTES and status == 200:
+            self.embedding_seconds.observe(seconds)
+
+    def reply_delivered(self, path: bytes, final: bytes) -> None:
+        """A relay observer: Ollama's final reply of a generation carries its timings."""
+        if path not in GENERATION_PATHS or b'"eval_count"' not in final:
+            return
+        try:
+            document = json.loads(final)
+        except ValueError:
+            return
+        if not isinstance(document, dict):
+            return
+        model = str(document.get("model") or "unknown")
+        self.generations.labels(model).inc()
+        load = _nanoseconds(document, "load_duration")
+        prompt = _nanoseconds(document, "prompt_eval_duration")
+        if load is not None or prompt is not None:
+            self.first_token_seconds.labels(model).observe(((load or 0) + (prompt or 0)) / 1e9)
+        count, duration = document.get("eval_count"), _nanoseconds(document, "eval_duration")
+        if isinstance(count, int) and count > 0 and duration:
+            self.tokens_per_second.labels(model).observe(count / (duration / 1e9))
+
+    # -- exposition ----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _nanoseconds(document: dict[str, Any], key: str) -> int | None:
+    value = document.get(key)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+class _StateCollector(Collector):
+    """Gauges and counters read off live objects when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.inventory: Inventory | None = None
+        self.worker: Worker | None = None
+        self.outbox: Any = None
+        #: Jobs that reached each terminal state since start (all kinds of job).
+        self._finished = dict.fromkeys((s for s in JobState if s.terminal), 0)
+
+    def job_moved(self, job: Any, previous: Any = None) -> None:
+        state = getattr(job, "state", None)
+        if isinstance(state, JobState) and state.terminal and previous is not state:
+            self._finished[state] += 1
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._upstream()
+        yield from self._queue()
+        yield from self._webhooks()
+
+    def _upstream(self) -> Iterator[Metric]:
+        inventory = self.inventory
+        if inventory is None:
+            return
+        reachable = GaugeMetricFamily(
+            "foreman_upstream_reachable", "1 when the last poll of the target Ollama succeeded."
+        )
+        reachable.add_metric([], 1.0 if inventory.reachable else 0.0)
+        yield reachable
+        resident = GaugeMetricFamily(
+            "foreman_resident_models",
+            "Models loaded in the target Ollama (its /api/ps), 1 per model.",
+            labels=["model"],
+        )
+        for model in inventory.resident:
+            resident.add_metric([model], 1.0)
+        yield resident
+
+    def _queue(self) -> Iterator[Metric]:
+        worker = self.worker
+        if worker is None:
+            return
+        depth = GaugeMetricFamily("foreman_queue_depth", "Generation jobs waiting to run.")
+        depth.add_metric([], float(worker.scheduler.depth))
+        yield depth
+        busy = GaugeMetricFamily(
+            "foreman_worker_busy", "1 while the worker runs a job (loading or generating)."
+        )
+        busy.add_metric([], 0.0 if worker.current is None else 1.0)
+        yield busy
+        jobs = GaugeMetricFamily(
+            "foreman_jobs", "Jobs queued or running now, by state.", labels=["state"]
+        )
+        now = dict.fromkeys((s for s in JobState if not s.terminal), 0)
+        now[JobState.QUEUED] = worker.scheduler.depth
+        if worker.current is not None and worker.current.state in now:
+            now[worker.current.state] += 1
+        for state, count in now.items():
+            jobs.add_metric([state.value], float(count))
+        yield jobs
+        finished = CounterMetricFamily(
+            "foreman_jobs_finished",
+            "Jobs that reached a final state since foreman started, by state.",
+            labels=["state"],
+        )
+        for state, count in self._finished.items():
+            finished.add_metric([state.value], float(count))
+        yield finished
+        residency = worker.residency
+        loads = CounterMetricFamily(
+            "foreman_model_loads", "Worker-model loads foreman asked the target for (swaps)."
+        )
+        loads.add_metric([], float(residency.loads))
+        yield loads
+        unloads = CounterMetricFamily(
+            "foreman_model_unloads", "Model unloads foreman asked the target for before a swap."
+        )
+        unloads.add_metric([], float(residency.unloads))
+        yield unloads
+
+    def _webhooks(self) -> Iterator[Metric]:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        deliveries = CounterMetricFamily(
+            "foreman_webhook_deliveries",
+            "State webhook delivery attempts, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, attribute in (
+            ("delivered", "delivered"),
+            ("failed_attempt", "failed_attempts"),
+            ("dropped", "dropped"),
+        ):
+            deliveries.add_metric([outcome], float(getattr(outbox, attribute, 0)))
+        yield deliveries

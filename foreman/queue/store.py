@@ -1,0 +1,421 @@
+"""The durable job store: one SQLite file in the data directory (ADR-0008).
+
+Every call goes through a *runner* that decides which thread touches the
+database. foreman runs it on a dedicated single-thread pool so a slow disk
+never stalls streaming on the reactor thread; tests run it inline, which
+keeps scheduling tests deterministic while still using a real SQLite file.
+
+Writes that record a job's state take ``also``: work of another module (the
+webhook outbox's row for the state's event) run in the same transaction, so
+the state and what it implies are committed together or not at all
+(:mod:`foreman.queue.transitions`). Without it, a write stays one plain statement.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from foreman.queue.job import Job, JobState
+from foreman.wire.model_names import canonical_model_name
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[], T]], "Deferred[T]"]
+#: Work run inside a write's transaction, on the store's thread.
+Also = Callable[[sqlite3.Connection], object]
+#: Called by start-up recovery, in its transaction, for each job it puts back
+#: in the queue: the job as now stored, and the running state it left.
+Requeued = Callable[[sqlite3.Connection, Job, JobState], object]
+
+DATABASE_NAME = "foreman.sqlite3"
+
+#: Each entry upgrades the schema by one version; never edit a released one.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        body BLOB NOT NULL,
+        sync INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        error_status INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        not_before REAL NOT NULL DEFAULT 0,
+        webhook_url TEXT,
+        metadata BLOB,
+        result BLOB
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, created_at, id);
+    CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    """,
+    # 2: the /jobs surface. A retried submit finds its job by idempotency key;
+    # artifacts live and die with their job; webhook deliveries wait in an
+    # outbox that outlives a restart (and the job's own TTL).
+    """
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_model ON jobs (model, id);
+    CREATE TABLE artifacts (
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body BLOB NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_by_due ON deliveries (next_at, id);
+    """,
+)
+
+
+def inline_runner(work: Callable[[], T]) -> Deferred[T]:
+    """Run on the calling thread: for tests and tools, never for the daemon."""
+    return maybeDeferred(work)
+
+
+def thread_runner(reactor: Any, pool: ThreadPool) -> Runner[Any]:
+    def run(work: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(reactor, pool, work)
+
+    return run
+
+
+@attrs.frozen
+class Recovery:
+    """What start-up recovery did with the jobs a previous process left."""
+
+    requeued: int
+    abandoned: int
+
+
+_COLUMNS = tuple(field.name for field in attrs.fields(Job))
+
+
+def _row_to_job(row: sqlite3.Row, **missing: object) -> Job:
+    values = dict(zip(row.keys(), row, strict=True))
+    values.update(missing)
+    values["state"] = JobState(values["state"])
+    values["sync"] = bool(values["sync"])
+    return Job(**values)
+
+
+def _by_idempotency_key(db: sqlite3.Connection, key: str) -> Job | None:
+    row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+    return None if row is None else _row_to_job(row)
+
+
+def _job_to_row(job: Job) -> dict[str, Any]:
+    row = attrs.asdict(job, recurse=False)
+    row["state"] = job.state.value
+    row["sync"] = int(job.sync)
+    return row
+
+
+class JobStore:
+    def __init__(self, path: Path, run: Runner[Any] = inline_runner) -> None:
+        self.path = path
+        self._run = run
+        self._connection: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        return self._run(self._open)
+
+    def _open(self) -> None:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout=5000")
+            # Artifacts are deleted with their job (ON DELETE CASCADE).
+            connection.execute("PRAGMA foreign_keys=ON")
+            # Refuse a newer schema before changing anything in the file.
+            self._check_version(connection)
+            # WAL lets readers (a backup, sqlite3 on the command line) look
+            # while foreman writes; NORMAL sync is durable across a crash of
+            # foreman, which is what the queue promises.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    @staticmethod
+    def _check_version(connection: sqlite3.Connection) -> None:
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the job store was written by a newer foreman (schema {version}); "
+                "upgrade foreman or move the file aside"
+            )
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection) -> None:
+        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    def startup(self, now: float, requeued: Requeued | None = None) -> tuple[Recovery, list[Job]]:
+        """Open, migrate, recover and list unfinished jobs, all at once.
+
+        Blocking: meant for start-up, before the reactor runs, so the queue
+        is whole before the first request can arrive. A job recovery puts
+        back in the queue makes a transition too: ``requeued`` writes what
+        it implies (its ``queued`` event) in recovery's own transaction.
+        """
+        self._open()
+        recovery = self._recover(now, requeued)
+        return recovery, self._unfinished()
+
+    def close(self) -> Deferred[None]:
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        return self._run(close)
+
+    @property
+    def schema_version(self) -> int:
+        return len(MIGRATIONS)
+
+    # -- writes ----------------------------------------------------------------
+
+    def insert(self, job: Job, also: Also | None = None) -> Deferred[Job]:
+        row = _job_to_row(job)
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+
+        def insert() -> Job:
+            if also is None:
+                self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+                return job
+            with self._transaction() as db:
+                db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+                also(db)
+            return job
+
+        return self._run(insert)
+
+    def update(self, job: Job, also: Also | None = None) -> Deferred[Job]:
+        """Store ``job`` as it is now; ``also(connection)`` in the same transaction."""
+        row = _job_to_row(job)
+        assignments = ", ".join(f"{name} = :{name}" for name in row if name != "id")
+        statement = f"UPDATE jobs SET {assignments} WHERE id = :id"
+
+        def update() -> Job:
+            if also is None:
+                # The hot path (every sync job): one statement, its own transaction.
+                self._db.execute(statement, row)
+                return job
+            with self._transaction() as db:
+                db.execute(statement, row)
+                also(db)
+            return job
+
+        return self._run(update)
+
+    def insert_unless_known(self, job: Job, also: Also | None = None) -> Deferred[Job]:
+        """Insert ``job``, unless a job with its idempotency key exists: then
+        that one, unchanged. One transaction, so two submits racing with the
+        same key still make one job (the unique index backs this up).
+        ``also(connection)`` runs in it only when ``job`` is inserted."""
+        row = _job_to_row(job)
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+
+        def insert(db: sqlite3.Connection) -> Job:
+            if job.idempotency_key is not None:
+                known = _by_idempotency_key(db, job.idempotency_key)
+                if known is not None:
+                    return known
+            db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+            if also is not None:
+                also(db)
+            return job
+
+        return self.transact(insert)
+
+    def recover(self, now: float) -> Deferred[Recovery]:
+        """Make the jobs of a process that died consistent again (ADR-0008).
+
+        Asynchronous jobs that were running go back to the queue; the
+        interrupted attempt stays counted. Sync jobs cannot be answered any more: their
+        callers' connections died with the process, so they fail.
+        """
+        return self._run(lambda: self._recover(now))
+
+    def _recover(self, now: float, requeued: Requeued | None = None) -> Recovery:
+        with self._transaction() as db:
+            running: list[Job] = []
+            if requeued is not None:
+                running = [
+                    _row_to_job(row)
+                    for row in db.execute(
+                        "SELECT * FROM jobs WHERE sync = 0 AND state IN ('loading', 'working')"
+                        " ORDER BY created_at, id"
+                    )
+                ]
+            count = db.execute(
+                # The interrupted attempt was counted when it started.
+                "UPDATE jobs SET state = 'queued', updated_at = ?,"
+                " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
+                (now,),
+            ).rowcount
+            if requeued is not None:
+                for job in running:
+                    # The job exactly as the UPDATE just left it.
+                    requeued(db, job.moved(JobState.QUEUED, now, not_before=0.0), job.state)
+            abandoned = db.execute(
+                "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
+                " last_error = 'the caller was gone after foreman restarted',"
+                " error_status = 499"
+                " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
+                (now, now),
+            ).rowcount
+        return Recovery(requeued=count, abandoned=abandoned)
+
+    def sweep(self, finished_before: float) -> Deferred[int]:
+        """Delete terminal jobs that finished before ``finished_before``."""
+
+        def sweep() -> int:
+            deleted: int = self._db.execute(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (finished_before,),
+            ).rowcount
+            return deleted
+
+        return self._run(sweep)
+
+    def transact(self, work: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """Run ``work(connection)`` in one transaction on the store's thread.
+
+        For modules that keep tables of their own in this file (artifacts,
+        the webhook outbox): their SQL stays with them, the threading here.
+        """
+
+        def transact() -> T:
+            with self._transaction() as db:
+                return work(db)
+
+        return self._run(transact)
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, job_id: str) -> Deferred[Job | None]:
+        def get() -> Job | None:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return self._run(get)
+
+    def find_by_idempotency_key(self, key: str) -> Deferred[Job | None]:
+        return self._run(lambda: _by_idempotency_key(self._db, key))
+
+    def listing(
+        self,
+        *,
+        limit: int,
+        state: JobState | None = None,
+        model: str | None = None,
+        before: str | None = None,
+    ) -> Deferred[list[Job]]:
+        """Asynchronous jobs, newest first, ids below ``before``, at most ``limit``.
+
+        ``model`` matches every name Ollama takes for the same model. The
+        jobs come without ``body`` and ``result``: a page is a summary,
+        and those two can be large.
+        """
+        conditions: list[str] = ["sync = 0"]
+        parameters: list[object] = []
+        if state is not None:
+            conditions.append("state = ?")
+            parameters.append(state.value)
+        if model is not None:
+            conditions.append("foreman_model(model) = ?")
+            parameters.append(canonical_model_name(model))
+        if before is not None:
+            conditions.append("id < ?")
+            parameters.append(before)
+        columns = ", ".join(name for name in _COLUMNS if name not in ("body", "result"))
+        query = (
+            f"SELECT {columns} FROM jobs WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT ?"
+        )
+
+        def listing() -> list[Job]:
+            db = self._db
+            db.create_function("foreman_model", 1, canonical_model_name, deterministic=True)
+            rows = db.execute(query, (*parameters, limit)).fetchall()
+            return [_row_to_job(row, body=b"", result=None) for row in rows]
+
+        return self._run(listing)
+
+    def unfinished(self) -> Deferred[list[Job]]:
+        """Every job that is queued or running, oldest first."""
+
+        return self._run(self._unfinished)
+
+    def _unfinished(self) -> list[Job]:
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE state IN ('queued', 'loading', 'working')"
+            " ORDER BY created_at, id"
+        ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def count_by_state(self) -> Deferred[dict[JobState, int]]:
+        def count() -> dict[JobState, int]:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+            counts = dict.fromkeys(JobState, 0)
+            counts.update({JobState(state): number for state, number in rows})
+            return counts
+
+        return self._run(count)
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError("the job store is not open")
+        return self._connection
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._connection.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,340 @@
+"""Forward one call to Ollama and its answer back to the caller, faithfully.
+
+Streams (``application/x-ndjson``) are relayed line by line as they arrive,
+with the upstream connection registered as the producer of the caller's
+response, so a slow reader slows Ollama down instead of filling foreman's
+memory. Anything else is small JSON and is relayed whole, which lets a
+failure half-way through still become a clean error status.
+
+A caller that goes away cancels the upstream call: while Ollama has not
+answered yet (a model is loading) through the Deferred's canceller, and
+mid-body by stopping the upstream transport. Closing the connection is how
+Ollama learns to stop generating.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
+
+from foreman.http.errors import answer_with_error, error_line
+from foreman.relay.upstream import (
+    DROPPED_RESPONSE_HEADERS,
+    BytesBodyProducer,
+    Target,
+    outgoing_headers,
+    unreachable_message,
+)
+
+log = Logger()
+
+NDJSON = b"application/x-ndjson"
+
+#: A single NDJSON line larger than this is not a reply but a fault.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+_DONE = Failure(ResponseDone())
+
+
+class Outcome(enum.Enum):
+    """How one upstream call ended, as far as a retry decision cares."""
+
+    #: A success status, relayed in full.
+    DELIVERED = "delivered"
+    #: Ollama answered with an error status (404, 400, a failed load...).
+    REFUSED = "refused"
+    #: A stream broke after bytes were sent; one error line ended it.
+    BROKEN = "broken"
+    #: Nothing usable came back and nothing was written: safe to retry.
+    UNREACHABLE = "unreachable"
+
+
+@attrs.frozen
+class Attempt:
+    outcome: Outcome
+    status: int | None = None
+    #: Ollama's error message, or foreman's description of the failure.
+    error: str | None = None
+    #: The body, when it was received whole.
+    body: bytes | None = None
+    #: The last line of a relayed stream (Ollama's final, with its metrics).
+    last_line: bytes | None = None
+
+
+#: Told of every delivered reply: (path, whole body or last streamed line).
+ReplyObserver = Callable[[bytes, bytes], None]
+
+
+class Relay:
+    """Relays calls to one target through one Agent."""
+
+    def __init__(self, agent: IAgent, target: Target) -> None:
+        self._agent = agent
+        self.target = target
+        self._observers: list[ReplyObserver] = []
+
+    def observe(self, observer: ReplyObserver) -> None:
+        """Call ``observer`` with every delivered reply (for metrics)."""
+        self._observers.append(observer)
+
+    def _delivered(self, path: bytes) -> Callable[[Attempt], Attempt]:
+        def tell(attempt: Attempt) -> Attempt:
+            if attempt.outcome is Outcome.DELIVERED and self._observers:
+                final = attempt.last_line if attempt.last_line is not None else attempt.body
+                for observer in self._observers:
+                    try:
+                        observer(path, final or b"")
+                    except Exception:
+                        log.failure("A reply observer failed")
+            return attempt
+
+        return tell
+
+    def forward(
+        self,
+        request: IRequest,
+        method: bytes,
+        path: bytes,
+        body: IBodyProducer | None,
+    ) -> Deferred[None]:
+        """Answer ``request`` with Ollama's reply to the same call, or a 502.
+
+        Never fails, except with :class:`CancelledError` when the caller is
+        gone (which Klein expects and ignores).
+        """
+
+        def answer(attempt: Attempt) -> None:
+            if attempt.outcome is Outcome.UNREACHABLE:
+                answer_with_error(request, 502, attempt.error or "")
+
+        return self.relay(request, method, path, body).addCallback(answer)
+
+    def relay(
+        self,
+        request: IRequest,
+        method: bytes,
+        path: bytes,
+        body: IBodyProducer | None,
+    ) -> Deferred[Attempt]:
+        """Send the call upstream and relay what comes back into ``request``.
+
+        Nothing is written when the outcome is ``UNREACHABLE``, so the caller
+        of this method may try again or answer in its own words.
+        """
+        headers = outgoing_headers(request.requestHeaders, self.target)
+        sent = self._agent.request(method, self.target.url(path), headers, body)
+        relayed: Deferred[Attempt] = sent.addCallback(self._relay_response, request)
+        relayed.addErrback(self._unreachable)
+        return relayed.addCallback(self._delivered(path))
+
+    def fetch(self, method: bytes, path: bytes, body: bytes | None = None) -> Deferred[Attempt]:
+        """Make a call of foreman's own and keep the whole reply."""
+        headers = outgoing_headers(Headers({b"Content-Type": [b"application/json"]}), self.target)
+        producer = None if body is None else BytesBodyProducer(body)
+        sent = self._agent.request(method, self.target.url(path), headers, producer)
+
+        def collect(response: IResponse) -> Deferred[Attempt]:
+            whole = _WholeBody()
+            response.deliverBody(whole)
+
+            def judge(content: bytes | None) -> Attempt:
+                return _judged(response.code, content or b"")
+
+            return whole.finished.addCallback(judge)
+
+        fetched: Deferred[Attempt] = sent.addCallback(collect)
+        fetched.addErrback(self._unreachable)
+        return fetched.addCallback(self._delivered(path))
+
+    def _relay_response(self, response: IResponse, request: IRequest) -> Deferred[Attempt]:
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        is_ndjson = content_type.split(b";", 1)[0].strip().lower() == NDJSON
+        # Ollama streams NDJSON, chunked; an Ollama-alike that streams under
+        # another content type still has no length up front, so it streams too.
+        if is_ndjson or response.length is UNKNOWN_LENGTH:
+            _copy_response_head(response, request)
+            request.setHeader(b"X-Accel-Buffering", b"no")
+            # Pass the headers on as soon as Ollama sent them, not with the
+            # first line: the caller learns at once that the model is ready.
+            request.write(b"")
+            streaming = _LineRelay(request, self.target)
+            response.deliverBody(streaming)
+            return streaming.finished.addCallback(
+                lambda broke: (
+                    Attempt(Outcome.BROKEN, response.code, broke)
+                    if broke
+                    else attrs.evolve(_judged(response.code, b""), last_line=streaming.last_line)
+                )
+            )
+        whole = _WholeBody()
+        response.deliverBody(whole)
+
+        def deliver(content: bytes | None) -> Attempt:
+            # Status and headers are copied only now: a reply cut short
+            # leaves the caller's response untouched for a retry.
+            _copy_response_head(response, request)
+            body = content or b""
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            request.write(body)
+            return _judged(response.code, body)
+
+        return whole.finished.addCallback(deliver)
+
+    def _unreachable(self, failure: Failure) -> Attempt:
+        if _is_cancellation(failure) or failure.check(CancelledError):
+            raise CancelledError()
+        if failure.check(ConnectError, TimeoutError):
+            reason = failure.getErrorMessage()
+        elif failure.check(_BodyFailed):
+            reason = "the reply was cut short"
+        else:
+            # ResponseNeverReceived, RequestTransmissionFailed and the like:
+            # Ollama went away before answering (crashed, restarted, killed).
+            log.info(
+                "Upstream call failed before a reply: {why}",
+                why=failure.getErrorMessage() or repr(failure.value),
+            )
+            reason = "the connection closed before a reply"
+        return Attempt(Outcome.UNREACHABLE, None, unreachable_message(self.target, reason))
+
+
+def _copy_response_head(response: IResponse, request: IRequest) -> None:
+    request.setResponseCode(response.code)
+    for name, values in response.headers.getAllRawHeaders():
+        if name.lower() not in DROPPED_RESPONSE_HEADERS:
+            # treq-era lesson: an empty header value is noise, not data.
+            kept = [value for value in values if value]
+            if kept:
+                request.responseHeaders.setRawHeaders(name, kept)
+
+
+def _judged(status: int, body: bytes) -> Attempt:
+    if status < 400:
+        return Attempt(Outcome.DELIVERED, status, None, body)
+    return Attempt(Outcome.REFUSED, status, _error_message(body, status), body)
+
+
+def _error_message(body: bytes, status: int) -> str:
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str):
+        return message
+    return body.decode("utf-8", "replace").strip() or f"Ollama answered {status}"
+
+
+def _is_cancellation(failure: Failure) -> bool:
+    """The Agent reports a cancel while waiting for headers wrapped in a list."""
+    if failure.check(CancelledError, ConnectingCancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or []
+    return bool(reasons) and all(
+        isinstance(reason, Failure) and reason.check(CancelledError) is not None
+        for reason in reasons
+    )
+
+
+class _BodyFailed(Exception):
+    """The upstream body ended early, before anything reached the caller."""
+
+
+class _CancellableBodyReader(Protocol):
+    """Shared plumbing: a ``finished`` Deferred whose cancel aborts upstream."""
+
+    transport: IPushProducer  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.finished: Deferred[Any] = Deferred(self._cancel)
+        self._cancelled = False
+
+    def _cancel(self, _: Deferred[Any]) -> None:
+        self._cancelled = True
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class _WholeBody(_CancellableBodyReader):
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self._cancelled or self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._chunks))
+        else:
+            self.finished.errback(_BodyFailed(reason.getErrorMessage()))
+
+
+class _LineRelay(_CancellableBodyReader):
+    """Writes each complete NDJSON line to the caller as soon as it arrives."""
+
+    def __init__(self, request: IRequest, target: Target) -> None:
+        super().__init__()
+        # IRequest omits the consumer half that twisted.web's Request has.
+        self._request: Any = request
+        self._target = target
+        self._partial = b""
+        self._registered = False
+        #: The last complete line relayed so far.
+        self.last_line = b""
+
+    def connectionMade(self) -> None:
+        # Backpressure: the caller's socket pauses the upstream socket.
+        self._request.registerProducer(self.transport, True)
+        self._registered = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._partial:
+            data = self._partial + data
+        end = data.rfind(b"\n") + 1
+        if end:
+            self._request.write(data[:end])
+            self._partial = data[end:]
+            self.last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1]
+        else:
+            self._partial = data
+        if len(self._partial) > MAX_LINE_BYTES:
+            self._partial = b""
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self._registered:
+            self._registered = False
+            # A request whose caller hung up has no channel left to detach.
+            if getattr(self._request, "channel", None) is not None:
+                self._request.unregisterProducer()
+        if self._cancelled or self.finished.called:
+            return
+        if reason.check(ResponseDone):
+            if self._partial:
+                self._request.write(self._partial)
+                self.last_line = self._partial
+            self.finished.callback(None)
+            return
+        # Status 200 is long gone: the only honest signal left is one final
+        # error line, which every Ollama client understands.
+        log.info("Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value))
+        message = unreachable_message(self._target, "the stream broke before it was done")
+        self._request.write(error_line(message))
+        # The finished value is the breakage, for the caller's bookkeeping.
+        self.finished.callback(message)

@@ -1,0 +1,7 @@
+"""Formats every side of foreman shares: the bytes of Ollama's wire and foreman's own.
+
+Go's JSON and ``time.Time`` as Ollama writes them, Ollama's duration
+grammar and model-name rules, byte sizes, timestamps and the webhook
+signature. Pure functions and values: this package imports nothing else of
+foreman, so the server, the client and the simulated Ollama can all use it.
+"""
