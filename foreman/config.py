@@ -14,6 +14,8 @@ from pathlib import Path
 
 import attrs
 
+from foreman.http.listen_address import is_loopback_only
+
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_POLL_INTERVAL = 30.0
@@ -93,3 +95,17 @@ class Config:
                 shown[secret] = "<redacted>"
         inner = ", ".join(f"{key}={value!r}" for key, value in shown.items())
         return f"Config({inner})"
+
+
+class StartupRefused(SystemExit):
+    """A configuration foreman will not run with; the message says why."""
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to listen beyond loopback unauthenticated (ADR-0010)."""
+    if config.token or config.allow_unauthenticated or is_loopback_only(config.listen):
+        return
+    raise StartupRefused(
+        f"foreman: refusing to listen on {config.listen!r} without a token: set FOREMAN_TOKEN "
+        "or --token-file, listen on loopback, or pass --allow-unauthenticated"
+    )

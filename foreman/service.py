@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import urllib.error
 import urllib.request
 from typing import Any
@@ -10,22 +12,28 @@ import attrs
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import HTTPConnectionPool
 
-from foreman.config import Config, LogFormat, UpstreamMode
+from foreman.config import Config, LogFormat, StartupRefused, UpstreamMode, check_exposure
 from foreman.front.api import ForemanAPI
 from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
-from foreman.http.listen_address import is_loopback_only
 from foreman.http.site import ForemanSite
 from foreman.jobs.api import JobsAPI
+from foreman.jobs.events import JobEvents
+from foreman.jobs.outbox import WebhookOutbox
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
-from foreman.queue.lifecycle import Queue, build_queue
+from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
+from foreman.queue.residency import Residency
+from foreman.queue.scheduler import Scheduler
+from foreman.queue.store import DATABASE_NAME, JobStore, Recovery, thread_runner
+from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
 from foreman.relay.generation import DirectGeneration, GenerationRunner
 from foreman.relay.inventory import Inventory
@@ -35,20 +43,6 @@ log = Logger()
 
 #: How long ``--upstream auto`` waits for an Ollama to answer at start-up.
 PROBE_TIMEOUT = 2.0
-
-
-class StartupRefused(SystemExit):
-    """A configuration foreman will not run with; the message says why."""
-
-
-def check_exposure(config: Config) -> None:
-    """Refuse to listen beyond loopback unauthenticated (ADR-0010)."""
-    if config.token or config.allow_unauthenticated or is_loopback_only(config.listen):
-        return
-    raise StartupRefused(
-        f"foreman: refusing to listen on {config.listen!r} without a token: set FOREMAN_TOKEN "
-        "or --token-file, listen on loopback, or pass --allow-unauthenticated"
-    )
 
 
 def ollama_answers(url: str, token: str | None, timeout: float = PROBE_TIMEOUT) -> bool:
@@ -117,6 +111,74 @@ def _start_simulator(reactor: Any, root: ForemanService) -> str:
     url = f"http://127.0.0.1:{port.getHost().port}"
     root.simulated_url = url
     return url
+
+
+class QueueUnavailable(SystemExit):
+    """The job store cannot be opened; the message says why."""
+
+
+@attrs.frozen
+class Queue:
+    store: JobStore
+    worker: Worker
+    residency: Residency
+    recovery: Recovery
+    outbox: WebhookOutbox
+
+
+def build_queue(
+    config: Config, reactor: Any, relay: Relay, inventory: Inventory
+) -> tuple[Queue, MultiService]:
+    """Open the store (blocking, before the reactor runs) and wire the worker."""
+    services = MultiService()
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
+    store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
+    outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret)
+    residency = Residency(
+        relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
+    )
+    worker = Worker(
+        store,
+        Scheduler(config.max_queue),
+        residency,
+        relay,
+        reactor,
+        max_attempts=config.max_attempts,
+        swap_grace=config.swap_grace,
+    )
+    # Recording before anything is written, recovery included: every
+    # transition of a /jobs job stores its event in the same transaction.
+    worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
+    try:
+        recovery = recover_queue(store, worker, reactor.seconds())
+    except (sqlite3.Error, RuntimeError) as e:
+        raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
+    StoreService(store, pool).setServiceParent(services)
+    # Started after the store (its pending deliveries are read from it, the
+    # events of recovery's returns to the queue among them) and, children
+    # being stopped in reverse, stopped before it. Events the worker stores
+    # as it stops are sent after the next start.
+    outbox.setServiceParent(services)
+    if recovery.requeued or recovery.abandoned:
+        log.info(
+            "Recovered after a restart: {requeued} job(s) back in the queue, {abandoned} "
+            "sync job(s) failed because their callers were gone",
+            requeued=recovery.requeued,
+            abandoned=recovery.abandoned,
+        )
+    worker.setServiceParent(services)
+
+    def target_reachable() -> None:
+        # After an outage nothing is known about what is loaded; and the
+        # embedder is pinned again (at first contact too).
+        residency.forget()
+        ensureDeferred(residency.warm_embedder())
+
+    inventory.on_reachable(target_reachable)
+
+    if math.isfinite(config.job_ttl):
+        ttl_sweeper(store, reactor, config.job_ttl).setServiceParent(services)
+    return Queue(store, worker, residency, recovery, outbox), services
 
 
 @attrs.frozen

@@ -30,9 +30,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 from foreman.client.receiver import TERMINAL_STATES, ConnectionTracker
 from foreman.http.auth import BearerTokenGuard
 from foreman.http.errors import SERVER_BUSY, model_not_found, write_json_error
-from foreman.jobs.outbox import sign
 from foreman.queue.ulid import new_ulid
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
+from foreman.wire.signature import sign
 
 #: How long a model load takes in the simulated Ollama of :class:`ForemanRig`.
 LOAD_SECONDS = 5.0

@@ -331,7 +331,7 @@ async def test_the_receiver_refuses_what_is_not_a_state_event(
     assert no_signature.code == 401
     assert "X-Foreman-Signature" in (await treq.json_content(no_signature))["error"]
 
-    from foreman.jobs.outbox import sign
+    from foreman.wire.signature import sign
 
     garbage = b"not json"
     signed = {b"X-Foreman-Signature": [sign(SECRET, garbage).encode()]}

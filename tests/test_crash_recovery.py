@@ -37,11 +37,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from foreman.jobs.outbox import verify
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import DATABASE_NAME, JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.testing import SimulatedOllama
+from foreman.wire.signature import verify
 from tests.daemons import Daemon, spawn, wait_until_up
 from tests.test_event_atomicity import Stored, assert_consistent
 from tests.test_event_atomicity import read as read_stored

@@ -31,10 +31,11 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from foreman.jobs.events import JobEvents
-from foreman.jobs.outbox import WebhookOutbox, verify
+from foreman.jobs.outbox import WebhookOutbox
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore, inline_runner
 from foreman.queue.transitions import Record
+from foreman.wire.signature import verify
 from tests.test_job_worker import fired, job_for
 from tests.test_webhooks import Outcomes
 from tests.webhook_receiver import WebhookReceiver

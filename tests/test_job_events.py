@@ -14,8 +14,9 @@ from foreman.jobs.api import uncancellable
 from foreman.jobs.artifacts import artifact_content, outputs_of
 from foreman.jobs.events import event, event_body
 from foreman.jobs.requests import idempotency_key, parse_submission
-from foreman.jobs.views import job_view, summary, timestamp
+from foreman.jobs.views import job_view, summary
 from foreman.queue.job import Job, JobState
+from foreman.wire.timestamps import timestamp
 
 NOW = 1_800_000_000.0
 COMPLETION = b'{"model":"llama3.2","message":{"role":"assistant","content":"hi"},"done":true}'

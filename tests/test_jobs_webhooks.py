@@ -11,8 +11,8 @@ import attrs
 import pytest_twisted
 from treq.client import HTTPClient
 
-from foreman.jobs.outbox import verify
 from foreman.testing import DEFAULT_MODELS
+from foreman.wire.signature import verify
 from tests.conftest import StartForeman, StartSimulator
 from tests.jobs_http import JobsClient, chat
 from tests.webhook_receiver import Received, WebhookReceiver

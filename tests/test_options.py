@@ -6,7 +6,8 @@ import pytest
 from twisted.python import usage
 
 from foreman.config import Config, LogFormat, UpstreamMode
-from foreman.options import ForemanOptions, parse_size
+from foreman.options import ForemanOptions
+from foreman.wire.sizes import parse_size
 
 
 def parse(args: list[str], environ: dict[str, str] | None = None) -> Config:

@@ -11,8 +11,8 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from foreman.config import Config
-from foreman.service import StartupRefused, check_exposure, ollama_answers
+from foreman.config import Config, StartupRefused, check_exposure
+from foreman.service import ollama_answers
 
 
 def test_loopback_without_token_is_fine() -> None:

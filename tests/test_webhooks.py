@@ -27,8 +27,9 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 import foreman
-from foreman.jobs.outbox import StoredEvent, WebhookOutbox, sign, store_event, verify
+from foreman.jobs.outbox import StoredEvent, WebhookOutbox, store_event
 from foreman.queue.store import JobStore
+from foreman.wire.signature import sign, verify
 from tests.webhook_receiver import OK, WAIT_LIMIT, Answer, Behaviour, Hang, Trickle, WebhookReceiver
 
 NOW = 1_800_000_000.0

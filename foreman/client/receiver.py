@@ -21,7 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from foreman.jobs.outbox import verify
+from foreman.wire.signature import verify
 
 #: The states a job never leaves.
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -103,7 +103,7 @@ class WebhookReceiver:
 
     The random path keeps stray POSTs out; with a ``secret`` every event must
     carry a valid ``X-Foreman-Signature`` (checked by the sender's own
-    :func:`foreman.jobs.outbox.verify`) or is refused with 401 (which
+    :func:`foreman.wire.signature.verify`) or is refused with 401 (which
     foreman counts as a failed delivery and retries, so a misconfigured
     secret shows in foreman's log, while ``wait`` carries on by polling).
     """

@@ -9,7 +9,7 @@ whose caller hung up.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
@@ -20,8 +20,12 @@ from zope.interface import implementer
 
 from foreman.http.errors import JSON_CONTENT_TYPE, error_body
 
-if TYPE_CHECKING:
-    from foreman.ops.metrics import ForemanMetrics
+
+class RequestObserver(Protocol):
+    """Told of every finished request (``/metrics`` is one: :mod:`foreman.ops.metrics`)."""
+
+    def request_finished(self, path: str, method: str, status: int, seconds: float) -> None: ...
+
 
 #: Model weights are uploaded here; they are gigabytes by nature.
 _UNLIMITED_PREFIXES = (b"/api/blobs/",)
@@ -82,7 +86,7 @@ class ForemanRequest(server.Request):
         # Taken now: by the time a request whose caller left is logged, its
         # channel may no longer know its site.
         site = getattr(self.channel, "site", None)
-        self._metrics: ForemanMetrics | None = getattr(site, "metrics", None)
+        self._metrics: RequestObserver | None = getattr(site, "metrics", None)
         #: The model named in the body, once a handler has read it.
         self.model: str | None = None
         self._body_limit: int | None = None
@@ -208,7 +212,7 @@ class ForemanSite(server.Site):
         resource: IResource,
         *,
         max_body_size: int,
-        metrics: ForemanMetrics | None = None,
+        metrics: RequestObserver | None = None,
         **kwargs: Any,
     ) -> None:
         # Twisted parses every POST's Content-Type with the email package to

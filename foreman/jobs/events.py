@@ -30,8 +30,9 @@ import attrs
 
 from foreman.jobs.artifacts import outputs_of
 from foreman.jobs.outbox import StoredEvent, store_event
-from foreman.jobs.views import metadata_value, timestamp
+from foreman.jobs.views import metadata_value
 from foreman.queue.job import Job, JobState
+from foreman.wire.timestamps import timestamp
 
 #: States whose event carries the job's error.
 _WITH_ERROR = frozenset({JobState.FAILED, JobState.CANCELLED})

@@ -18,8 +18,6 @@ sockets.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import random
 import sqlite3
 from collections.abc import Callable
@@ -47,25 +45,12 @@ from foreman.jobs.delivery import (
 )
 from foreman.queue.store import JobStore
 from foreman.relay.upstream import BytesBodyProducer
+from foreman.wire.signature import sign
 
 log = Logger()
 
 USER_AGENT = f"foreman-webhooks/{foreman.__version__}"
 EVENT = "job.state"
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The ``X-Foreman-Signature`` value: hex HMAC-SHA256 of the raw body."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    """Whether ``signature`` is ``body``'s signature under ``secret``, in constant time."""
-    expected = sign(secret, body)
-    # compare_digest only takes ASCII str: anything else cannot be ours anyway.
-    if not signature.isascii():
-        return False
-    return hmac.compare_digest(expected, signature.strip().lower())
 
 
 @attrs.define

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from foreman.jobs.artifacts import outputs_of
 from foreman.queue.job import Job
-
-
-def timestamp(seconds: float | None) -> str | None:
-    """RFC 3339 in UTC with milliseconds: ``2026-11-22T03:00:00.123Z``."""
-    if seconds is None:
-        return None
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from foreman.wire.timestamps import timestamp
 
 
 def metadata_value(job: Job) -> Any:

@@ -164,7 +164,7 @@ def foreman_arguments(args: argparse.Namespace, host: Host) -> list[str]:
 def check_options(foreman_args: Sequence[str]) -> None:
     """Refuse now what ``twistd foreman`` would refuse at every start under launchd
     (without this shell's environment, which launchd does not pass on)."""
-    from foreman.service import StartupRefused, check_exposure
+    from foreman.config import StartupRefused, check_exposure
 
     options = ForemanOptions(environ={})
     try:

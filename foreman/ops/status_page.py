@@ -31,13 +31,13 @@ from foreman.http import routing
 from foreman.http.auth import BearerTokenGuard
 from foreman.http.errors import write_json_error
 from foreman.http.routing import json_answer
-from foreman.jobs.views import timestamp
 from foreman.ops.health import health_report, queue_report
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Outcome, Relay
 from foreman.relay.inventory import Inventory
 from foreman.wire.model_names import canonical_model_name
+from foreman.wire.timestamps import timestamp
 
 PAGE_PATH = b"/ui"
 COOKIE_NAME = b"foreman_ui"

@@ -25,10 +25,10 @@ from twisted.internet.task import react
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
-from foreman.options import parse_size
 from foreman.testing._models import DEFAULT_MODELS
 from foreman.testing._simulator import SimulatedOllama
 from foreman.wire.durations import DurationError, parse_setting_duration
+from foreman.wire.sizes import parse_size
 
 _log = Logger(namespace="foreman.testing")
 
