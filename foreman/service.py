@@ -31,8 +31,10 @@ from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
 from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
 from foreman.queue.residency import Residency
+from foreman.queue.runners import thread_runner
 from foreman.queue.scheduler import Scheduler
-from foreman.queue.store import DATABASE_NAME, JobStore, Recovery, thread_runner
+from foreman.queue.schema import DATABASE_NAME
+from foreman.queue.store import JobStore, Recovery
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
 from foreman.relay.generation import DirectGeneration, GenerationRunner

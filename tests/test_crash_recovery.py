@@ -38,7 +38,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from foreman.queue.job import Job, JobState
-from foreman.queue.store import DATABASE_NAME, JobStore
+from foreman.queue.schema import DATABASE_NAME
+from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.testing import SimulatedOllama
 from foreman.wire.signature import verify

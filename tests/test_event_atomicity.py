@@ -33,7 +33,8 @@ from twisted.logger import globalLogPublisher
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
 from foreman.queue.job import Job, JobState
-from foreman.queue.store import JobStore, inline_runner
+from foreman.queue.runners import inline_runner
+from foreman.queue.store import JobStore
 from foreman.queue.transitions import Record
 from foreman.wire.signature import verify
 from tests.test_job_worker import fired, job_for

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from foreman.queue.job import Job, JobState
-from foreman.queue.store import DATABASE_NAME, JobStore
+from foreman.queue.schema import DATABASE_NAME
+from foreman.queue.store import JobStore
 from tests.test_store import failure_of, job, raw, result_of
 
 NOW = 1_800_000_000.0

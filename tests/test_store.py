@@ -22,15 +22,11 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from foreman.queue import store as store_module
+from foreman.queue import schema as store_module
 from foreman.queue.job import Job, JobState
-from foreman.queue.store import (
-    DATABASE_NAME,
-    MIGRATIONS,
-    JobStore,
-    Recovery,
-    thread_runner,
-)
+from foreman.queue.runners import thread_runner
+from foreman.queue.schema import DATABASE_NAME, MIGRATIONS
+from foreman.queue.store import JobStore, Recovery
 
 T = TypeVar("T")
 

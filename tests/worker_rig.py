@@ -23,8 +23,9 @@ from zope.interface import implementer
 from foreman.queue.job import Job, JobState
 from foreman.queue.lifecycle import recover_queue
 from foreman.queue.residency import Residency
+from foreman.queue.runners import Runner, inline_runner
 from foreman.queue.scheduler import Scheduler
-from foreman.queue.store import JobStore, Runner, inline_runner
+from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay

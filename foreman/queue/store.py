@@ -1,9 +1,8 @@
 """The durable job store: one SQLite file in the data directory (ADR-0008).
 
-Every call goes through a *runner* that decides which thread touches the
-database. foreman runs it on a dedicated single-thread pool so a slow disk
-never stalls streaming on the reactor thread; tests run it inline, which
-keeps scheduling tests deterministic while still using a real SQLite file.
+Every call goes through a *runner* (:mod:`foreman.queue.runners`) that
+decides which thread touches the database. The tables and their migrations
+are in :mod:`foreman.queue.schema`.
 
 Writes that record a job's state take ``also``: work of another module (the
 webhook outbox's row for the state's event) run in the same transaction, so
@@ -14,94 +13,24 @@ the state and what it implies are committed together or not at all
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.defer import Deferred
 
+from foreman.queue import schema
 from foreman.queue.job import Job, JobState
+from foreman.queue.runners import Runner, inline_runner
 from foreman.wire.model_names import canonical_model_name
 
 T = TypeVar("T")
-Runner = Callable[[Callable[[], T]], "Deferred[T]"]
 #: Work run inside a write's transaction, on the store's thread.
 Also = Callable[[sqlite3.Connection], object]
 #: Called by start-up recovery, in its transaction, for each job it puts back
 #: in the queue: the job as now stored, and the running state it left.
 Requeued = Callable[[sqlite3.Connection, Job, JobState], object]
-
-DATABASE_NAME = "foreman.sqlite3"
-
-#: Each entry upgrades the schema by one version; never edit a released one.
-MIGRATIONS: Sequence[str] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        model TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        body BLOB NOT NULL,
-        sync INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        error_status INTEGER,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        not_before REAL NOT NULL DEFAULT 0,
-        webhook_url TEXT,
-        metadata BLOB,
-        result BLOB
-    );
-    CREATE INDEX jobs_by_state ON jobs (state, created_at, id);
-    CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-    """,
-    # 2: the /jobs surface. A retried submit finds its job by idempotency key;
-    # artifacts live and die with their job; webhook deliveries wait in an
-    # outbox that outlives a restart (and the job's own TTL).
-    """
-    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
-    CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key)
-        WHERE idempotency_key IS NOT NULL;
-    CREATE INDEX jobs_by_model ON jobs (model, id);
-    CREATE TABLE artifacts (
-        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        body BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (job_id, name)
-    );
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        url TEXT NOT NULL,
-        body BLOB NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        next_at REAL NOT NULL,
-        created_at REAL NOT NULL,
-        last_error TEXT
-    );
-    CREATE INDEX deliveries_by_due ON deliveries (next_at, id);
-    """,
-)
-
-
-def inline_runner(work: Callable[[], T]) -> Deferred[T]:
-    """Run on the calling thread: for tests and tools, never for the daemon."""
-    return maybeDeferred(work)
-
-
-def thread_runner(reactor: Any, pool: ThreadPool) -> Runner[Any]:
-    def run(work: Callable[[], T]) -> Deferred[T]:
-        return deferToThreadPool(reactor, pool, work)
-
-    return run
 
 
 @attrs.frozen
@@ -154,32 +83,17 @@ class JobStore:
             # Artifacts are deleted with their job (ON DELETE CASCADE).
             connection.execute("PRAGMA foreign_keys=ON")
             # Refuse a newer schema before changing anything in the file.
-            self._check_version(connection)
+            schema.check_version(connection)
             # WAL lets readers (a backup, sqlite3 on the command line) look
             # while foreman writes; NORMAL sync is durable across a crash of
             # foreman, which is what the queue promises.
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(connection)
+            schema.migrate(connection)
         except BaseException:
             connection.close()
             raise
         self._connection = connection
-
-    @staticmethod
-    def _check_version(connection: sqlite3.Connection) -> None:
-        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"the job store was written by a newer foreman (schema {version}); "
-                "upgrade foreman or move the file aside"
-            )
-
-    @staticmethod
-    def _migrate(connection: sqlite3.Connection) -> None:
-        version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
     def startup(self, now: float, requeued: Requeued | None = None) -> tuple[Recovery, list[Job]]:
         """Open, migrate, recover and list unfinished jobs, all at once.
@@ -203,7 +117,7 @@ class JobStore:
 
     @property
     def schema_version(self) -> int:
-        return len(MIGRATIONS)
+        return schema.version()
 
     # -- writes ----------------------------------------------------------------
 
