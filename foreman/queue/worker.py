@@ -6,10 +6,8 @@ towards the target, ever), makes the job's model resident, and runs it:
 into the waiting caller's response for a sync job, into the store for an
 asynchronous one. Every transition is written to the store first.
 
-Failures are sorted by what they mean. The target could not be reached:
-the job goes back to the queue with exponential backoff, and fails with the
-last error only after ``max_attempts``. Ollama answered with an error: the
-job fails at once with Ollama's status and message. A caller that hangs up
+What each attempt's outcome means for its job (done, failed, or back in
+the queue with backoff) is :mod:`foreman.queue.settlement`'s. A caller that hangs up
 cancels its job: while queued it is dropped before it can cause a load;
 while running its upstream call is aborted and the worker moves on.
 ``cancel`` does the same for an asynchronous job. Each transition is
@@ -36,6 +34,15 @@ from foreman.queue.callers import Caller, Callers
 from foreman.queue.job import Job, JobState
 from foreman.queue.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.queue.scheduler import QueueFull, Scheduler
+from foreman.queue.settlement import (
+    CANCELLED_QUEUED,
+    CANCELLED_RUNNING,
+    LEFT_QUEUED,
+    LEFT_RUNNING,
+    STOPPED,
+    Retries,
+    settle,
+)
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import (
     Transition,
@@ -75,9 +82,8 @@ class Worker(Service):
         self.residency = residency
         self._relay = relay
         self._clock = clock
-        self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        #: How a job is retried while the target is unreachable.
+        self.retries = Retries(max_attempts, backoff_base, backoff_cap)
         #: How long to wait for more work for the resident model before a swap.
         self.swap_grace = swap_grace
         self._last_finished_at = float("-inf")
@@ -134,7 +140,7 @@ class Worker(Service):
         except CancelledError:
             # The caller left while the row was being written.
             self.scheduler.release()
-            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED), None)
+            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=LEFT_QUEUED), None)
             raise
         except Exception:
             self.scheduler.release()
@@ -185,7 +191,7 @@ class Worker(Service):
         queued = self.scheduler.remove(job_id)
         if queued is not None:
             now = self._clock.seconds()
-            job = queued.moved(JobState.CANCELLED, now, last_error=_CANCELLED_QUEUED)
+            job = queued.moved(JobState.CANCELLED, now, last_error=CANCELLED_QUEUED)
             await self._save(job, queued.state)
             return job
         if self.current is None or self.current.id != job_id:
@@ -226,7 +232,7 @@ class Worker(Service):
         if queued is not None:
             self._callers.forget(job_id)
             now = self._clock.seconds()
-            cancelled = queued.moved(JobState.CANCELLED, now, last_error=_LEFT_QUEUED)
+            cancelled = queued.moved(JobState.CANCELLED, now, last_error=LEFT_QUEUED)
             self._save_soon(cancelled, queued.state)
             return
         self._abandon(job_id)
@@ -256,7 +262,7 @@ class Worker(Service):
         for job in list(self.scheduler.jobs()):
             if job.sync:
                 self.scheduler.remove(job.id)
-                self._save_soon(job.moved(JobState.FAILED, now, **_STOPPED), job.state)
+                self._save_soon(job.moved(JobState.FAILED, now, **STOPPED), job.state)
                 self._callers.answer_stopped(job.id)
         if self._step is not None:
             self._step.cancel()
@@ -357,39 +363,25 @@ class Worker(Service):
             # The caller left as the step ended: whatever the step saw (a
             # stream cut off by the hang-up), the job was cancelled.
             raise CancelledError()
-        now = self._clock.seconds()
-        previous = job.state
         if attempt.outcome is Outcome.UNREACHABLE:
             self.residency.forget()
-            if job.attempt < self.max_attempts:
-                delay = min(self.backoff_cap, self.backoff_base * 2 ** (job.attempt - 1))
-                log.info(
-                    "Job {job_id}: target unreachable ({error}); "
-                    "attempt {next} of {most} in {delay}s",
-                    job_id=job.id,
-                    error=attempt.error,
-                    next=job.attempt + 1,
-                    most=self.max_attempts,
-                    delay=delay,
-                )
-                job = job.moved(
-                    JobState.QUEUED, now, not_before=now + delay, last_error=attempt.error
-                )
-                await self._save(job, previous)
-                self.scheduler.add(job, reserved=False)
-                return  # a sync caller simply keeps waiting
-            job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=502)
-            if caller is not None:
-                answer_with_error(caller.request, 502, attempt.error or "")
-        elif attempt.outcome is Outcome.DELIVERED:
-            job = job.moved(
-                JobState.DONE, now, result=None if job.sync else attempt.body, last_error=None
+        previous = job.state
+        settled = settle(job, attempt, self._clock.seconds(), self.retries)
+        if settled.retry_in is not None:
+            log.info(
+                "Job {job_id}: target unreachable ({error}); attempt {next} of {most} in {delay}s",
+                job_id=job.id,
+                error=attempt.error,
+                next=job.attempt + 1,
+                most=self.retries.max_attempts,
+                delay=settled.retry_in,
             )
-        else:
-            # Refused or broken: the relay already passed it on to a caller.
-            status = attempt.status if attempt.outcome is Outcome.REFUSED else 502
-            job = job.moved(JobState.FAILED, now, last_error=attempt.error, error_status=status)
-        await self._save(job, previous)
+            await self._save(settled.job, previous)
+            self.scheduler.add(settled.job, reserved=False)
+            return  # a sync caller simply keeps waiting
+        if caller is not None and settled.caller_error is not None:
+            answer_with_error(caller.request, *settled.caller_error)
+        await self._save(settled.job, previous)
         self._callers.release(job.id)
 
     async def _cancelled(self, job: Job) -> None:
@@ -398,10 +390,10 @@ class Worker(Service):
         if self._stopping:
             if not job.sync:
                 return  # left running in the store: the next start re-queues it
-            await self._save(job.moved(JobState.FAILED, now, **_STOPPED), job.state)
+            await self._save(job.moved(JobState.FAILED, now, **STOPPED), job.state)
             self._callers.answer_stopped(job.id)
             return
-        why = _LEFT_RUNNING if job.sync else _CANCELLED_RUNNING
+        why = LEFT_RUNNING if job.sync else CANCELLED_RUNNING
         await self._save(job.moved(JobState.CANCELLED, now, last_error=why), job.state)
         self._callers.release(job.id)
 
@@ -433,10 +425,3 @@ class Worker(Service):
         queued = self.scheduler.ordered(self.residency.worker_model)
         shown.extend((job, ahead + index) for index, job in enumerate(queued, start=1))
         return shown
-
-
-_LEFT_QUEUED = "the caller disconnected while the job was queued"
-_STOPPED: dict[str, Any] = {"last_error": "foreman stopped", "error_status": 503}
-_LEFT_RUNNING = "the caller disconnected while the job was running"
-_CANCELLED_QUEUED = "cancelled while queued"
-_CANCELLED_RUNNING = "cancelled while running"
