@@ -15,7 +15,8 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.http_headers import Headers
 
-from foreman.ops.status_page import MAX_SESSIONS, SESSION_SECONDS, Sessions, prefers_html
+from foreman.ops.status_access import MAX_SESSIONS, SESSION_SECONDS, Sessions
+from foreman.ops.status_page import prefers_html
 from tests.conftest import RunningForeman, RunningSimulator, StartForeman, StartSimulator
 from tests.http_helpers import eventually
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
 import sqlite3
 import time
 import urllib.parse
@@ -32,6 +31,16 @@ from foreman.http.auth import BearerTokenGuard
 from foreman.http.errors import write_json_error
 from foreman.http.routing import json_answer
 from foreman.ops.health import health_report, queue_report
+from foreman.ops.status_access import (
+    COOKIE_NAME,
+    MAX_FORM_BYTES,
+    PAGE_PATH,
+    SESSION_SECONDS,
+    Presented,
+    Sessions,
+    refuse_cross_site,
+    set_cookie,
+)
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Outcome, Relay
@@ -39,14 +48,7 @@ from foreman.relay.inventory import Inventory
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.timestamps import timestamp
 
-PAGE_PATH = b"/ui"
-COOKIE_NAME = b"foreman_ui"
-#: The browser and foreman forget a session after this long (or at restart).
-SESSION_SECONDS = 7 * 24 * 3600
-#: Sessions kept at once; signing in beyond that ends the oldest.
-MAX_SESSIONS = 100
 RECENT_JOBS = 20
-MAX_FORM_BYTES = 4096
 #: ``/api/ps`` is asked at most this often, however many pages are open.
 RESIDENT_CACHE_SECONDS = 1.0
 
@@ -135,53 +137,6 @@ class _Page:
         return cls(html, policy.encode())
 
 
-class Sessions:
-    """Sign-ins, in memory: a restart signs everyone out, which is fine for a
-    page that asks again. Only digests of the cookie values are kept."""
-
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._now = now
-        self._started: dict[bytes, float] = {}
-
-    def open(self) -> str:
-        value = secrets.token_urlsafe(32)
-        if len(self._started) >= MAX_SESSIONS:
-            del self._started[min(self._started, key=self._started.__getitem__)]
-        self._started[_digest(value.encode())] = self._now()
-        return value
-
-    def valid(self, value: bytes | None) -> bool:
-        if not value:
-            return False
-        started = self._started.get(_digest(value))
-        if started is None:
-            return False
-        if self._now() - started >= SESSION_SECONDS:
-            del self._started[_digest(value)]
-            return False
-        return True
-
-    def close(self, value: bytes | None) -> None:
-        if value:
-            self._started.pop(_digest(value), None)
-
-
-def _digest(value: bytes) -> bytes:
-    return hashlib.sha256(value).digest()
-
-
-@attrs.frozen
-class _Presented:
-    """A sign-in's token, shaped as the one request header the guard reads,
-    so that the guard's constant-time comparison is the only one there is."""
-
-    token: bytes
-    path: bytes = PAGE_PATH + b"/login"
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        return b"Bearer " + self.token if name.lower() == b"authorization" else None
-
-
 class StatusPage:
     app = Klein()
 
@@ -250,7 +205,7 @@ class StatusPage:
 
     @app.route("/login", methods=["POST"])
     def login(self, request: IRequest) -> bytes:
-        refused = _refuse_cross_site(request)
+        refused = refuse_cross_site(request)
         if refused is not None:
             return refused
         request.setHeader(b"Cache-Control", b"no-store")
@@ -268,20 +223,20 @@ class StatusPage:
         except ValueError:
             return write_json_error(request, 400, "a sign-in form has one field: token")
         token = (fields.get("token") or [""])[-1].strip()
-        presented = cast(IRequest, _Presented(token.encode("utf-8")))
+        presented = cast(IRequest, Presented(token.encode("utf-8")))
         if not token or not self._guard.allows(presented):
             return write_json_error(request, 401, "unauthorized: that token is not right")
-        _set_cookie(request, self.sessions.open(), SESSION_SECONDS)
+        set_cookie(request, self.sessions.open(), SESSION_SECONDS)
         request.setResponseCode(204)
         return b""
 
     @app.route("/logout", methods=["POST"])
     def logout(self, request: IRequest) -> bytes:
-        refused = _refuse_cross_site(request)
+        refused = refuse_cross_site(request)
         if refused is not None:
             return refused
         self.sessions.close(request.getCookie(COOKIE_NAME))
-        _set_cookie(request, "", 0)
+        set_cookie(request, "", 0)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setResponseCode(204)
         return b""
@@ -372,35 +327,3 @@ def _recent_jobs(db: sqlite3.Connection) -> list[dict[str, Any]]:
         {**dict(row), "sync": bool(row["sync"]), **{name: timestamp(row[name]) for name in times}}
         for row in rows
     ]
-
-
-def _set_cookie(request: IRequest, value: str, max_age: int) -> None:
-    # Written by hand so the attributes are exactly these: HttpOnly keeps it
-    # from the page's script, SameSite=Strict from other sites' requests,
-    # Path=/ui from the API. Secure only where the request came over TLS:
-    # foreman usually serves plain HTTP on loopback.
-    cookie = b"%s=%s; Path=%s; Max-Age=%d; HttpOnly; SameSite=Strict" % (
-        COOKIE_NAME,
-        value.encode("ascii"),
-        PAGE_PATH,
-        max_age,
-    )
-    if request.isSecure():
-        cookie += b"; Secure"
-    request.responseHeaders.addRawHeader(b"Set-Cookie", cookie)
-
-
-def _refuse_cross_site(request: IRequest) -> bytes | None:
-    """Sign-in and sign-out are posted by the page itself; a browser says where
-    a post comes from in ``Origin``, and one from another host is refused.
-
-    The scheme is not compared: behind a proxy that ends TLS, foreman sees
-    plain HTTP for a page the browser loaded over HTTPS.
-    """
-    origin = request.getHeader(b"origin")
-    if origin is None:
-        return None  # not a browser, or one that does not say: nothing to protect
-    host = request.getHeader(b"host") or b""
-    if urllib.parse.urlsplit(origin).netloc.lower() == host.lower():
-        return None
-    return write_json_error(request, 403, "forbidden: this request came from another site")
