@@ -123,6 +123,12 @@ async def test_a_retried_submit_with_the_same_idempotency_key_is_the_same_job(
 # -- refusals ----------------------------------------------------------------------------
 
 
+ENDPOINT_REFUSAL = (
+    'endpoint must be "chat" or "generate" (or one of "/v1/chat/completions", '
+    '"/v1/completions", "/v1/responses", "/v1/messages")'
+)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -141,8 +147,8 @@ async def test_a_retried_submit_with_the_same_idempotency_key_is_the_same_job(
             b'{"model": true, "endpoint": "generate"}',
             "json: cannot unmarshal bool into Go struct field GenerateRequest.model of type string",
         ),
-        (b'{"model": "llama3.2", "endpoint": "embed"}', 'endpoint must be "chat" or "generate"'),
-        (b'{"model": "llama3.2", "endpoint": 1}', 'endpoint must be "chat" or "generate"'),
+        (b'{"model": "llama3.2", "endpoint": "embed"}', ENDPOINT_REFUSAL),
+        (b'{"model": "llama3.2", "endpoint": 1}', ENDPOINT_REFUSAL),
         (
             b'{"model": "llama3.2", "state_webhook_url": "ftp://example.com/x"}',
             "state_webhook_url must be an absolute http:// or https:// URL",

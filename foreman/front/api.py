@@ -1,9 +1,13 @@
-"""foreman's HTTP surface: the native Ollama API, plus ``/healthz`` and ``/jobs``.
+"""foreman's HTTP surface: every dialect Ollama speaks, plus ``/healthz`` and ``/jobs``.
 
-Metadata calls are relayed (or served from the inventory); generation calls
-go through the :class:`~foreman.relay.generation.GenerationRunner` seam; embedding
-calls are relayed directly and concurrently, always (ADR-0013). ``/jobs`` is
-an app of its own (:mod:`foreman.jobs.api`), mounted here.
+The native API, the OpenAI-compatible ``/v1`` and the Anthropic ``/v1/messages``
+(docs/api.md has the table). Generation calls, in any dialect, go through
+the :class:`~foreman.relay.generation.GenerationRunner` seam (the queue);
+embedding calls and ``:cloud`` models are relayed directly and concurrently
+(ADR-0013); metadata calls are relayed or served from the inventory; any
+other path under ``/api/`` or ``/v1/`` is relayed as it is, so a newer
+Ollama's endpoints work the day it ships. ``/jobs`` is an app of its own
+(:mod:`foreman.jobs.api`), mounted here.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from foreman.http.errors import (
     model_not_found,
     write_json_error,
 )
-from foreman.http.routing import read_json
+from foreman.http.forms import form_field
+from foreman.http.routing import read_body, read_json
 from foreman.jobs.api import JobsAPI
 from foreman.ops.health import health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
@@ -35,10 +40,11 @@ from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
-from foreman.relay.generation import Endpoint, GenerationCall, GenerationRunner
+from foreman.relay.generation import GenerationCall, GenerationRunner
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.relay.upstream_body import request_body_producer
+from foreman.wire.endpoints import Endpoint, endpoint_named, is_cloud_model
 
 
 def _whole(request: IRequest, body: bytes | None) -> bytes | None:
@@ -190,18 +196,39 @@ class ForemanAPI:
 
     @app.route("/api/chat", methods=["POST"])
     async def chat(self, request: IRequest) -> bytes | None:
-        return await self._generate(request, "chat")
+        return await self._generate(request, endpoint_named("chat"))
 
     @app.route("/api/generate", methods=["POST"])
     async def generate(self, request: IRequest) -> bytes | None:
-        return await self._generate(request, "generate")
+        return await self._generate(request, endpoint_named("generate"))
+
+    @app.route("/v1/chat/completions", methods=["POST"])
+    @app.route("/v1/completions", methods=["POST"])
+    @app.route("/v1/responses", methods=["POST"])
+    @app.route("/v1/messages", methods=["POST"])
+    async def dialect_generation(self, request: IRequest) -> bytes | None:
+        return await self._generate(request, endpoint_named(request.path.decode()))
+
+    @app.route("/v1/audio/transcriptions", methods=["POST"])
+    async def transcription(self, request: IRequest) -> bytes | None:
+        # A multipart form: its ``model`` field decides the queue's order.
+        raw = read_body(request)
+        model = form_field(request.getHeader(b"content-type"), raw, "model")
+        endpoint = endpoint_named("/v1/audio/transcriptions")
+        return await self._queue_or_relay(request, endpoint, raw, model, stream=False)
+
+    @app.route("/v1/models", methods=["GET", "HEAD"])
+    @app.route("/v1/models/<string:model>", methods=["GET", "HEAD"])
+    def models(self, request: IRequest, model: str | None = None) -> Deferred[None]:
+        return self._relay_as_is(request)
 
     @app.route("/api/embed", methods=["POST"])
     @app.route("/api/embeddings", methods=["POST"])
+    @app.route("/v1/embeddings", methods=["POST"])
     async def embed(self, request: IRequest) -> bytes | None:
         raw, parsed = read_json(request)
         model = _model_of(parsed)
-        if model is not None:
+        if model is not None and not is_cloud_model(model):
             request.model = model  # type: ignore[attr-defined]
             if await self._inventory.knows_model(model) is False:
                 return write_json_error(request, 404, embedding_model_not_found(model))
@@ -211,19 +238,36 @@ class ForemanAPI:
     async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
         raw, parsed = read_json(request)
         model = _model_of(parsed)
-        if model is None:
+        stream = model is not None and bool(parsed.get("stream", endpoint.streams_by_default))
+        return await self._queue_or_relay(request, endpoint, raw, model, stream=stream)
+
+    async def _queue_or_relay(
+        self, request: IRequest, endpoint: Endpoint, raw: bytes, model: str | None, *, stream: bool
+    ) -> bytes | None:
+        if model is None or is_cloud_model(model):
             # No usable model name: nothing can load or run, so Ollama gives
-            # its own verdict on the body without any queueing.
-            path = request.path
-            await self._relay.forward(request, b"POST", path, BytesBodyProducer(raw))
+            # its own verdict on the body without any queueing. A cloud
+            # model runs on ollama.com, not here: no queue, no residency.
+            if model is not None:
+                request.model = model  # type: ignore[attr-defined]
+            await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
             return None
         request.model = model  # type: ignore[attr-defined]
         if await self._inventory.knows_model(model) is False:
             return write_json_error(request, 404, model_not_found(model))
-        stream = parsed.get("stream", True) is not False
         call = GenerationCall(endpoint=endpoint, model=model, body=raw, stream=stream)
         await self._generation.run(call, request)
         return None
+
+    # -- anything else under /api/ and /v1/ ------------------------------------
+
+    @app.route("/api/<path:rest>")
+    @app.route("/v1/<path:rest>")
+    @app.route("/v1", strict_slashes=False)
+    def unknown(self, request: IRequest, rest: str = "") -> Deferred[None]:
+        # An endpoint foreman does not know (a newer Ollama's, or a known
+        # path with another method): Ollama answers it, in its own words.
+        return self._relay_as_is(request)
 
     # -- errors ----------------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""The optional Bearer token in front of everything but ``/healthz`` (ADR-0010)."""
+"""The optional token in front of everything but ``/healthz`` (ADR-0010).
+
+Each SDK sends it its own way: ``Authorization: Bearer`` (Ollama's clients,
+go-llm, the OpenAI SDKs, the Anthropic SDK given an auth token) or
+``x-api-key`` (the Anthropic SDK's default). Either one is accepted; neither
+is ever forwarded to Ollama.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +36,14 @@ class BearerTokenGuard:
         # The scheme is case-insensitive; the token is not.
         if presented[:7].lower() == b"bearer ":
             presented = b"Bearer " + presented[7:].strip()
-        return hmac.compare_digest(presented, self._expected)
+        api_key = b"Bearer " + (request.getHeader(b"x-api-key") or b"").strip()
+        # Both compared, always, so the time taken tells nothing.
+        by_header = hmac.compare_digest(presented, self._expected)
+        by_api_key = hmac.compare_digest(api_key, self._expected)
+        return by_header or by_api_key
 
     def refuse(self, request: IRequest) -> bytes:
-        message = "unauthorized: a valid Bearer token is required"
+        message = "unauthorized: a valid Bearer token (or x-api-key) is required"
         return write_json_error(
             request, 401, message, {b"WWW-Authenticate": b'Bearer realm="foreman"'}
         )

@@ -1,7 +1,9 @@
-"""Answers in Ollama's own error shapes.
+"""Answers in Ollama's own error shapes, in the caller's dialect.
 
-Callers are Ollama clients: they parse ``{"error": "..."}`` bodies and raise
-with the status. Whatever foreman refuses itself must look the same.
+Callers are Ollama clients: native ones parse ``{"error": "..."}`` bodies
+and raise with the status; OpenAI and Anthropic SDKs parse their own error
+objects (:mod:`foreman.http.dialects`). Whatever foreman refuses itself must
+look the same as Ollama's own refusals on that path.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ import json
 
 from twisted.web.iweb import IRequest
 
-from foreman.wire import gojson
+from foreman.http.dialects import (
+    DIALECT_JSON,
+    Dialect,
+    broken_stream_event,
+    dialect_of,
+    error_document,
+    retry_after,
+)
 
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
 TEXT_CONTENT_TYPE = b"text/plain"
@@ -19,14 +28,13 @@ TEXT_CONTENT_TYPE = b"text/plain"
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
-def error_body(message: str) -> bytes:
-    """``{"error": …}`` in the bytes gin writes: compact, HTML-safe."""
-    return gojson.dumps({"error": message}).encode("utf-8")
+def error_line(message: str, path: bytes = b"") -> bytes:
+    """The end of a stream that broke after bytes were sent, in the dialect of ``path``."""
+    return broken_stream_event(dialect_of(path), message)
 
 
-def error_line(message: str) -> bytes:
-    """The last NDJSON line of a stream that broke after bytes were sent."""
-    return error_body(message) + b"\n"
+def error_content_type(dialect: Dialect) -> bytes:
+    return JSON_CONTENT_TYPE if dialect is Dialect.OLLAMA else DIALECT_JSON
 
 
 def write_json_error(
@@ -40,11 +48,14 @@ def write_json_error(
     The body is returned rather than written so Klein (or the caller)
     finishes the request exactly once.
     """
+    dialect = dialect_of(request.path or b"")
     request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    request.setHeader(b"Content-Type", error_content_type(dialect))
     for name, value in (headers or {}).items():
+        if name.lower() == b"retry-after":
+            value = retry_after(dialect, value)
         request.setHeader(name, value)
-    return error_body(message)
+    return error_document(dialect, status, message)
 
 
 def answer_with_error(

@@ -27,10 +27,16 @@ class BadRequest(Exception):
     """A body foreman must read and cannot: a 400 with the message."""
 
 
-def read_json(request: IRequest) -> tuple[bytes, Any]:
-    """The raw body and its value, decoded with the leniency and wording of Go."""
+def read_body(request: IRequest) -> bytes:
+    """The whole body as the caller sent it (buffered by the site)."""
     request.content.seek(0)
     raw: bytes = request.content.read()
+    return raw
+
+
+def read_json(request: IRequest) -> tuple[bytes, Any]:
+    """The raw body and its value, decoded with the leniency and wording of Go."""
+    raw = read_body(request)
     try:
         return raw, gojson.loads(raw)
     except gojson.EmptyBody:

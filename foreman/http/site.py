@@ -18,7 +18,8 @@ from twisted.web import server
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from foreman.http.errors import JSON_CONTENT_TYPE, error_body
+from foreman.http.dialects import dialect_of, error_document
+from foreman.http.errors import error_content_type
 
 
 class RequestObserver(Protocol):
@@ -136,12 +137,14 @@ class ForemanRequest(server.Request):
         # this request is never processed: keep it for the access line.
         self.method = getattr(self.channel, "_command", self.method)
         self.path = getattr(self.channel, "_path", b"?").split(b"?", 1)[0]
-        body = error_body(f"request body too large: the limit is {self._body_limit} bytes")
+        dialect = dialect_of(self.path)
+        message = f"request body too large: the limit is {self._body_limit} bytes"
+        body = error_document(dialect, 413, message)
         # The channel is still reading the body, so the normal response
         # machinery is not ready; answer directly and close afterwards.
         head = (
             b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: " + JSON_CONTENT_TYPE + b"\r\n"
+            b"Content-Type: " + error_content_type(dialect) + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n"
         )

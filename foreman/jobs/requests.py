@@ -1,10 +1,12 @@
-"""Reading a ``POST /jobs`` body: a native Ollama body plus foreman's extensions.
+"""Reading a ``POST /jobs`` body: a generation body plus foreman's extensions.
 
 The extension fields (``state_webhook_url``, ``endpoint``, ``metadata``)
 are foreman's and never reach Ollama. The rest is the body of the job's
-``/api/chat`` (or ``/api/generate``) call, made non-streamed: a job has no
-caller to stream to, and its result is the whole reply (ADR-0004). Refusals
-use Ollama's words where Ollama has words for them.
+call, made non-streamed: a job has no caller to stream to, and its result
+is the whole reply (ADR-0004). ``endpoint`` names the call: ``chat`` (the
+default) or ``generate``, or any JSON generation endpoint by its path, in
+any dialect (``/v1/chat/completions``, ``/v1/messages`` ...). Refusals use
+Ollama's words where Ollama has words for them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import attrs
 
 from foreman.http.routing import BadRequest
 from foreman.queue.job import Job
-from foreman.relay.generation import Endpoint
+from foreman.wire.endpoints import BY_PATH, ENDPOINTS
 
 EXTENSION_FIELDS = frozenset({"state_webhook_url", "endpoint", "metadata"})
 
@@ -30,7 +32,8 @@ MAX_IDEMPOTENCY_KEY = 255
 
 @attrs.frozen
 class Submission:
-    endpoint: Endpoint
+    #: The endpoint's name, as a job stores it.
+    endpoint: str
     model: str
     #: The body for Ollama: extensions removed, ``stream`` false.
     body: bytes
@@ -62,6 +65,12 @@ class Submission:
         )
 
 
+#: The dialects' endpoints ``endpoint`` may name, for the refusal's message.
+_ENDPOINT_PATHS = ", ".join(
+    f'"{name}"' for name, route in ENDPOINTS.items() if route.json_body and name.startswith("/")
+)
+
+
 def _kind(value: object) -> str:
     if value is None:
         return "null"
@@ -80,12 +89,14 @@ def parse_submission(document: Any) -> Submission:
         raise BadRequest(
             f"json: cannot unmarshal {_kind(document)} into Go value of type api.ChatRequest"
         )
-    endpoint = document.get("endpoint", "chat")
-    if endpoint is None:
-        endpoint = "chat"
-    if endpoint not in ("chat", "generate"):
-        raise BadRequest('endpoint must be "chat" or "generate"')
-    struct = "ChatRequest" if endpoint == "chat" else "GenerateRequest"
+    named = document.get("endpoint", "chat")
+    if named is None:
+        named = "chat"
+    route = (ENDPOINTS.get(named) or BY_PATH.get(named)) if isinstance(named, str) else None
+    if route is None or not route.json_body:
+        raise BadRequest(f'endpoint must be "chat" or "generate" (or one of {_ENDPOINT_PATHS})')
+    endpoint = route.name
+    struct = "GenerateRequest" if endpoint == "generate" else "ChatRequest"
     model = document.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest(

@@ -1,6 +1,7 @@
 """A unit of queued work: one generation call, sync or asynchronous (ADR-0004).
 
-Every ``/api/chat`` and ``/api/generate`` call becomes a :class:`Job`. A
+Every generation call, in any dialect (``/api/chat``, ``/api/generate``,
+``/v1/chat/completions``, ``/v1/messages`` ...), becomes a :class:`Job`. A
 *sync* job has an HTTP caller waiting on it; an asynchronous one (``/jobs``)
 has only its row in the store, and its result is kept there.
 """
@@ -8,11 +9,10 @@ has only its row in the store, and its result is kept there.
 from __future__ import annotations
 
 import enum
-from typing import Literal
 
 import attrs
 
-Endpoint = Literal["chat", "generate"]
+from foreman.wire.endpoints import Endpoint, endpoint_named
 
 
 class JobState(enum.Enum):
@@ -39,7 +39,9 @@ _TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 class Job:
     id: str
     model: str
-    endpoint: Endpoint
+    #: The endpoint's name (:mod:`foreman.wire.endpoints`): ``chat``,
+    #: ``generate``, or a dialect's path such as ``/v1/messages``.
+    endpoint: str
     #: The caller's body, byte for byte.
     body: bytes
     #: True when an HTTP caller is blocked on the job (the native API).
@@ -71,8 +73,12 @@ class Job:
     idempotency_key: str | None = None
 
     @property
+    def route(self) -> Endpoint:
+        return endpoint_named(self.endpoint)
+
+    @property
     def path(self) -> bytes:
-        return b"/api/chat" if self.endpoint == "chat" else b"/api/generate"
+        return self.route.path
 
     def moved(self, state: JobState, now: float, **changes: object) -> Job:
         """This job in ``state`` as of ``now``, with other fields changed too."""

@@ -53,14 +53,16 @@ def pin_keep_alive(body: bytes, keep_alive: float) -> bytes:
     return body
 
 
-def whole_reply_body(body: bytes, keep_alive: float) -> bytes:
+def whole_reply_body(body: bytes, keep_alive: float, *, native: bool = True) -> bytes:
     """A body asking for one whole reply (``stream: false``), pinned: for jobs
-    that have no caller to stream to."""
+    that have no caller to stream to. The other dialects have no
+    ``keep_alive`` (Ollama drops it): residency pinned the model instead."""
     document: Any = gojson.loads(body)
     if not isinstance(document, dict):
         return body
     document["stream"] = False
-    document["keep_alive"] = keep_alive_value(keep_alive)
+    if native:
+        document["keep_alive"] = keep_alive_value(keep_alive)
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -154,10 +156,14 @@ class Residency:
 
     async def _load(self, job: Job) -> Attempt | None:
         log.info("Loading {model} as the worker model", model=job.model)
+        # Always a native call, whatever the job's dialect: only the native
+        # API carries keep_alive, and a model loaded by an OpenAI or
+        # Anthropic call would get Ollama's default five minutes.
         call: dict[str, Any] = {"model": job.model, "keep_alive": keep_alive_value(self.keep_alive)}
-        if job.endpoint == "chat":
+        route = job.route
+        if route.loads_as_chat:
             call["messages"] = []
-        attempt = await self._relay.fetch(b"POST", job.path, json.dumps(call).encode())
+        attempt = await self._relay.fetch(b"POST", route.load_path, json.dumps(call).encode())
         if attempt.outcome is Outcome.UNREACHABLE:
             return attempt
         if attempt.outcome is Outcome.REFUSED:

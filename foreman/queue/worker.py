@@ -54,6 +54,7 @@ from foreman.queue.ulid import new_ulid
 from foreman.relay.forward import Attempt, Outcome, Relay
 from foreman.relay.generation import GenerationCall
 from foreman.relay.upstream import BytesBodyProducer
+from foreman.wire.endpoints import Dialect
 from foreman.wire.gojson import GoJSONError
 from foreman.wire.model_names import canonical_model_name
 
@@ -123,7 +124,7 @@ class Worker(Service):
         job = Job(
             id=new_ulid(now),
             model=call.model,
-            endpoint=call.endpoint,
+            endpoint=call.endpoint.name,
             body=call.body,
             sync=True,
             created_at=now,
@@ -346,14 +347,18 @@ class Worker(Service):
 
     async def _perform(self, job: Job, caller: Caller | None) -> Attempt:
         keep_alive = self.residency.keep_alive
+        route = job.route
+        native = route.dialect is Dialect.OLLAMA
         try:
             if caller is not None:
-                body = pin_keep_alive(job.body, keep_alive)
+                # Only a native body can carry keep_alive; the others reach
+                # Ollama byte for byte (the model was pinned when loaded).
+                body = pin_keep_alive(job.body, keep_alive) if native else job.body
                 return await self._relay.relay(
                     caller.request, b"POST", job.path, BytesBodyProducer(body)
                 )
             return await self._relay.fetch(
-                b"POST", job.path, whole_reply_body(job.body, keep_alive)
+                b"POST", job.path, whole_reply_body(job.body, keep_alive, native=native)
             )
         except GoJSONError as e:
             return Attempt(Outcome.REFUSED, 400, str(e))

@@ -335,6 +335,6 @@ class _LineRelay(_CancellableBodyReader):
         # error line, which every Ollama client understands.
         log.info("Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value))
         message = unreachable_message(self._target, "the stream broke before it was done")
-        self._request.write(error_line(message))
+        self._request.write(error_line(message, self._request.path))
         # The finished value is the breakage, for the caller's bookkeeping.
         self.finished.callback(message)

@@ -1,14 +1,14 @@
 """The seam every generation call passes through.
 
-``/api/chat`` and ``/api/generate`` (and, later, ``POST /jobs``) hand a
-:class:`GenerationCall` to a :class:`GenerationRunner`. Today's runner relays
-it straight to Ollama; the durable queue replaces it with one that waits for
-the worker's turn first. Nothing else in the HTTP layer needs to change.
+Every generation call, in every dialect, is handed as a
+:class:`GenerationCall` to a :class:`GenerationRunner`. Without a queue the
+runner relays it straight to Ollama; the durable queue's worker is a runner
+that waits for its turn first. Nothing else in the HTTP layer needs to change.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -16,15 +16,20 @@ from twisted.web.iweb import IRequest
 
 from foreman.relay.forward import Relay
 from foreman.relay.upstream import BytesBodyProducer
+from foreman.wire.endpoints import Endpoint, endpoint_named
 
-Endpoint = Literal["chat", "generate"]
+
+def as_endpoint(value: Endpoint | str) -> Endpoint:
+    """An endpoint, given it or its name."""
+    return value if isinstance(value, Endpoint) else endpoint_named(value)
 
 
 @attrs.frozen
 class GenerationCall:
     """One generation call, body kept as the caller's raw bytes."""
 
-    endpoint: Endpoint
+    #: The endpoint, or its name (``chat``, ``/v1/messages`` ...).
+    endpoint: Endpoint = attrs.field(converter=as_endpoint)
     model: str
     #: Exactly what the caller sent, so unknown fields reach Ollama untouched.
     body: bytes
@@ -32,7 +37,7 @@ class GenerationCall:
 
     @property
     def path(self) -> bytes:
-        return b"/api/chat" if self.endpoint == "chat" else b"/api/generate"
+        return self.endpoint.path
 
 
 class GenerationRunner(Protocol):

@@ -152,6 +152,7 @@ HOP_BY_HOP = frozenset(
 _DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
     b"host",
     b"authorization",
+    b"x-api-key",
     b"content-length",
     b"accept-encoding",
     b"expect",
