@@ -11,11 +11,21 @@ exactly where Ollama would cause it.
 
 from __future__ import annotations
 
-import enum
 import json
 import secrets
 
 from foreman.wire import gojson
+from foreman.wire.endpoints import Dialect, dialect_of
+
+__all__ = [
+    "DIALECT_JSON",
+    "Dialect",
+    "broken_stream_event",
+    "dialect_of",
+    "error_document",
+    "request_id",
+    "retry_after",
+]
 
 #: What Ollama's dialect writers send (the native API adds a charset).
 DIALECT_JSON = b"application/json"
@@ -24,21 +34,6 @@ DIALECT_JSON = b"application/json"
 #: and OpenAI's before 2.52) and otherwise back off on their own schedule,
 #: within seconds; a longer hint is cut to this so their retry waits.
 SDK_RETRY_AFTER_LIMIT = 60
-
-
-class Dialect(enum.Enum):
-    OLLAMA = "ollama"
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-
-
-def dialect_of(path: bytes) -> Dialect:
-    """The dialect of a call to ``path`` (without its query)."""
-    if path == b"/v1/messages" or path.startswith(b"/v1/messages/"):
-        return Dialect.ANTHROPIC
-    if path == b"/v1" or path.startswith(b"/v1/"):
-        return Dialect.OPENAI
-    return Dialect.OLLAMA
 
 
 def _openai_type(status: int) -> str:
