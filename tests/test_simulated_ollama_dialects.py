@@ -726,3 +726,31 @@ def test_transcriptions(sim: SimulatedOllama, clock: Clock) -> None:
     refused = call(sim, clock, "POST", "/v1/audio/transcriptions", {"model": "llama3.2"})
     assert refused.status == 400
     assert refused.json()["error"]["message"].startswith("failed to parse multipart form")
+
+
+# --- a native error line mid-stream (the writers, directly) -----------------------------------
+
+
+def test_an_error_line_mid_stream_is_re_encoded_as_ollama_does() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from foreman.testing._anthropic import MessagesWriter
+    from foreman.testing._openai import ChatWriter
+
+    token = b'{"model":"m","created_at":"2025-06-01T00:00:00Z",'
+    token += b'"message":{"role":"assistant","content":"a"},"done":false}\n'
+    failure = b'{"error":"an error was encountered while running the model"}\n'
+
+    openai_writer = ChatWriter(DummyRequest([b""]), lambda: 0.0, "chatcmpl-1", True, True)
+    assert openai_writer.encode(200, token).startswith(b"data: ")
+    # One empty-content chunk; no finish chunk, no usage, no [DONE].
+    broken = openai_writer.encode(200, failure)
+    assert broken.count(b"data: ") == 1 and b"[DONE]" not in broken
+    (chunk,) = [json.loads(f[len(b"data: ") :]) for f in broken.split(b"\n\n") if f]
+    assert chunk["model"] == "" and chunk["choices"][0]["delta"] == {"content": ""}
+    assert chunk["choices"][0]["finish_reason"] is None
+
+    sim = SimulatedOllama(Clock())
+    anthropic_writer = MessagesWriter(DummyRequest([b""]), sim, "msg_1", "m", True, 1)
+    assert b"message_start" in anthropic_writer.encode(200, token)
+    assert anthropic_writer.encode(200, failure) == b""  # nothing, and no message_stop
