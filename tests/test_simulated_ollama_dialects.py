@@ -11,7 +11,7 @@ import base64
 import json
 import re
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.task import Clock
@@ -732,6 +732,7 @@ def test_transcriptions(sim: SimulatedOllama, clock: Clock) -> None:
 
 
 def test_an_error_line_mid_stream_is_re_encoded_as_ollama_does() -> None:
+    from twisted.web.server import Request
     from twisted.web.test.requesthelper import DummyRequest
 
     from foreman.testing._anthropic import MessagesWriter
@@ -741,7 +742,9 @@ def test_an_error_line_mid_stream_is_re_encoded_as_ollama_does() -> None:
     token += b'"message":{"role":"assistant","content":"a"},"done":false}\n'
     failure = b'{"error":"an error was encountered while running the model"}\n'
 
-    openai_writer = ChatWriter(DummyRequest([b""]), lambda: 0.0, "chatcmpl-1", True, True)
+    openai_writer = ChatWriter(
+        cast(Request, DummyRequest([b""])), lambda: 0.0, "chatcmpl-1", True, True
+    )
     assert openai_writer.encode(200, token).startswith(b"data: ")
     # One empty-content chunk; no finish chunk, no usage, no [DONE].
     broken = openai_writer.encode(200, failure)
@@ -751,6 +754,8 @@ def test_an_error_line_mid_stream_is_re_encoded_as_ollama_does() -> None:
     assert chunk["choices"][0]["finish_reason"] is None
 
     sim = SimulatedOllama(Clock())
-    anthropic_writer = MessagesWriter(DummyRequest([b""]), sim, "msg_1", "m", True, 1)
+    anthropic_writer = MessagesWriter(
+        cast(Request, DummyRequest([b""])), sim, "msg_1", "m", True, 1
+    )
     assert b"message_start" in anthropic_writer.encode(200, token)
     assert anthropic_writer.encode(200, failure) == b""  # nothing, and no message_stop
