@@ -5,7 +5,9 @@ paths, status codes, error messages and byte-level JSON as Ollama, a
 scheduler that loads, keeps alive, evicts and queues like Ollama's, replies
 and embeddings that are deterministic (a reply echoes the last user
 message), and counters that tests and benchmarks assert on. All time runs
-on an injectable clock.
+on an injectable clock. It also speaks Ollama's OpenAI (``/v1/chat/completions``
+and friends) and Anthropic (``/v1/messages``) dialects, through the same
+native machinery, as Ollama does.
 
 In memory, with simulated time::
 

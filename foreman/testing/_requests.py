@@ -88,6 +88,7 @@ BOOL = _scalar("bool", lambda v: isinstance(v, bool))
 INT = _scalar("int", lambda v: isinstance(v, int) and not isinstance(v, bool))
 ANY = _scalar("interface {}", lambda v: True)
 MAP = _scalar("map[string]interface {}", lambda v: isinstance(v, dict))
+FLOAT = _scalar("float64", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
 STRING_MAP = _scalar(
     "map[string]string",
     lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
@@ -336,21 +337,30 @@ DELETE = _struct("DeleteRequest", model=STRING, name=STRING)
 COPY = _struct("CopyRequest", source=STRING, destination=STRING)
 
 
-def decode(body: bytes, struct: Struct) -> dict[str, Any]:
+def decode(
+    body: bytes,
+    struct: Struct,
+    *,
+    package: str = "api",
+    empty_body: str = "missing request body",
+) -> dict[str, Any]:
     """Bind ``body`` to ``struct`` as gin's ``ShouldBindJSON`` would.
 
     Raises :class:`RequestError` (400) with Ollama's message on failure.
+    ``package`` names the Go package of ``struct`` in messages; an empty
+    body is ``empty_body`` (the native handlers' wording; the ``/v1``
+    middlewares pass on Go's bare ``EOF``).
     """
     try:
         value = loads(body)
     except GoJSONError as e:
         if str(e) == "EOF":
-            raise RequestError(400, "missing request body") from None
+            raise RequestError(400, empty_body) from None
         raise RequestError(400, str(e)) from None
     if value is None:
         return {}
     if not isinstance(value, dict):
-        target = f"api.{struct.name}"
+        target = f"{package}.{struct.name}"
         kind = _json_kind(value)
         raise RequestError(400, f"json: cannot unmarshal {kind} into Go value of type {target}")
     errors: list[_TypeMismatch | str] = []

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.testing import _embeddings, _inference, _management
+from foreman.testing import _anthropic, _embeddings, _inference, _management, _openai, _responses
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
 from foreman.testing._models import (
@@ -112,17 +112,28 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/copy": {"POST": _management.copy},
     "/api/delete": {"DELETE": _management.delete},
     "/api/blobs/": {"POST": _management.create_blob, "HEAD": _management.head_blob},
+    # The dialects: a middleware in front of a native handler, as Ollama routes them.
+    "/v1/chat/completions": {"POST": _openai.chat_completions(_inference.chat)},
+    "/v1/completions": {"POST": _openai.completions(_inference.generate)},
+    "/v1/embeddings": {"POST": _openai.embeddings(_embeddings.embed)},
+    "/v1/responses": {"POST": _responses.responses(_inference.chat)},
+    "/v1/audio/transcriptions": {"POST": _openai.transcriptions(_inference.chat)},
+    "/v1/models": {"GET": _openai.list_models(_tags)},
+    "/v1/models/": {"GET": _openai.retrieve_model(_show)},
+    "/v1/messages": {"POST": _anthropic.messages(_inference.chat)},
 }
+
+#: Routes whose last path segment is their parameter (gin's ``:digest``, ``:model``).
+_PARAMETER_ROUTES = ("/api/blobs/", "/v1/models/")
 
 
 def _route(path: str) -> tuple[dict[str, Handler] | None, str]:
-    if path.startswith("/api/blobs/"):
-        digest = path[len("/api/blobs/") :]
-        if digest and "/" not in digest:
-            return ROUTES["/api/blobs/"], digest
-        return None, ""
-    if path == "/api/blobs/":
-        return None, ""
+    for prefix in _PARAMETER_ROUTES:
+        if path.startswith(prefix):
+            param = path[len(prefix) :]
+            if param and "/" not in param:
+                return ROUTES[prefix], param
+            return None, ""
     return ROUTES.get(path), ""
 
 

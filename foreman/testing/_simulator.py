@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,9 @@ class SimulatedOllama:
         #: ``requests`` keeps at most about this many of the latest requests.
         self.max_recorded_requests = max_recorded_requests
         self._resource: OllamaResource | None = None
+        #: Where the /v1 dialects' "random" ids come from (``chatcmpl-<n>``,
+        #: ``msg_<hex>``): seeded, so a run is reproducible.
+        self.id_random = random.Random(0x011A4A)
 
     # --- serving ------------------------------------------------------------
 
