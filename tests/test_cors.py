@@ -444,3 +444,28 @@ async def test_a_page_of_foremans_own_host_is_not_cors(start_scripted: StartScri
     assert b"access-control-allow-origin" not in own.lower()
     other = await deferToThread(_raw, port, get(b"http://foreman.lan:3000"))
     assert other.startswith(b"HTTP/1.1 403 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_body_is_413_readable_by_an_allowed_page(
+    start_scripted: StartScripted,
+) -> None:
+    rig = await start_scripted(max_body_size=1024)
+    port = rig.foreman.port.getHost().port
+
+    def post(origin: bytes) -> bytes:
+        return (
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
+            % (port, origin)
+            + b"x" * 4096
+        )
+
+    allowed = await deferToThread(_raw, port, post(PAGE.encode()))
+    assert allowed.startswith(b"HTTP/1.1 413 ")
+    head = allowed.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nAccess-Control-Allow-Origin: " + PAGE.encode() + b"\r\n" in head
+    assert b"\r\nVary: Origin\r\n" in head
+    refused = await deferToThread(_raw, port, post(STRANGER.encode()))
+    assert refused.startswith(b"HTTP/1.1 413 ")
+    assert b"access-control" not in refused.lower()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -183,6 +184,11 @@ class OriginPolicy:
             return Verdict.REFUSED
         return Verdict.PREFLIGHT if method == b"OPTIONS" else Verdict.ALLOWED
 
+    def judge(self, method: bytes, headers: Headers) -> tuple[Verdict, str]:
+        """:meth:`verdict` for a request's headers, with the ``Origin`` it judged."""
+        origin = _first(headers, b"origin")
+        return self.verdict(method, origin, _first(headers, b"host")), origin or ""
+
     def _allow_origin(self, origin: str) -> tuple[bytes, bytes]:
         return (b"Access-Control-Allow-Origin", b"*" if self.allows_all else _latin1(origin))
 
@@ -205,9 +211,9 @@ def _latin1(text: str) -> bytes:
     return text.encode("latin-1")
 
 
-def _first(request: IRequest, name: bytes) -> str | None:
+def _first(headers: Headers, name: bytes) -> str | None:
     # Go's Header.Get reads the first value; Twisted's getHeader the last.
-    values = request.requestHeaders.getRawHeaders(name)
+    values = headers.getRawHeaders(name)
     return values[0].decode("latin-1") if values else None
 
 
@@ -222,11 +228,9 @@ class CorsGate(Resource):
         self._policy = policy
 
     def render(self, request: IRequest) -> bytes | int:
-        origin = _first(request, b"origin")
-        verdict = self._policy.verdict(request.method, origin, _first(request, b"host"))
+        verdict, origin = self._policy.judge(request.method, request.requestHeaders)
         if verdict is Verdict.NOT_CORS:
             return self._render_inner(request)
-        assert origin is not None
         if verdict is Verdict.REFUSED:
             request.setResponseCode(403)
             # An empty body, with its length and no type, as Go sends it.
