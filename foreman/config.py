@@ -86,6 +86,8 @@ class Config:
     metrics_public: bool = False
     #: Artifacts up to this many bytes are inlined in job views and webhooks.
     artifact_inline_limit: int = DEFAULT_ARTIFACT_INLINE_LIMIT
+    #: Browser origins allowed beside Ollama's defaults (``foreman.http.cors``).
+    origins: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a repr.

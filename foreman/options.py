@@ -26,6 +26,7 @@ from foreman.config import (
     UpstreamMode,
     default_data_dir,
 )
+from foreman.http.cors import OriginError, parse_origins
 from foreman.wire.durations import DurationError, parse_setting_duration
 from foreman.wire.sizes import parse_size
 
@@ -124,6 +125,13 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "FOREMAN_SWAP_GRACE",
         "250ms",
         "How long the worker waits for more work for the loaded model before a swap.",
+    ),
+    (
+        "origins",
+        "FOREMAN_ORIGINS",
+        None,
+        "Comma-separated browser origins allowed beside Ollama's defaults "
+        "(as OLLAMA_ORIGINS; one * wildcard each).",
     ),
 ]
 
@@ -240,6 +248,10 @@ class ForemanOptions(usage.Options):
                 raise usage.UsageError(f"--{name} must be a whole number") from None
             if counts[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        try:
+            origins = parse_origins(self["origins"] or "")
+        except OriginError as e:
+            raise usage.UsageError(f"--origins: {e}") from None
         # twistd's options (``--logfile``) are this one's parent.
         parent = getattr(self, "parent", None)
         log_file = parent.get("logfile") if parent is not None else None
@@ -264,5 +276,6 @@ class ForemanOptions(usage.Options):
             swap_grace=swap_grace,
             queue=not self["no-queue"],
             metrics_public=bool(self["metrics-public"]),
+            origins=origins,
             **fields,
         )

@@ -23,6 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 from foreman.config import Config, LogFormat, StartupRefused, UpstreamMode, check_exposure
 from foreman.front.api import ForemanAPI
 from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
+from foreman.http.cors import OriginPolicy
 from foreman.http.site import ForemanSite
 from foreman.jobs.api import JobsAPI
 from foreman.jobs.events import JobEvents
@@ -260,7 +261,12 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
     guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths))
-    site = ForemanSite(api.resource(guard), max_body_size=config.max_body_size, metrics=metrics)
+    site = ForemanSite(
+        api.resource(guard),
+        max_body_size=config.max_body_size,
+        metrics=metrics,
+        cors=OriginPolicy(config.origins),
+    )
     return Foreman(
         root=root,
         site=site,

@@ -166,3 +166,21 @@ def test_help_and_environment_cover_every_option() -> None:
 def test_bad_jobs_settings_are_usage_errors(args: list[str], complaint: str) -> None:
     with pytest.raises(usage.UsageError, match=complaint):
         parse(args)
+
+
+def test_origins_add_to_ollamas_defaults() -> None:
+    assert parse([]).origins == ()
+    from_env = parse([], {"FOREMAN_ORIGINS": "https://app.example.com, chrome-extension://*"})
+    assert from_env.origins == ("https://app.example.com", "chrome-extension://*")
+    from_flag = parse(["--origins", "*.example.org"], {"FOREMAN_ORIGINS": "app://x"})
+    assert from_flag.origins == ("*.example.org",)
+    assert "FOREMAN_ORIGINS" in str(ForemanOptions({}))
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("example.com", "must contain"), ("https://*.example.com:*", r"only one \*")],
+)
+def test_bad_origins_are_usage_errors(value: str, complaint: str) -> None:
+    with pytest.raises(usage.UsageError, match=f"--origins: .*{complaint}"):
+        parse(["--origins", value])

@@ -18,6 +18,7 @@ from twisted.web import server
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from foreman.http.cors import CorsGate, OriginPolicy, Verdict
 from foreman.http.dialects import dialect_of, error_document
 from foreman.http.errors import error_content_type
 
@@ -145,8 +146,11 @@ class ForemanRequest(server.Request):
         head = (
             b"HTTP/1.1 413 Request Entity Too Large\r\n"
             b"Content-Type: " + error_content_type(dialect) + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-            b"Connection: close\r\n\r\n"
+            b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + self._cors_lines()
+            + b"Connection: close\r\n\r\n"
         )
         transport = cast(Any, self.channel.transport)
         transport.write(head + body)
@@ -159,6 +163,20 @@ class ForemanRequest(server.Request):
         self.sentLength = len(body)
         if self.content is not None:
             self.content.close()
+
+    def _cors_lines(self) -> bytes:
+        """The CORS headers a page from an allowed origin reads this 413 with."""
+        policy = cast(ForemanSite, self.channel.site).cors  # type: ignore[attr-defined]
+        if policy is None:
+            return b""
+        # A page from an origin not allowed reads nothing of it either way.
+        method: bytes = getattr(self.channel, "_command", b"") or b""
+        verdict, origin = policy.judge(method, self.requestHeaders)
+        if verdict is not Verdict.ALLOWED:
+            return b""
+        return b"".join(
+            name + b": " + value + b"\r\n" for name, value in policy.response_headers(origin)
+        )
 
     def connectionLost(self, reason: Failure) -> None:
         if self._drain_deadline is not None and self._drain_deadline.active():
@@ -205,7 +223,11 @@ class ForemanRequest(server.Request):
 
 
 class ForemanSite(server.Site):
-    """A Site whose requests enforce ``max_body_size`` and log themselves."""
+    """A Site whose requests enforce ``max_body_size`` and log themselves.
+
+    With ``cors``, the whole ``resource`` is behind a :class:`~foreman.http.cors.CorsGate`:
+    browsers are answered as Ollama answers them, before anything else.
+    """
 
     requestFactory = ForemanRequest
     noisy = False
@@ -216,8 +238,11 @@ class ForemanSite(server.Site):
         *,
         max_body_size: int,
         metrics: RequestObserver | None = None,
+        cors: OriginPolicy | None = None,
         **kwargs: Any,
     ) -> None:
+        if cors is not None:
+            resource = CorsGate(resource, cors)
         # Twisted parses every POST's Content-Type with the email package to
         # fill ``request.args`` from forms. foreman reads JSON bodies only, and
         # that parse was a measurable share of a small call's CPU time.
@@ -225,6 +250,8 @@ class ForemanSite(server.Site):
         self.max_body_size = max_body_size
         #: Told of every finished request, when ``/metrics`` is served.
         self.metrics = metrics
+        #: Which browser origins may call (``None``: CORS is not answered).
+        self.cors = cors
         # The version of twisted.web is nobody's business.
         self.displayTracebacks = False
 

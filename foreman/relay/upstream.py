@@ -124,7 +124,8 @@ def outgoing_headers(incoming: Headers, target: Target) -> Headers:
     Hop-by-hop headers stay on this hop; ``Host`` becomes the target's own
     (Ollama answers 403 to a non-local Host); the caller's credentials for
     foreman are replaced by foreman's for Ollama; compression is not asked
-    for so that NDJSON can be relayed line by line.
+    for so that NDJSON can be relayed line by line. ``Origin`` was judged by
+    foreman (``foreman.http.cors``): Ollama would judge it again by its own list.
     """
     headers = Headers()
     for name, values in incoming.getAllRawHeaders():
@@ -156,6 +157,7 @@ _DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
     b"content-length",
     b"accept-encoding",
     b"expect",
+    b"origin",
 }
 
 #: Twisted writes its own Date, Server and framing headers.
