@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from foreman.http.encoding import BodyTooLarge, UndecodableBody, decode_body
 from foreman.http.errors import JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE, write_json_error
 from foreman.wire import gojson
 
@@ -28,7 +29,11 @@ class BadRequest(Exception):
 
 
 def read_body(request: IRequest) -> bytes:
-    """The whole body as the caller sent it (buffered by the site)."""
+    """The whole body (buffered by the site), zstd decompressed."""
+    try:
+        decode_body(request)
+    except UndecodableBody as e:
+        raise BadRequest(str(e)) from None
     request.content.seek(0)
     raw: bytes = request.content.read()
     return raw
@@ -98,6 +103,10 @@ def answer_routing_errors(app: Klein) -> None:
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self: object, request: IRequest, failure: Failure) -> bytes:
         return method_not_allowed(request)
+
+    @app.handle_errors(BodyTooLarge)
+    def too_large(self: object, request: IRequest, failure: Failure) -> bytes:
+        return write_json_error(request, 413, str(failure.value))
 
     @app.handle_errors(BadRequest)
     def unreadable(self: object, request: IRequest, failure: Failure) -> bytes:

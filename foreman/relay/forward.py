@@ -1,6 +1,7 @@
 """Forward one call to Ollama and its answer back to the caller, faithfully.
 
-Streams (``application/x-ndjson``) are relayed line by line as they arrive,
+Streams (``application/x-ndjson``, and the OpenAI and Anthropic dialects'
+``text/event-stream``) are relayed line by line as they arrive,
 with the upstream connection registered as the producer of the caller's
 response, so a slow reader slows Ollama down instead of filling foreman's
 memory. Anything else is small JSON and is relayed whole, which lets a
@@ -297,6 +298,9 @@ class _LineRelay(_CancellableBodyReader):
         self._registered = False
         #: The last complete line relayed so far.
         self.last_line = b""
+        # Whether what was relayed ends between two Server-Sent Events.
+        self._ended_event = True
+        self._last_byte = b""
 
     def connectionMade(self) -> None:
         # Backpressure: the caller's socket pauses the upstream socket.
@@ -309,6 +313,10 @@ class _LineRelay(_CancellableBodyReader):
         end = data.rfind(b"\n") + 1
         if end:
             self._request.write(data[:end])
+            self._ended_event = data[:end].endswith(b"\n\n") or (
+                end == 1 and self._last_byte == b"\n"
+            )
+            self._last_byte = b"\n"
             self._partial = data[end:]
             self.last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1]
         else:
@@ -335,6 +343,11 @@ class _LineRelay(_CancellableBodyReader):
         # error line, which every Ollama client understands.
         log.info("Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value))
         message = unreachable_message(self._target, "the stream broke before it was done")
-        self._request.write(error_line(message, self._request.path))
+        ending = error_line(message, self._request.path)
+        if ending.startswith((b"data:", b"event:")) and not self._ended_event:
+            # Close the half-sent event first, or the SSE parser would fold
+            # the error into it.
+            ending = b"\n" + ending
+        self._request.write(ending)
         # The finished value is the breakage, for the caller's bookkeeping.
         self.finished.callback(message)
