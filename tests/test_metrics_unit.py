@@ -87,3 +87,12 @@ def test_requests_are_counted_by_route_and_embeddings_timed() -> None:
     # Only successful embeddings are timed as embeddings.
     assert sample(metrics, "foreman_embedding_duration_seconds_count") == 1
     assert metrics.render().startswith(b"# HELP")
+
+
+def test_the_dialects_routes_have_labels_of_their_own() -> None:
+    from foreman.ops.metrics import route_of
+
+    assert route_of("/v1/chat/completions") == "/v1/chat/completions"
+    assert route_of("/v1/messages") == "/v1/messages"
+    assert route_of("/v1/models/llama3.2") == "/v1/models/{model}"
+    assert route_of("/v1/files") == "other"

@@ -37,6 +37,7 @@ _ROUTE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^/jobs/[^/]+$"), "/jobs/{id}"),
     (re.compile(r"^/api/blobs/[^/]+$"), "/api/blobs/{digest}"),
     (re.compile(r"^/ui(/.*)?$"), "/ui"),
+    (re.compile(r"^/v1/models/[^/]+$"), "/v1/models/{model}"),
 )
 _KNOWN_ROUTES = frozenset(
     {
@@ -58,9 +59,17 @@ _KNOWN_ROUTES = frozenset(
         "/api/copy",
         "/api/delete",
         "/api/foreman/queue",
+        # The OpenAI and Anthropic dialects (docs/api.md).
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/v1/audio/transcriptions",
+        "/v1/models",
+        "/v1/messages",
     }
 )
-EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings"})
+EMBEDDING_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 GENERATION_PATHS = frozenset({b"/api/chat", b"/api/generate"})
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
