@@ -112,9 +112,7 @@ def carries_token(dialect: str, event: bytes) -> bool:
     if dialect == "native":
         line = json.loads(event)
         return not line.get("done") and bool(line.get("message", {}).get("content"))
-    fields = dict(
-        line.split(b": ", 1) for line in event.split(b"\n") if b": " in line
-    )
+    fields = dict(line.split(b": ", 1) for line in event.split(b"\n") if b": " in line)
     data = fields.get(b"data", b"")
     if dialect == "anthropic":
         return fields.get(b"event") == b"content_block_delta"
@@ -212,7 +210,8 @@ async def run(reactor: Any, quick: bool) -> dict[str, Any]:
                 return await driver.first_event(base, dialect, int(100 * scale))
 
             d, r = await alternate(first, fast_sim, fast_foreman, 4)
-            d_all, r_all = sum(d, []), sum(r, [])
+            d_all = [x for batch in d for x in batch]
+            r_all = [x for batch in r for x in batch]
             results[dialect]["first_event"] = {
                 "direct_p50_ms": _ms(d_all, 0.5),
                 "direct_p99_ms": _ms(d_all, 0.99),
@@ -242,6 +241,8 @@ async def run(reactor: Any, quick: bool) -> dict[str, Any]:
                     figures[method] = {
                         "direct_p99_ms": _ms(d_all, 0.99),
                         "foreman_p99_ms": _ms(r_all, 0.99),
+                        "direct_max_ms": max(d_all) * 1e3,
+                        "foreman_max_ms": max(r_all) * 1e3,
                         "events": len(r_all),
                     }
             results[dialect]["event_delay"] = figures
@@ -275,7 +276,9 @@ def report(results: dict[str, Any]) -> str:
     detail = "; ".join(
         f"{dialect}: first event direct p50 {f['first_event']['direct_p50_ms']:.2f} ms,"
         f" foreman p50 {f['first_event']['foreman_p50_ms']:.2f} ms,"
-        f" {f['event_delay']['schedule']['events']} token events"
+        f" {f['event_delay']['schedule']['events']} token events, largest delay direct"
+        f" {f['event_delay']['schedule']['direct_max_ms']:.2f} ms, foreman"
+        f" {f['event_delay']['schedule']['foreman_max_ms']:.2f} ms"
         for dialect, f in results.items()
     )
     return "\n".join(out) + "\n\n" + detail
