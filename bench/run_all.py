@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 #: In the order they run; a script that is not there yet is left out.
-SCRIPTS = ("overhead", "scheduler", "jobs")
+SCRIPTS = ("overhead", "dialects", "scheduler", "jobs")
 
 Row = tuple[str, str, str]
 
@@ -103,6 +103,22 @@ def _overhead_rows(figures: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def _dialects_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    for dialect in ("openai", "anthropic"):
+        first = figures[dialect]["first_event"]
+        delay = figures[dialect]["event_delay"]["schedule"]
+        yield (
+            f"relay, {dialect} SSE: added time to first event",
+            f"{first['foreman_p50_ms'] - first['direct_p50_ms']:.2f} ms",
+            "≤ 2 ms",
+        )
+        yield (
+            f"relay, {dialect} SSE: added per-event delay p99",
+            f"{delay['foreman_p99_ms'] - delay['direct_p99_ms']:.2f} ms",
+            "≤ 2 ms",
+        )
+
+
 def _scheduler_rows(figures: dict[str, Any]) -> Iterator[Row]:
     for scenario in figures["scenarios"]:
         direct, through = scenario["direct"], scenario["foreman"]
@@ -142,6 +158,7 @@ def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
 
 HEADLINES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "overhead": _overhead_rows,
+    "dialects": _dialects_rows,
     "scheduler": _scheduler_rows,
     "jobs": _jobs_rows,
 }
