@@ -36,6 +36,25 @@ def anthropic_client(url: str, **credentials: Any) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=url, max_retries=0, **credentials)
 
 
+def warm_up_stream(client: openai.OpenAI | anthropic.Anthropic) -> None:
+    """Stream one token, so the SDK has built its stream-event models.
+
+    The first stream an SDK parses in a process builds pydantic validators,
+    which holds the GIL for a fifth of a second: the reactor (foreman and the
+    simulator, in this process) stalls and the tokens pile up. Only a test
+    measuring arrival times needs this.
+    """
+    if isinstance(client, openai.OpenAI):
+        with client.chat.completions.create(
+            model="llama3.2", messages=USER, max_tokens=1, stream=True
+        ) as stream:
+            for _ in stream:
+                pass
+    else:
+        with client.messages.stream(model="llama3.2", max_tokens=1, messages=USER) as stream:
+            stream.until_done()
+
+
 def spread(arrivals: list[float]) -> float:
     """Seconds between the first and the last item's arrival."""
     return arrivals[-1] - arrivals[0]

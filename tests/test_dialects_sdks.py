@@ -7,16 +7,18 @@ every generation is a job in foreman's queue.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 import anthropic
 import openai
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 
 from foreman.queue.job import JobState
-from tests.conftest import RunningSimulator, StartForeman, StartSimulator
-from tests.http_helpers import StreamingClient, eventually
+from tests.conftest import RunningSimulator, StartForeman, StartScripted, StartSimulator
+from tests.http_helpers import StreamingClient, eventually, within
 from tests.sdk_helpers import (
     USER,
     anthropic_client,
@@ -25,6 +27,7 @@ from tests.sdk_helpers import (
     openai_client,
     raised,
     spread,
+    warm_up_stream,
 )
 
 TOKEN = "sdk-token"
@@ -40,6 +43,7 @@ async def test_openai_chat_streamed_and_not(
     def work() -> tuple[Any, list[str], list[float], Any]:
         with openai_client(running.url) as client:
             whole = client.chat.completions.create(model="llama3.2", messages=USER)
+            warm_up_stream(client)
             texts, arrivals, last = [], [], None
             stream = client.chat.completions.create(
                 model="llama3.2",
@@ -68,12 +72,12 @@ async def test_openai_chat_streamed_and_not(
     # Eight tokens at 40/s: foreman passed them on one by one, not at the end.
     assert spread(arrivals) > 0.1
     assert last is not None and last.usage is not None and last.usage.total_tokens > 8
-    assert running_sim.sim.completed_generations == 2
-    # Both were queued jobs of their dialect.
+    assert running_sim.sim.completed_generations == 3
+    # All were queued jobs of their dialect.
     queue = running.foreman.queue
     assert queue is not None
     counts = await queue.store.count_by_state()
-    assert counts[JobState.DONE] == 2
+    assert counts[JobState.DONE] == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -179,6 +183,7 @@ async def test_anthropic_messages_streamed_and_not(
     def work() -> tuple[Any, list[str], list[float], Any, Exception]:
         with anthropic_client(running.url) as client:
             whole = client.messages.create(model="llama3.2", max_tokens=1024, messages=USER)
+            warm_up_stream(client)
             texts, arrivals = [], []
             with client.messages.stream(model="llama3.2", max_tokens=1024, messages=USER) as stream:
                 for text in stream.text_stream:
@@ -207,7 +212,7 @@ async def test_anthropic_messages_streamed_and_not(
         "type": "not_found_error",
         "message": "model 'no-such-model' not found",
     }
-    assert running_sim.sim.completed_generations == 2
+    assert running_sim.sim.completed_generations == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -261,3 +266,72 @@ async def test_a_full_queue_is_503_with_retry_after_in_both_sdks(
     assert overloaded.status_code == 503
     assert overloaded.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     assert 1 <= int(overloaded.response.headers["retry-after"]) <= 60
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_breaks_raises_in_both_sdks(
+    reactor: Any, start_scripted: StartScripted
+) -> None:
+    rig = await start_scripted()
+    first_event = threading.Event()
+
+    def openai_reads() -> list[str]:
+        texts = []
+        with openai_client(rig.foreman.url) as client:
+            stream = client.chat.completions.create(model="scripted", messages=USER, stream=True)
+            with stream:
+                for chunk in stream:
+                    texts.append(chunk.choices[0].delta.content or "")
+                    first_event.set()
+        return texts
+
+    def anthropic_reads() -> list[str]:
+        texts = []
+        with (
+            anthropic_client(rig.foreman.url) as client,
+            client.messages.stream(model="scripted", max_tokens=9, messages=USER) as stream,
+        ):
+            for text in stream.text_stream:
+                texts.append(text)
+                first_event.set()
+        return texts
+
+    openai_chunk = (
+        b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"scripted",'
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"finish_reason":null}]}'
+        b"\n\n"
+    )
+    anthropic_events = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+        b'"type":"message","role":"assistant","model":"scripted","content":[],'
+        b'"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":0}}}'
+        b"\n\n"
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"a"}}\n\n'
+    )
+    outcomes = []
+    for reads, first in [(openai_reads, openai_chunk), (anthropic_reads, anthropic_events)]:
+        first_event.clear()
+        outcome = deferToThread(reads)
+        held = await within(rig.upstream.next_request(), 5, reactor)
+        held.start(content_type=b"text/event-stream")
+        held.send(first)
+        assert await deferToThread(first_event.wait, 5)
+        held.die()
+        try:
+            got = await within(outcome, 10, reactor)
+        except Exception as e:
+            outcomes.append(e)
+        else:
+            raise AssertionError(f"a broken stream must not look complete: {got}")
+    openai_error, anthropic_error = outcomes
+    # Not a dropped connection: foreman ended each stream with its dialect's
+    # error event, which the SDK raises with foreman's words.
+    assert type(openai_error) is openai.APIError, repr(openai_error)
+    assert "the stream broke before it was done" in openai_error.message
+    assert openai_error.type == "api_error"
+    assert isinstance(anthropic_error, anthropic.APIStatusError), repr(anthropic_error)
+    assert anthropic_error.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert "the stream broke" in anthropic_error.body["error"]["message"]  # type: ignore[index]
