@@ -8,6 +8,7 @@ Retries are off, so an error reaches the test as the SDK raises it first.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,6 +54,23 @@ def warm_up_stream(client: openai.OpenAI | anthropic.Anthropic) -> None:
     else:
         with client.messages.stream(model="llama3.2", max_tokens=1, messages=USER) as stream:
             stream.until_done()
+
+
+def stream_openai_chat(client: openai.OpenAI) -> tuple[list[str], list[float], Any]:
+    """Stream a chat completion: its texts, each chunk's arrival, the last chunk."""
+    texts: list[str] = []
+    arrivals: list[float] = []
+    last: Any = None
+    stream = client.chat.completions.create(
+        model="llama3.2", messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    with stream:
+        for chunk in stream:
+            arrivals.append(time.monotonic())
+            if chunk.choices and chunk.choices[0].delta.content:
+                texts.append(chunk.choices[0].delta.content)
+            last = chunk
+    return texts, arrivals, last
 
 
 def spread(arrivals: list[float]) -> float:

@@ -27,6 +27,7 @@ from tests.sdk_helpers import (
     openai_client,
     raised,
     spread,
+    stream_openai_chat,
     warm_up_stream,
 )
 
@@ -44,19 +45,7 @@ async def test_openai_chat_streamed_and_not(
         with openai_client(running.url) as client:
             whole = client.chat.completions.create(model="llama3.2", messages=USER)
             warm_up_stream(client)
-            texts, arrivals, last = [], [], None
-            stream = client.chat.completions.create(
-                model="llama3.2",
-                messages=USER,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            with stream:
-                for chunk in stream:
-                    arrivals.append(time.monotonic())
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        texts.append(chunk.choices[0].delta.content)
-                    last = chunk
+            texts, arrivals, last = stream_openai_chat(client)
             return whole, texts, arrivals, last
 
     try:

@@ -9,36 +9,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 import pytest_twisted
-from twisted.internet.threads import deferToThread
 
+from tests import sdk_helpers
 from tests.conftest import RunningSimulator, StartSimulator
-
-T = TypeVar("T")
-USER: Any = [{"role": "user", "content": "Why is the sky blue?"}]
-
-
-async def in_thread(function: Callable[[], T]) -> T:
-    result: T = await deferToThread(function)
-    return result
+from tests.sdk_helpers import USER, in_thread, spread, stream_openai_chat, warm_up_stream
 
 
 def openai_client(running: RunningSimulator) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{running.url}/v1", api_key="ollama", max_retries=0)
+    return sdk_helpers.openai_client(running.url)
 
 
 def anthropic_client(running: RunningSimulator) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=running.url, api_key="ollama", max_retries=0)
-
-
-def spread(arrivals: list[float]) -> float:
-    """Seconds between the first and the last item's arrival."""
-    return arrivals[-1] - arrivals[0]
+    return sdk_helpers.anthropic_client(running.url)
 
 
 @pytest_twisted.ensureDeferred
@@ -48,19 +36,8 @@ async def test_openai_chat_streamed_and_not(start_simulator: StartSimulator) -> 
     def work() -> tuple[Any, list[str], list[float], Any]:
         with openai_client(running) as client:
             whole = client.chat.completions.create(model="llama3.2", messages=USER)
-            texts, arrivals, last = [], [], None
-            stream = client.chat.completions.create(
-                model="llama3.2",
-                messages=USER,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            with stream:
-                for chunk in stream:
-                    arrivals.append(time.monotonic())
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        texts.append(chunk.choices[0].delta.content)
-                    last = chunk
+            warm_up_stream(client)
+            texts, arrivals, last = stream_openai_chat(client)
             return whole, texts, arrivals, last
 
     try:
@@ -75,7 +52,7 @@ async def test_openai_chat_streamed_and_not(start_simulator: StartSimulator) -> 
     assert len(texts) == 8
     assert spread(arrivals) > 0.1  # eight tokens at 40/s: they came one by one
     assert last is not None and last.usage is not None and last.usage.total_tokens > 8
-    assert running.sim.completed_generations == 2
+    assert running.sim.completed_generations == 3  # the warm-up stream too
 
 
 @pytest_twisted.ensureDeferred
