@@ -9,14 +9,22 @@ management in :mod:`._management`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from foreman.testing import _anthropic, _embeddings, _inference, _management, _openai, _responses
+from foreman.testing import (
+    _anthropic,
+    _embeddings,
+    _inference,
+    _management,
+    _openai,
+    _openai_audio,
+    _responses,
+)
+from foreman.testing._dialect import NativeHandler as Handler
 from foreman.testing._hosts import allowed_host
 from foreman.testing._http import empty_body, error_body, json_body, text_body
 from foreman.testing._models import (
@@ -32,8 +40,6 @@ from foreman.wire.gojson import rfc3339_ns
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama
-
-Handler = Callable[["SimulatedOllama", Request, bytes, str], "bytes | int"]
 
 
 def _root(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> bytes:
@@ -117,7 +123,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/completions": {"POST": _openai.completions(_inference.generate)},
     "/v1/embeddings": {"POST": _openai.embeddings(_embeddings.embed)},
     "/v1/responses": {"POST": _responses.responses(_inference.chat)},
-    "/v1/audio/transcriptions": {"POST": _openai.transcriptions(_inference.chat)},
+    "/v1/audio/transcriptions": {"POST": _openai_audio.transcriptions(_inference.chat)},
     "/v1/models": {"GET": _openai.list_models(_tags)},
     "/v1/models/": {"GET": _openai.retrieve_model(_show)},
     "/v1/messages": {"POST": _anthropic.messages(_inference.chat)},

@@ -12,8 +12,6 @@ followed, and a ``web_search`` tool is only offered to the model.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.server import Request
@@ -31,242 +29,23 @@ from foreman.testing._dialect import (
 )
 from foreman.testing._openai import (
     OpenAIWriter,
-    cap_reply,
     encoded,
-    image_from_url,
     openai_tool_calls,
     refuse,
-    think_from_effort,
 )
+from foreman.testing._openai_requests import cap_reply
 from foreman.testing._requests import (
-    ANY,
-    BOOL,
-    FLOAT,
-    INT,
-    MAP,
-    STRING,
     RequestError,
-    SliceOf,
-    _struct,
+)
+from foreman.testing._responses_requests import (
+    RESPONSES_REQUEST,
+    from_responses_request,
+    sorted_map,
 )
 from foreman.testing._sse import event_frame
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama
-
-Handler = Callable[["SimulatedOllama", Request, bytes, str], "bytes | int"]
-
-RESPONSES_REQUEST = _struct(
-    "ResponsesRequest",
-    model=STRING,
-    background=BOOL,
-    conversation=ANY,
-    include=SliceOf("[]string", lambda v: True, element=STRING),
-    input=ANY,
-    instructions=STRING,
-    max_output_tokens=INT,
-    reasoning=_struct(
-        "openai.ResponsesReasoning", effort=STRING, generate_summary=STRING, summary=STRING
-    ),
-    temperature=FLOAT,
-    text=_struct(
-        "openai.ResponsesText",
-        format=_struct(
-            "openai.ResponsesTextFormat", type=STRING, name=STRING, schema=ANY, strict=BOOL
-        ),
-    ),
-    top_p=FLOAT,
-    truncation=STRING,
-    tools=SliceOf(
-        "[]openai.ResponsesTool",
-        lambda v: True,
-        element=_struct(
-            "openai.ResponsesTool",
-            type=STRING,
-            name=STRING,
-            description=STRING,
-            strict=BOOL,
-            parameters=MAP,
-            tools=ANY,
-        ),
-    ),
-    stream=BOOL,
-)
-
-
-def sorted_map(value: Any) -> Any:
-    """A Go ``map[string]any`` as ``json.Marshal`` writes it: keys sorted, all the way down."""
-    if isinstance(value, dict):
-        return {key: sorted_map(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [sorted_map(item) for item in value]
-    return value
-
-
-# --- converting the request ------------------------------------------------------------------
-
-
-def _content(content: object) -> tuple[str, list[str]]:
-    """A message's content: a string, or input/output text and image parts."""
-    if content is None:
-        return "", []
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise RequestError(400, "content must be a string or array")
-    text, images = "", []
-    for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if not isinstance(part, dict) or kind not in (
-            "input_text",
-            "output_text",
-            "input_image",
-            "input_file",
-        ):
-            raise RequestError(400, f"input: content[{index}]: unknown content type: {kind or ''}")
-        if kind in ("input_text", "output_text"):
-            text += part.get("text") or ""
-        elif kind == "input_image":
-            if part.get("image_url"):
-                images.append(image_from_url(part["image_url"]))
-        else:
-            raise RequestError(400, "file inputs are not currently supported")
-    return text, images
-
-
-def _input_items(value: object) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        raise RequestError(400, "input must be a string or array")
-    items = []
-    for index, item in enumerate(value):
-        item = item if isinstance(item, dict) else {}
-        kind = item.get("type") or ("message" if item.get("role") else "")
-        if not kind:
-            raise RequestError(400, f"input[{index}]: input item missing required 'type' field")
-        if kind not in (
-            "message",
-            "function_call",
-            "function_call_output",
-            "reasoning",
-            "web_search_call",
-        ):
-            raise RequestError(400, f'input[{index}]: unknown input item type: "{kind}"')
-        items.append({**item, "type": kind})
-    return items
-
-
-def native_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
-    """``FromResponsesRequest``'s messages (stateless: only what the request holds)."""
-    messages: list[dict[str, Any]] = []
-    if req.get("instructions"):
-        messages.append({"role": "system", "content": req["instructions"]})
-    given = req.get("input")
-    if isinstance(given, str):
-        if given:
-            messages.append({"role": "user", "content": given})
-        return messages
-    pending_thinking = ""
-    for item in _input_items(given) if given is not None else []:
-        kind = item["type"]
-        if kind == "reasoning":
-            pending_thinking = item.get("encrypted_content") or ""
-        elif kind == "message":
-            text, images = _content(item.get("content"))
-            message: dict[str, Any] = {"role": item.get("role") or "", "content": text}
-            if images:
-                message["images"] = images
-            if message["role"] == "assistant" and pending_thinking:
-                message["thinking"], pending_thinking = pending_thinking, ""
-            messages.append(message)
-        elif kind == "function_call":
-            try:
-                arguments = json.loads(item["arguments"]) if item.get("arguments") else {}
-            except ValueError as e:
-                raise RequestError(400, f"failed to parse function call arguments: {e}") from None
-            call = {
-                "id": item.get("call_id") or "",
-                "function": {"name": item.get("name") or "", "arguments": arguments},
-            }
-            if messages and messages[-1]["role"] == "assistant":
-                messages[-1].setdefault("tool_calls", []).append(call)
-                if pending_thinking:
-                    messages[-1]["thinking"], pending_thinking = pending_thinking, ""
-            else:
-                message = {"role": "assistant", "tool_calls": [call]}
-                if pending_thinking:
-                    message["thinking"], pending_thinking = pending_thinking, ""
-                messages.append(message)
-        elif kind == "function_call_output":
-            text, images = _content(item.get("output"))
-            message = {"role": "tool", "content": text, "tool_call_id": item.get("call_id") or ""}
-            if images:
-                message["images"] = images
-            messages.append(message)
-    if pending_thinking:
-        messages.append({"role": "assistant", "thinking": pending_thinking})
-    return messages
-
-
-def _tools(tools: list[Any]) -> list[dict[str, Any]]:
-    converted = []
-    for tool in tools:
-        tool = tool or {}
-        if tool.get("type") == "web_search":
-            converted.append(
-                {
-                    "type": "function",
-                    "function": {
-                        "name": "web_search",
-                        "description": "Search the web for current information.",
-                        "parameters": {
-                            "type": "object",
-                            "required": ["query"],
-                            "properties": {"query": {"type": "string"}},
-                        },
-                    },
-                }
-            )
-            continue
-        members = tool.get("tools") if tool.get("type") == "namespace" else [tool]
-        for member in members or []:
-            member = member or {}
-            name = member.get("name") or ""
-            if tool.get("type") == "namespace" and tool.get("name"):
-                name = f"{tool['name']}.{name}"
-            converted.append(
-                {
-                    "type": member.get("type") or "",
-                    "function": {
-                        "name": name,
-                        "description": member.get("description") or "",
-                        "parameters": member.get("parameters") or {},
-                    },
-                }
-            )
-    return converted
-
-
-def from_responses_request(req: dict[str, Any]) -> dict[str, Any]:
-    """``FromResponsesRequest``: a Responses request as an ``/api/chat`` body."""
-    options: dict[str, Any] = {"temperature": req.get("temperature", 1.0)}
-    if "top_p" in req:
-        options["top_p"] = req["top_p"]
-    if "max_output_tokens" in req:
-        options["num_predict"] = req["max_output_tokens"]
-    native: dict[str, Any] = {
-        "model": req.get("model", ""),
-        "messages": native_messages(req),
-        "options": options,
-        "tools": _tools(req.get("tools") or []),
-        "stream": bool(req.get("stream")),
-    }
-    text_format = (req.get("text") or {}).get("format") or {}
-    if text_format.get("type") == "json_schema" and text_format.get("schema") is not None:
-        native["format"] = text_format["schema"]
-    think = think_from_effort((req.get("reasoning") or {}).get("effort") or "")
-    if think is not None:
-        native["think"] = think
-    return native
 
 
 # --- re-encoding the response ----------------------------------------------------------------
@@ -666,7 +445,7 @@ class ResponsesWriter(OpenAIWriter):
         return events
 
 
-def responses(native: NativeHandler) -> Handler:
+def responses(native: NativeHandler) -> NativeHandler:
     """``ResponsesMiddleware`` in front of the native chat handler."""
 
     def handle(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> bytes | int:
