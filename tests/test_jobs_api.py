@@ -149,6 +149,8 @@ ENDPOINT_REFUSAL = (
         ),
         (b'{"model": "llama3.2", "endpoint": "embed"}', ENDPOINT_REFUSAL),
         (b'{"model": "llama3.2", "endpoint": 1}', ENDPOINT_REFUSAL),
+        # Multipart, not JSON: only a sync call can carry it.
+        (b'{"model": "llama3.2", "endpoint": "/v1/audio/transcriptions"}', ENDPOINT_REFUSAL),
         (
             b'{"model": "llama3.2", "state_webhook_url": "ftp://example.com/x"}',
             "state_webhook_url must be an absolute http:// or https:// URL",
