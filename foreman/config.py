@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 
 from foreman.http.listen_address import is_loopback_only
+from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT
 
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -78,6 +79,11 @@ class Config:
     job_ttl: float = DEFAULT_JOB_TTL
     #: Wait this long for more work for the resident model before a swap.
     swap_grace: float = 0.25
+    #: An interactive job waiting this long is overtaken no more, and batch
+    #: work gets a turn this often (ADR-0021).
+    max_wait: float = DEFAULT_MAX_WAIT
+    #: The batch class's bound on being overtaken.
+    batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT
     #: False relays generation calls at once (diagnostics and benchmarks).
     queue: bool = True
     #: Key for the HMAC-SHA256 signature on state webhooks; ``None``: unsigned.

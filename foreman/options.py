@@ -127,6 +127,19 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "How long the worker waits for more work for the loaded model before a swap.",
     ),
     (
+        "max-wait",
+        "FOREMAN_MAX_WAIT",
+        "60s",
+        "Once an interactive job has waited this long, nothing later overtakes it; "
+        "batch work also runs at least this often.",
+    ),
+    (
+        "batch-max-wait",
+        "FOREMAN_BATCH_MAX_WAIT",
+        "30m",
+        "Once a batch job has waited this long, no later batch job overtakes it.",
+    ),
+    (
         "origins",
         "FOREMAN_ORIGINS",
         None,
@@ -217,6 +230,8 @@ class ForemanOptions(usage.Options):
         for name, key in (
             ("poll-interval", "poll_interval"),
             ("connect-timeout", "connect_timeout"),
+            ("max-wait", "max_wait"),
+            ("batch-max-wait", "batch_max_wait"),
         ):
             try:
                 fields[key] = parse_setting_duration(self[name])

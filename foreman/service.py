@@ -31,6 +31,7 @@ from foreman.jobs.outbox import WebhookOutbox
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
 from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
+from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
 from foreman.queue.runners import thread_runner
 from foreman.queue.scheduler import Scheduler
@@ -142,7 +143,7 @@ def build_queue(
     )
     worker = Worker(
         store,
-        Scheduler(config.max_queue),
+        Scheduler(config.max_queue, Policy(config.max_wait, config.batch_max_wait)),
         residency,
         relay,
         reactor,

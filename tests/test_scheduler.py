@@ -55,7 +55,7 @@ def test_an_empty_queue_offers_nothing() -> None:
     assert scheduler.pick(None, T0) is None
     assert scheduler.pick(LLAMA, T0) is None
     assert scheduler.next_ready_at(T0) is None
-    assert scheduler.ordered(None) == []
+    assert scheduler.ordered(None, T0) == []
     assert scheduler.depth == 0
 
 
@@ -93,7 +93,7 @@ def test_every_spelling_of_the_resident_model_counts_as_resident() -> None:
         job("a2", "library/llama3.2", T0 + 2),
         job("a3", "LLAMA3.2", T0 + 1),
     )
-    assert [each.id for each in scheduler.ordered(LLAMA)] == ["a3", "a2", "a1", "b"]
+    assert [each.id for each in scheduler.ordered(LLAMA, T0)] == ["a3", "a2", "a1", "b"]
 
 
 def test_ties_in_creation_time_go_by_id() -> None:
@@ -103,8 +103,9 @@ def test_ties_in_creation_time_go_by_id() -> None:
         job("01", GEMMA, T0),
         job("04", "llama3.2", T0),
     )
-    assert [each.id for each in scheduler.ordered(None)] == ["01", "02", "03", "04"]
-    assert [each.id for each in scheduler.ordered(LLAMA)] == ["02", "04", "01", "03"]
+    # The first job's model is resident once it has run: its other job follows.
+    assert [each.id for each in scheduler.ordered(None, T0)] == ["01", "03", "02", "04"]
+    assert [each.id for each in scheduler.ordered(LLAMA, T0)] == ["02", "04", "01", "03"]
     picked = scheduler.pick(LLAMA, T0)
     assert picked is not None and picked.id == "02"
 
@@ -152,15 +153,17 @@ def test_position_counts_from_one_in_run_order() -> None:
         job("a1", "llama3.2", T0 + 1),
         job("a2", "llama3.2", T0 + 2),
     )
-    assert [scheduler.position(i, None) for i in ["b1", "a1", "a2"]] == [1, 2, 3]
-    assert [scheduler.position(i, LLAMA) for i in ["a1", "a2", "b1"]] == [1, 2, 3]
+    assert [scheduler.position(i, None, T0) for i in ["b1", "a1", "a2"]] == [1, 2, 3]
+    assert [scheduler.position(i, LLAMA, T0) for i in ["a1", "a2", "b1"]] == [1, 2, 3]
     with pytest.raises(KeyError):
-        scheduler.position("missing", None)
+        scheduler.position("missing", None, T0)
 
 
-def test_position_ignores_backoff() -> None:
+def test_a_job_backing_off_takes_its_place_when_it_is_ready() -> None:
     scheduler = queued(job("a1", created_at=T0, not_before=T0 + 60), job("a2", created_at=T0 + 1))
-    assert scheduler.position("a1", LLAMA) == 1
+    assert scheduler.position("a1", LLAMA, T0) == 2
+    # Ready by the time the next choice is made: the older job goes first.
+    assert scheduler.position("a1", LLAMA, T0 + 60) == 1
     picked = scheduler.pick(LLAMA, T0 + 5)
     assert picked is not None and picked.id == "a2"
 
@@ -305,5 +308,5 @@ def test_remove() -> None:
     picked = scheduler.pick(LLAMA, T0)
     assert picked is not None and picked.id == "b"
     with pytest.raises(KeyError):
-        scheduler.position("a", None)
+        scheduler.position("a", None, T0)
     assert [each.id for each in scheduler.jobs()] == ["b"]

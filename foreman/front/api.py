@@ -45,6 +45,7 @@ from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.relay.upstream_body import request_body_producer
 from foreman.wire.endpoints import Endpoint, endpoint_named, is_cloud_model
+from foreman.wire.priority import PRIORITY_HEADER, Priority, UnknownPriority, parse_priority
 
 
 def _whole(request: IRequest, body: bytes | None) -> bytes | None:
@@ -253,9 +254,15 @@ class ForemanAPI:
             await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
             return None
         request.model = model  # type: ignore[attr-defined]
+        try:
+            priority = parse_priority(request.getHeader(PRIORITY_HEADER), Priority.INTERACTIVE)
+        except UnknownPriority as e:
+            return write_json_error(request, 400, f"{PRIORITY_HEADER.decode()}: {e}")
         if await self._inventory.knows_model(model) is False:
             return write_json_error(request, 404, model_not_found(model))
-        call = GenerationCall(endpoint=endpoint, model=model, body=raw, stream=stream)
+        call = GenerationCall(
+            endpoint=endpoint, model=model, body=raw, stream=stream, priority=priority
+        )
         await self._generation.run(call, request)
         return None
 

@@ -1,7 +1,7 @@
 """Reading a ``POST /jobs`` body: a generation body plus foreman's extensions.
 
-The extension fields (``state_webhook_url``, ``endpoint``, ``metadata``)
-are foreman's and never reach Ollama. The rest is the body of the job's
+The extension fields (``state_webhook_url``, ``endpoint``, ``metadata``,
+``priority``) are foreman's and never reach Ollama. The rest is the body of the job's
 call, made non-streamed: a job has no caller to stream to, and its result
 is the whole reply (ADR-0004). ``endpoint`` names the call: ``chat`` (the
 default) or ``generate``, or any JSON generation endpoint by its path, in
@@ -20,8 +20,9 @@ import attrs
 from foreman.http.routing import BadRequest
 from foreman.queue.job import Job
 from foreman.wire.endpoints import BY_PATH, ENDPOINTS
+from foreman.wire.priority import Priority, UnknownPriority, parse_priority
 
-EXTENSION_FIELDS = frozenset({"state_webhook_url", "endpoint", "metadata"})
+EXTENSION_FIELDS = frozenset({"state_webhook_url", "endpoint", "metadata", "priority"})
 
 #: Go's names for JSON kinds, as its decoder's errors print them.
 _KINDS: dict[type, str] = {bool: "bool", str: "string", dict: "object", list: "array"}
@@ -39,6 +40,8 @@ class Submission:
     body: bytes
     webhook_url: str | None
     metadata: bytes | None
+    #: ``batch`` unless the caller asked for ``interactive`` (ADR-0021).
+    priority: Priority = Priority.BATCH
 
     def job(self, job_id: str, now: float, idempotency_key: str | None) -> Job:
         return Job(
@@ -52,16 +55,25 @@ class Submission:
             webhook_url=self.webhook_url,
             metadata=self.metadata,
             idempotency_key=idempotency_key,
+            priority=self.priority,
         )
 
     def same_request(self, job: Job) -> bool:
         """Whether ``job`` was made from a submission equal to this one."""
-        return (job.endpoint, job.model, job.body, job.webhook_url, job.metadata) == (
+        return (
+            job.endpoint,
+            job.model,
+            job.body,
+            job.webhook_url,
+            job.metadata,
+            job.priority,
+        ) == (
             self.endpoint,
             self.model,
             self.body,
             self.webhook_url,
             self.metadata,
+            self.priority,
         )
 
 
@@ -109,6 +121,10 @@ def parse_submission(document: Any) -> Submission:
     if webhook_url is not None and not _is_http_url(webhook_url):
         raise BadRequest("state_webhook_url must be an absolute http:// or https:// URL")
     metadata = document.get("metadata")
+    try:
+        priority = parse_priority(document.get("priority"), Priority.BATCH)
+    except UnknownPriority as e:
+        raise BadRequest(str(e)) from None
     # Go matches field names without regard to case: any spelling of
     # ``stream`` would reach Ollama's decoder, so all of them go.
     call = {
@@ -123,6 +139,7 @@ def parse_submission(document: Any) -> Submission:
         body=_compact(call),
         webhook_url=webhook_url,
         metadata=None if metadata is None else _compact(metadata),
+        priority=priority,
     )
 
 

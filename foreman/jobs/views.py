@@ -22,6 +22,7 @@ def summary(job: Job) -> dict[str, Any]:
         "state": job.state.value,
         "model": job.model,
         "endpoint": job.endpoint,
+        "priority": job.priority.value,
         "attempt": job.attempt,
         "created_at": timestamp(job.created_at),
         "updated_at": timestamp(job.updated_at),

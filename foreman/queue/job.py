@@ -13,6 +13,7 @@ import enum
 import attrs
 
 from foreman.wire.endpoints import Endpoint, endpoint_named
+from foreman.wire.priority import Priority
 
 
 class JobState(enum.Enum):
@@ -71,6 +72,12 @@ class Job:
     result: bytes | None = None
     #: ``Idempotency-Key`` of the ``POST /jobs`` that created the job.
     idempotency_key: str | None = None
+    #: Its class: people's calls before batch work (ADR-0021).
+    priority: Priority = Priority.INTERACTIVE
+
+    @property
+    def batch(self) -> bool:
+        return self.priority is Priority.BATCH
 
     @property
     def route(self) -> Endpoint:

@@ -1,11 +1,11 @@
-"""Which queued job runs next: drain by model (ADR-0009).
+"""The queue in memory: which jobs wait, admission, and which runs next.
 
-The next job is the oldest queued job for the resident worker model, else
-the oldest queued job: every job for the model already in memory runs
-before a swap (5-10 s on a laptop) is paid for. Jobs backing off after a
-failed attempt wait until their ``not_before``. The queue is bounded:
-admission beyond ``max_queue`` is refused so callers hear "busy" at once
-instead of waiting without end.
+The order itself (classes, drain by model, the bound on overtaking) is
+:mod:`foreman.queue.order`'s; this module keeps the queued jobs, the one
+piece of history the order needs (when a batch job last started), and the
+bound on the queue's length: admission beyond ``max_queue`` is refused so
+callers hear "busy" at once instead of waiting without end. Jobs backing off
+after a failed attempt wait until their ``not_before``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from foreman.queue.job import Job
-from foreman.wire.model_names import canonical_model_name
+from foreman.queue.order import Policy, Turns, choose, plan
 
 
 class QueueFull(Exception):
@@ -21,8 +21,10 @@ class QueueFull(Exception):
 
 
 class Scheduler:
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, policy: Policy | None = None) -> None:
         self.max_queue = max_queue
+        self.policy = policy or Policy()
+        self.turns = Turns()
         self._queued: dict[str, Job] = {}
         self._reserved = 0
 
@@ -47,6 +49,11 @@ class Scheduler:
     def remove(self, job_id: str) -> Job | None:
         return self._queued.pop(job_id, None)
 
+    def take(self, job: Job, now: float) -> None:
+        """Take ``job`` out of the queue to start it at ``now``."""
+        del self._queued[job.id]
+        self.turns.started(job, now)
+
     # -- choosing ------------------------------------------------------------
 
     @property
@@ -59,17 +66,22 @@ class Scheduler:
     def pick(self, resident: str | None, now: float) -> Job | None:
         """The job to run now, without removing it; ``None`` if none is ready."""
         ready = [job for job in self._queued.values() if job.not_before <= now]
-        if not ready:
-            return None
-        return min(ready, key=lambda job: _run_order(job, resident))
+        return choose(ready, self.policy, resident, now, self.turns)
 
-    def ordered(self, resident: str | None) -> list[Job]:
-        """Every queued job in the order it would run (backoff aside)."""
-        return sorted(self._queued.values(), key=lambda job: _run_order(job, resident))
+    def overdue(self, job: Job, now: float) -> bool:
+        return self.policy.overdue(job, now)
 
-    def position(self, job_id: str, resident: str | None) -> int:
+    def ordered(self, resident: str | None, start: float, job_seconds: float = 0.0) -> list[Job]:
+        """Every queued job in the order it will run if no more arrive: the
+        next choice is made at ``start`` and each job takes ``job_seconds``."""
+        jobs = list(self._queued.values())
+        return list(plan(jobs, self.policy, resident, start, self.turns, job_seconds))
+
+    def position(
+        self, job_id: str, resident: str | None, start: float, job_seconds: float = 0.0
+    ) -> int:
         """1 for the job that runs next, 2 for the one after, and so on."""
-        for index, job in enumerate(self.ordered(resident), start=1):
+        for index, job in enumerate(self.ordered(resident, start, job_seconds), start=1):
             if job.id == job_id:
                 return index
         raise KeyError(job_id)
@@ -81,7 +93,3 @@ class Scheduler:
 
     def jobs(self) -> Iterable[Job]:
         return self._queued.values()
-
-
-def _run_order(job: Job, resident: str | None) -> tuple[bool, float, str]:
-    return (canonical_model_name(job.model) != resident, job.created_at, job.id)

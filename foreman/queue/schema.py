@@ -65,6 +65,12 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX deliveries_by_due ON deliveries (next_at, id);
     """,
+    # 3: classes of work (ADR-0021). Jobs written before them keep the class
+    # they would have had: sync calls interactive, /jobs batch.
+    """
+    ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive';
+    UPDATE jobs SET priority = 'batch' WHERE sync = 0;
+    """,
 )
 
 

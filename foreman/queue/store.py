@@ -24,6 +24,7 @@ from foreman.queue import schema
 from foreman.queue.job import Job, JobState
 from foreman.queue.runners import Runner, inline_runner
 from foreman.wire.model_names import canonical_model_name
+from foreman.wire.priority import Priority
 
 T = TypeVar("T")
 #: Work run inside a write's transaction, on the store's thread.
@@ -49,6 +50,7 @@ def _row_to_job(row: sqlite3.Row, **missing: object) -> Job:
     values.update(missing)
     values["state"] = JobState(values["state"])
     values["sync"] = bool(values["sync"])
+    values["priority"] = Priority(values["priority"])
     return Job(**values)
 
 
@@ -61,6 +63,7 @@ def _job_to_row(job: Job) -> dict[str, Any]:
     row = attrs.asdict(job, recurse=False)
     row["state"] = job.state.value
     row["sync"] = int(job.sync)
+    row["priority"] = job.priority.value
     return row
 
 

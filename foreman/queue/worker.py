@@ -91,6 +91,7 @@ class Worker(Service):
         #: At most one generation towards the target at any time.
         self.gate = DeferredSemaphore(1)
         self.current: Job | None = None
+        self._current_since = 0.0
         self._callers = Callers()
         self._step: Deferred[Any] | None = None
         self._alarm = Alarm(clock)
@@ -129,6 +130,7 @@ class Worker(Service):
             sync=True,
             created_at=now,
             updated_at=now,
+            priority=call.priority,
         )
         try:
             self.scheduler.reserve()
@@ -217,7 +219,16 @@ class Worker(Service):
     def position(self, job_id: str) -> int:
         """1 when the job runs next (counting a job in progress as ahead of it)."""
         ahead = 1 if self.current is not None else 0
-        return ahead + self.scheduler.position(job_id, self.residency.worker_model)
+        return ahead + self.scheduler.position(
+            job_id, self.residency.worker_model, self._next_choice_at(), self.average_job_seconds
+        )
+
+    def _next_choice_at(self) -> float:
+        """When the worker will next choose a job, by the smoothed job time."""
+        now = self._clock.seconds()
+        if self.current is None:
+            return now
+        return max(now, self._current_since + self.average_job_seconds)
 
     def retry_after(self) -> int:
         estimate = self.average_job_seconds * max(1, self.scheduler.depth)
@@ -283,7 +294,7 @@ class Worker(Service):
                 # once: a moment's wait can save a whole swap.
                 await self._sleep(until=hold_until)
                 continue
-            self.scheduler.remove(job.id)
+            self.scheduler.take(job, now)
             try:
                 await self.gate.run(self._execute, job)
             except Exception:
@@ -293,6 +304,8 @@ class Worker(Service):
         resident = self.residency.worker_model
         if resident is None or canonical_model_name(job.model) == resident:
             return 0.0
+        if self.scheduler.overdue(job, self._clock.seconds()):
+            return 0.0  # it has waited its bound: it runs now
         return self._last_finished_at + self.swap_grace
 
     async def _sleep(self, until: float | None = None) -> None:
@@ -307,7 +320,7 @@ class Worker(Service):
 
     async def _execute(self, job: Job) -> None:
         caller = self._callers.get(job.id)
-        started = self._clock.seconds()
+        started = self._current_since = self._clock.seconds()
         previous = job.state
         job = job.moved(JobState.LOADING, started, attempt=job.attempt + 1)
         self.current = job
@@ -427,6 +440,8 @@ class Worker(Service):
         if self.current is not None:
             shown.append((self.current, 0))
             ahead = 1
-        queued = self.scheduler.ordered(self.residency.worker_model)
+        queued = self.scheduler.ordered(
+            self.residency.worker_model, self._next_choice_at(), self.average_job_seconds
+        )
         shown.extend((job, ahead + index) for index, job in enumerate(queued, start=1))
         return shown

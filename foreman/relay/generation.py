@@ -17,6 +17,7 @@ from twisted.web.iweb import IRequest
 from foreman.relay.forward import Relay
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.wire.endpoints import Endpoint, endpoint_named
+from foreman.wire.priority import Priority
 
 
 def as_endpoint(value: Endpoint | str) -> Endpoint:
@@ -34,6 +35,8 @@ class GenerationCall:
     #: Exactly what the caller sent, so unknown fields reach Ollama untouched.
     body: bytes
     stream: bool
+    #: Its class in the queue (``X-Foreman-Priority``); people's calls by default.
+    priority: Priority = Priority.INTERACTIVE
 
     @property
     def path(self) -> bytes:
