@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from foreman.queue.job import Job, JobState
 from foreman.queue.lifecycle import recover_queue
+from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
 from foreman.queue.runners import Runner, inline_runner
 from foreman.queue.scheduler import Scheduler
@@ -137,6 +138,8 @@ def make_worker_rig(
     runner: Runner[Any] = inline_runner,
     start_at: float = 0.0,
     prepare: Callable[[WorkerRig], object] | None = None,
+    policy: Policy | None = None,
+    swap_grace: float = 0.25,
     **sim_options: Any,
 ) -> WorkerRig:
     """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
@@ -157,7 +160,15 @@ def make_worker_rig(
     inventory = Inventory(HTTPClient(agent), target, clock)
     store = JobStore(database or tmp_path / "jobs.sqlite3", runner)
     residency = Residency(relay, inventory, embed_model=embed_model)
-    worker = Worker(store, Scheduler(max_queue), residency, relay, clock, max_attempts=max_attempts)
+    worker = Worker(
+        store,
+        Scheduler(max_queue, policy),
+        residency,
+        relay,
+        clock,
+        max_attempts=max_attempts,
+        swap_grace=swap_grace,
+    )
     rig = WorkerRig(clock, sim, agent, store, worker, inventory)
     if prepare is not None:
         prepare(rig)
