@@ -30,6 +30,7 @@ from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
+from foreman.ops.timeline import Timeline
 from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
@@ -250,6 +251,8 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         outbox=queue.outbox if queue else None,
     )
     relay.observe(metrics.reply_delivered)
+    # The status page's picture of the worker's recent runs.
+    timeline = Timeline(queue.worker, reactor) if queue else None
     api = ForemanAPI(
         relay,
         inventory,
@@ -259,6 +262,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         jobs=jobs,
         simulated=simulated,
         metrics=metrics,
+        timeline=timeline,
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
     guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths))

@@ -190,6 +190,60 @@ async def test_the_status_document_shows_upstream_residents_queue_and_recent_job
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_status_document_has_the_timeline_of_runs_and_what_waits(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    for model in ("llama3.2", "llama3.2", "gemma3:12b"):
+        response, _ = await call(http, "POST", running.url + "/api/chat", chat_body(model))
+        assert response.code == 200
+    # A long job runs while a batch job waits behind it.
+    sim.sim.tokens_per_second = 1.0
+    interactive = json.dumps({**json.loads(chat_body()), "priority": "interactive"})
+    submitted, body = await call(http, "POST", running.url + "/jobs", interactive.encode())
+    assert submitted.code == 202
+    long_id = json.loads(body)["job_id"]
+    worker = running.foreman.queue.worker if running.foreman.queue else None
+    assert worker is not None
+    await eventually(lambda: worker.current is not None and worker.current.id == long_id, reactor)
+    submitted, body = await call(http, "POST", running.url + "/jobs", chat_body("qwen3:8b"))
+    assert submitted.code == 202
+    batch_id = json.loads(body)["job_id"]
+
+    response, body = await call(http, "GET", running.url + "/ui/status.json")
+    timeline = json.loads(body)["timeline"]
+    assert timeline["window_seconds"] == 600.0
+    assert (timeline["max_wait_seconds"], timeline["batch_max_wait_seconds"]) == (60.0, 1800.0)
+    runs = timeline["runs"]
+    assert [run["model"] for run in runs] == [
+        "llama3.2:latest",
+        "llama3.2:latest",
+        "gemma3:12b",
+        "llama3.2:latest",
+    ]
+    assert [run["load"] for run in runs] == ["load", None, "swap", "swap"]
+    assert [run["outcome"] for run in runs] == ["done", "done", "done", None]
+    assert [run["sync"] for run in runs] == [True, True, True, False]
+    assert {run["priority"] for run in runs} == {"interactive"}
+    assert runs[-1]["job_id"] == long_id
+    for run in runs[:3]:
+        assert run["endpoint"] == "chat"
+        assert run["queued_at"] <= run["started_at"] <= run["working_at"] <= run["ended_at"]
+        assert run["ended_at"] <= timeline["now"]
+    (waiting,) = timeline["waiting"]
+    assert waiting["job_id"] == batch_id
+    # Positions count the running job as ahead, as the queue's do.
+    assert (waiting["model"], waiting["priority"], waiting["position"]) == ("qwen3:8b", "batch", 2)
+    assert (waiting["bound_seconds"], waiting["overdue"], waiting["ready"]) == (1800.0, False, True)
+    assert waiting["waited_seconds"] >= 0
+    assert timeline["more_waiting"] == 0
+    # Let the long job go, so that nothing runs on when the test ends.
+    cancelled, _ = await call(http, "POST", running.url + f"/jobs/{long_id}/cancel")
+    assert cancelled.code == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_without_the_queue_the_document_says_so(
     simulator: RunningSimulator, start_foreman: StartForeman, http: HTTPClient
 ) -> None:
@@ -197,7 +251,7 @@ async def test_without_the_queue_the_document_says_so(
     response, body = await call(http, "GET", running.url + "/ui/status.json")
     assert response.code == 200
     document = json.loads(body)
-    assert (document["queue"], document["recent_jobs"]) == (None, None)
+    assert (document["queue"], document["recent_jobs"], document["timeline"]) == (None, None, None)
     assert document["health"]["queue"] is None
 
 

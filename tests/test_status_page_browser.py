@@ -36,7 +36,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from tests.conftest import RunningSimulator, StartForeman
+from tests.conftest import RunningSimulator, StartForeman, StartSimulator
 
 CHROMIUM = next(
     (
@@ -365,3 +365,60 @@ async def test_a_person_signs_in_and_sees_the_models_and_the_jobs(
     await page.click("#logout")
     await page.wait_for(visible("#login", "Sign in"), "the sign-in form after signing out")
     assert await page.evaluate("window.__violations") == []
+
+
+def count(selector: str) -> str:
+    return f"document.querySelectorAll({json.dumps(selector)}).length"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_timeline_draws_the_runs_their_loads_and_what_waits(
+    start_simulator: StartSimulator, start_foreman: StartForeman, http: HTTPClient, page: Page
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    # Three runs over two models: a load, a drained run, a swap.
+    for model in ("llama3.2", "llama3.2", "gemma3:12b"):
+        answered = await http.post(running.url + "/api/chat", data=chat_body(model))
+        assert answered.code == 200, await answered.text()
+    # Then a long run, and a batch job waiting behind it.
+    sim.sim.tokens_per_second = 1.0
+    long_job = {**json.loads(chat_body("llama3.2")), "priority": "interactive"}
+    submitted = await http.post(running.url + "/jobs", data=json.dumps(long_job).encode())
+    assert submitted.code == 202, await submitted.text()
+    long_id = (await submitted.json())["job_id"]
+    waiting = await http.post(running.url + "/jobs", data=chat_body("qwen3:8b"))
+    assert waiting.code == 202, await waiting.text()
+
+    await page.goto(running.url + "/ui")
+    await page.wait_for(f"() => {count('#timeline .tl-run')} === 4", "four runs on the timeline")
+    await page.wait_for(visible("#timeline-waiting li", "qwen3:8b", "batch"), "the waiting job")
+    # One mark per load: the first load, then two swaps (filled marks).
+    assert await page.evaluate(count("#timeline .tl-load")) == 3
+    assert await page.evaluate(count("#timeline .tl-load.tl-swap")) == 2
+    assert await page.evaluate(count("#timeline .tl-run.tl-running")) == 1
+    assert await page.evaluate(count("#timeline .tl-run.tl-done")) == 3
+    legend = await page.evaluate("document.querySelector('#timeline-legend').innerText")
+    for model in ("llama3.2:latest", "gemma3:12b", "qwen3:8b"):
+        assert model in legend
+    # Each model has its own colour, the same for every bar of that model.
+    colours = await page.evaluate(
+        """[...document.querySelectorAll('#timeline .tl-run')].map(
+            (run) => run.querySelector('rect').getAttribute('fill'))"""
+    )
+    assert colours[0] == colours[1] == colours[3] != colours[2]
+    # Every bar says what it was, for a pointer or a screen reader.
+    titles = await page.evaluate(
+        "[...document.querySelectorAll('#timeline .tl-run > title')].map((t) => t.textContent)"
+    )
+    assert "model loaded" in titles[0]
+    assert "model already resident" in titles[1]
+    assert "swapped in" in titles[2] and "gemma3:12b" in titles[2]
+    assert long_id in titles[3] and "running for" in titles[3]
+    summary = await page.evaluate("document.querySelector('#timeline-summary').innerText")
+    assert "4 runs" in summary and "3 model loads (2 swaps)" in summary and "1 waiting" in summary
+    assert await page.evaluate("window.__violations") == []
+
+    # Let the long job go, so that nothing runs on when the test ends.
+    cancelled = await http.post(running.url + f"/jobs/{long_id}/cancel")
+    assert cancelled.code == 200

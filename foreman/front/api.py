@@ -37,6 +37,7 @@ from foreman.jobs.api import JobsAPI
 from foreman.ops.health import health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
+from foreman.ops.timeline import Timeline
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
@@ -78,6 +79,7 @@ class ForemanAPI:
         jobs: JobsAPI | None = None,
         simulated: bool = False,
         metrics: ForemanMetrics | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         self._relay = relay
         self._inventory = inventory
@@ -88,6 +90,7 @@ class ForemanAPI:
         self._simulated = simulated
         self._ui: IResource | None = None
         self._metrics = metrics
+        self._timeline = timeline
 
     def resource(self, guard: BearerTokenGuard) -> IResource:
         # The status page checks access itself (the Bearer header or its own
@@ -99,6 +102,7 @@ class ForemanAPI:
             worker=self._worker,
             store=self._store,
             simulated=self._simulated,
+            timeline=self._timeline,
         ).app.resource()
         return _Guarded(self.app.resource(), guard)
 

@@ -41,6 +41,7 @@ from foreman.ops.status_access import (
     refuse_cross_site,
     set_cookie,
 )
+from foreman.ops.timeline import Timeline
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Outcome, Relay
@@ -149,6 +150,7 @@ class StatusPage:
         worker: Worker | None,
         store: JobStore | None,
         simulated: bool,
+        timeline: Timeline | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._inventory = inventory
@@ -157,6 +159,7 @@ class StatusPage:
         self._worker = worker
         self._store = store
         self._simulated = simulated
+        self._timeline = timeline
         self._now = now
         self.sessions = Sessions(now)
         self._page = _Page.load()
@@ -255,6 +258,7 @@ class StatusPage:
             "resident": await self._resident_models(now),
             "queue": None if worker is None else queue_report(worker, self._inventory, now),
             "recent_jobs": None if self._store is None else await self._recent_jobs(),
+            "timeline": None if self._timeline is None else self._timeline.report(),
         }
 
     async def _resident_models(self, now: float) -> list[dict[str, Any]]:
