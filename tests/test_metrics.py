@@ -103,6 +103,11 @@ async def test_the_figures_move_with_a_chat_an_embedding_a_job_and_its_webhooks(
     submitted = {"route": "/jobs", "method": "POST", "status": "202"}
     assert value(after_job, "foreman_http_requests_total", **submitted) == 1
     assert job_id
+    # Each waited in the queue once, in its own class: the chat is a
+    # person's call, the job a batch job.
+    for priority in ("interactive", "batch"):
+        assert value(after_job, "foreman_queue_wait_seconds_count", priority=priority) == 1
+        assert value(after_job, "foreman_queued_jobs", priority=priority) == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from foreman.queue.job import JobState
+from foreman.wire.priority import Priority
 
 if TYPE_CHECKING:
     from foreman.queue.worker import Worker
@@ -75,6 +76,8 @@ GENERATION_PATHS = frozenset({b"/api/chat", b"/api/generate"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 400)
+#: Queue waits: a swap's seconds up to the batch class's half hour and beyond.
+_WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 def route_of(path: str) -> str:
@@ -133,6 +136,15 @@ class ForemanMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.queue_wait_seconds = Histogram(
+            "foreman_queue_wait_seconds",
+            "Time from a job's arrival to its first start, by class (interactive, batch).",
+            ["priority"],
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        for priority in Priority:
+            self.queue_wait_seconds.labels(priority.value)
         self._state = _StateCollector()
         self.registry.register(self._state)
 
@@ -153,6 +165,13 @@ class ForemanMetrics:
             worker_transitions = getattr(worker, "on_transition", None)
             if worker_transitions is not None:
                 worker_transitions(self._state.job_moved)
+                worker_transitions(self.job_moved)
+
+    def job_moved(self, job: Any, previous: Any = None) -> None:
+        """A job's first start ends its wait in the queue."""
+        if job.state is JobState.LOADING and previous is JobState.QUEUED and job.attempt == 1:
+            waited = max(0.0, job.updated_at - job.created_at)
+            self.queue_wait_seconds.labels(job.priority.value).observe(waited)
 
     # -- events --------------------------------------------------------------------------
 
@@ -242,6 +261,15 @@ class _StateCollector(Collector):
         depth = GaugeMetricFamily("foreman_queue_depth", "Generation jobs waiting to run.")
         depth.add_metric([], float(worker.scheduler.depth))
         yield depth
+        by_class = GaugeMetricFamily(
+            "foreman_queued_jobs", "Generation jobs waiting to run, by class.", labels=["priority"]
+        )
+        waiting = dict.fromkeys(Priority, 0)
+        for job in worker.scheduler.jobs():
+            waiting[job.priority] += 1
+        for priority, count in waiting.items():
+            by_class.add_metric([priority.value], float(count))
+        yield by_class
         busy = GaugeMetricFamily(
             "foreman_worker_busy", "1 while the worker runs a job (loading or generating)."
         )
