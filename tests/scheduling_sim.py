@@ -45,6 +45,7 @@ class Run:
     model: str
     priority: Priority
     created_at: float
+    tokens: int
     started_at: float | None = None
     finished_at: float | None = None
     #: Whether starting it cost a model load.
@@ -102,6 +103,7 @@ def play(
     """Submit each arrival at its time and run until every job is finished
     (or ``until`` holds); ``on_done`` may answer a finished run with more
     arrivals (a caller in a loop)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rig = make_worker_rig(
         tmp_path,
         policy=policy,
@@ -115,7 +117,7 @@ def play(
 
     def submit(arrival: Arrival) -> None:
         job = job_for(arrival, clock.seconds())
-        played.runs[job.id] = Run(job.id, job.model, job.priority, job.created_at)
+        played.runs[job.id] = Run(job.id, job.model, job.priority, job.created_at, arrival.tokens)
         rig.worker.submit(job)
 
     def schedule(arrival: Arrival) -> None:

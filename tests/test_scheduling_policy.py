@@ -8,6 +8,7 @@ against ADR-0021's four promises.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_under_endless_interactive_load_batch_jobs_still_run(
     assert len(starts) == len(batch) + 1
     # One batch job at least every max_wait: the turn falls due, the job
     # running then finishes, and the swap grace passes.
-    for before, after in zip(starts, starts[1:], strict=False):
+    for before, after in itertools.pairwise(starts):
         assert after is not None and before is not None
         assert after - before <= POLICY.max_wait + LONGEST_JOB + SWAP_GRACE
 
@@ -166,11 +167,7 @@ def test_with_nothing_overdue_the_order_is_drain_by_model(workload: list[Arrival
     started = played.started()
     for index, run in enumerate(started):
         assert run.started_at is not None
-        queued = [
-            other
-            for other in started[index:]
-            if other.created_at <= run.started_at
-        ]
+        queued = [other for other in started[index:] if other.created_at <= run.started_at]
         expected = min(
             queued,
             key=lambda other: (

@@ -27,6 +27,7 @@ from foreman.queue.job import Job, JobState
 from foreman.queue.runners import thread_runner
 from foreman.queue.schema import DATABASE_NAME, MIGRATIONS
 from foreman.queue.store import JobStore, Recovery
+from foreman.wire.priority import Priority
 
 T = TypeVar("T")
 
@@ -153,6 +154,31 @@ def test_an_older_file_runs_only_the_migrations_it_lacks(
         assert {"jobs", "upgrade_marker"} <= table_names(path)
 
 
+def test_jobs_written_before_classes_get_the_class_they_would_have_had(path: Path) -> None:
+    # A file as foreman wrote it before classes (schema 2): a sync call and
+    # a /jobs job, both still queued.
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for number, script in enumerate(MIGRATIONS[:2], start=1):
+            connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        for job_id, sync in (("01SYNC", 1), ("02ASYNC", 0)):
+            connection.execute(
+                "INSERT INTO jobs (id, model, endpoint, body, sync, state, created_at, updated_at)"
+                " VALUES (?, 'llama3.2', 'chat', x'', ?, 'queued', ?, ?)",
+                (job_id, sync, NOW, NOW),
+            )
+        connection.commit()
+    store = JobStore(path)
+    result_of(store.open())
+    try:
+        assert pragma(path, "user_version") == len(MIGRATIONS)
+        sync_job, async_job = (result_of(store.get(i)) for i in ("01SYNC", "02ASYNC"))
+        assert sync_job is not None and sync_job.priority is Priority.INTERACTIVE
+        assert async_job is not None and async_job.priority is Priority.BATCH
+        assert async_job.created_at == NOW  # its wait still counts from its creation
+    finally:
+        result_of(store.close())
+
+
 def test_a_file_from_a_newer_foreman_is_refused(path: Path) -> None:
     newer = len(MIGRATIONS) + 1
     with raw(path) as connection:
@@ -226,6 +252,7 @@ def test_every_field_round_trips(store: JobStore) -> None:
         webhook_url="http://127.0.0.1:9/hook",
         metadata=b'{"caller":"me","bytes":"\xc3\xa9"}',
         result=b'{"done":true}\x00',
+        priority=Priority.BATCH,
     )
     result_of(store.insert(full))
     got = result_of(store.get(full.id))
@@ -233,6 +260,7 @@ def test_every_field_round_trips(store: JobStore) -> None:
     assert got is not None
     assert type(got.sync) is bool
     assert got.state is JobState.WORKING
+    assert got.priority is Priority.BATCH
     assert isinstance(got.body, bytes) and isinstance(got.metadata, bytes)
 
 
