@@ -53,6 +53,9 @@ class StubJob:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    priority: str = "batch"
+    #: Shown while queued; the test sets it.
+    position: int | None = None
     #: The completion (Ollama's non-streamed answer) once done.
     completion: bytes | None = None
 
@@ -118,6 +121,8 @@ class JobsStub:
         self.models = set(models)
         self.inline_limit = inline_limit
         self.queue_full = False
+        #: The time jobs are stamped with (a test may hand in its Clock's).
+        self.now = time.time
         #: Cut every connection before answering, as a foreman going away does.
         self.hanging_up = False
         self.jobs: dict[str, StubJob] = {}
@@ -172,7 +177,7 @@ class JobsStub:
         """
         job = self.jobs[job_id]
         previous = job.state
-        now = time.time()
+        now = self.now()
         job.state = state
         job.updated_at = now
         if state in ("loading", "working") and job.started_at is None:
@@ -241,6 +246,8 @@ class JobsStub:
             "state": job.state,
             "model": job.model,
             "endpoint": job.endpoint,
+            "priority": job.priority,
+            "position": job.position if job.state == "queued" else None,
             "attempt": job.attempt,
             "created_at": rfc3339(job.created_at),
             "updated_at": rfc3339(job.updated_at),
@@ -276,7 +283,7 @@ class JobsStub:
             return write_json_error(request, 404, model_not_found(body["model"]))
         if self.queue_full:
             return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": b"5"})
-        now = time.time()
+        now = self.now()
         job = StubJob(
             id=new_ulid(now),
             model=body["model"],
@@ -284,6 +291,7 @@ class JobsStub:
             body=body,
             webhook_url=body.pop("state_webhook_url", None),
             metadata=body.pop("metadata", None),
+            priority=body.pop("priority", "batch"),
             created_at=now,
             updated_at=now,
         )

@@ -7,7 +7,6 @@ running); a few run the installed entry point in a child process, to cover
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,67 +16,23 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from foreman.cli import run
+from tests.cli_helpers import SECRET, TOKEN, environment, foreman, make_stub
 from tests.conftest import StartForeman
 from tests.jobs_stub import ForemanRig, JobsStub, WatchedClock, chat_completion
-
-TOKEN = "cli-t0ken"
-SECRET = "cli-s3cret"
-
-
-@attrs.frozen
-class Outcome:
-    code: int
-    out: str
-    err: str
 
 
 @pytest_twisted.async_yield_fixture
 async def stub(reactor: Any) -> AsyncIterator[JobsStub]:
-    server = JobsStub(reactor, token=TOKEN, webhook_secret=SECRET)
-    server.listen()
+    server = make_stub(reactor)
     yield server
     await server.stop()
-
-
-def environment(stub: JobsStub) -> dict[str, str]:
-    return {"FOREMAN_URL": stub.url, "FOREMAN_TOKEN": TOKEN, "FOREMAN_WEBHOOK_SECRET": SECRET}
-
-
-def foreman(
-    reactor: Any,
-    *argv: str,
-    env: dict[str, str] | None = None,
-    stdin: str = "",
-    clock: IReactorTime | None = None,
-) -> Deferred[Outcome]:
-    """``foreman ARGV`` in-process; started at once, awaited when the test likes."""
-    out, err = io.StringIO(), io.StringIO()
-
-    async def command() -> Outcome:
-        code = await run(
-            reactor,
-            argv,
-            environ=env or {},
-            stdin=io.StringIO(stdin),
-            stdout=out,
-            stderr=err,
-            # A clock nobody advances: a test that needed a real pause would hang.
-            clock=clock or Clock(),
-        )
-        return Outcome(code, out.getvalue(), err.getvalue())
-
-    return Deferred.fromCoroutine(command())
 
 
 @pytest_twisted.ensureDeferred
@@ -101,6 +56,8 @@ async def test_help_documents_the_exit_codes(reactor: Any) -> None:
         ["submit", "--model", "m", "--prompt", "p", "--metadata", "{not json"],
         ["submit", "--model", "m", "--prompt", "p", "--timeout", "5"],
         ["submit", "--model", "m", "--prompt", "p", "--endpoint", "embed"],
+        ["submit", "--model", "m", "--prompt", "p", "--priority", "urgent"],
+        ["submit", "--model", "m", "--prompt", "p", "--no-progress"],
         ["submit", "--body", "-", "--prompt", "p"],
         ["submit", "--body", "/no/such/file.json"],
         ["submit", "--body", "-"],
@@ -127,7 +84,7 @@ async def test_submit_prints_the_job_id(reactor: Any, stub: JobsStub) -> None:
     result = await foreman(
         reactor,
         *["submit", "--model", "llama3.2", "--prompt", "Why?", "--system", "Be brief."],
-        *["--metadata", '{"ticket": 7}', "--idempotency-key", "k-7"],
+        *["--metadata", '{"ticket": 7}', "--idempotency-key", "k-7", "--priority", "interactive"],
         env=environment(stub),
     )
     assert result.code == 0, result
@@ -145,6 +102,7 @@ async def test_submit_prints_the_job_id(reactor: Any, stub: JobsStub) -> None:
     job = stub.jobs[job_id]
     # Nobody would be listening once the command has exited.
     assert (job.webhook_url, job.metadata, job.endpoint) == (None, {"ticket": 7}, "chat")
+    assert job.priority == "interactive"
 
     as_json = await foreman(
         reactor,
@@ -154,6 +112,9 @@ async def test_submit_prints_the_job_id(reactor: Any, stub: JobsStub) -> None:
     )
     other = json.loads(as_json.out)["job_id"]
     assert stub.jobs[other].webhook_url == "http://example.invalid/h"
+    # No --priority: none is sent, and foreman's default applies.
+    assert "priority" not in (await stub.submissions.get()).body
+    assert stub.jobs[other].priority == "batch"
 
 
 @pytest_twisted.ensureDeferred
@@ -190,7 +151,9 @@ async def test_submit_a_generate_body_from_stdin(reactor: Any, stub: JobsStub) -
 @pytest_twisted.ensureDeferred
 async def test_submit_wait_prints_the_answer_heard_by_webhook(reactor: Any, stub: JobsStub) -> None:
     running = foreman(
-        reactor, "submit", "-m", "llama3.2", "-p", "Sky?", "--wait", env=environment(stub)
+        reactor,
+        *["submit", "-m", "llama3.2", "-p", "Sky?", "--wait", "--no-progress"],
+        env=environment(stub),
     )
     sent = await stub.submissions.get()
     assert sent.job_id is not None
@@ -287,17 +250,21 @@ async def test_foreman_refusing_or_absent_exits_3(reactor: Any, stub: JobsStub) 
 async def test_jobs_lists_an_aligned_table(reactor: Any, stub: JobsStub) -> None:
     env = environment(stub)
     first = (await foreman(reactor, "submit", "-m", "llama3.2", "-p", "a", env=env)).out.strip()
-    second = (await foreman(reactor, "submit", "-m", "llama3.2", "-p", "b", env=env)).out.strip()
+    second = (
+        await foreman(
+            reactor, *["submit", "-m", "llama3.2", "-p", "b", "--priority", "interactive"], env=env
+        )
+    ).out.strip()
     await stub.move(first, "loading")
     await stub.move(first, "done", completion=chat_completion("A."))
 
     table = await foreman(reactor, "jobs", env=env, clock=reactor)
     assert table.code == 0
     lines = table.out.splitlines()
-    assert lines[0].split() == ["ID", "STATE", "MODEL", "AGE", "ATTEMPT"]
+    assert lines[0].split() == ["ID", "STATE", "MODEL", "PRIORITY", "AGE", "ATTEMPT"]
     assert [line.split() for line in lines[1:]] == [
-        [second, "queued", "llama3.2", "0s", "0"],
-        [first, "done", "llama3.2", "0s", "1"],
+        [second, "queued", "llama3.2", "interactive", "0s", "0"],
+        [first, "done", "llama3.2", "batch", "0s", "1"],
     ]
     # Aligned: every column starts at the same offset on every line.
     assert len({line.index(line.split()[1]) for line in lines}) == 1
@@ -322,6 +289,8 @@ async def test_job_shows_one_job(reactor: Any, stub: JobsStub) -> None:
     assert rows["job_id"] == job_id
     assert rows["state"] == "done"
     assert rows["error"] == "-"
+    assert rows["priority"] == "batch"
+    assert rows["position"] == "-"
     assert rows["metadata"] == "[1]"
     assert rows["artifacts"].startswith("completion (application/json, ")
     as_json = await foreman(reactor, "job", job_id, "--json", env=env)
@@ -360,8 +329,11 @@ async def test_ps_shows_models_and_the_queue(reactor: Any, stub: JobsStub) -> No
                 "endpoint": "chat",
                 "state": "working",
                 "sync": False,
+                "priority": "batch",
                 "attempt": 1,
                 "age_seconds": 4.2,
+                "waited_seconds": 0.8,
+                "overdue": False,
                 "position": 0,
             },
             {
@@ -370,8 +342,11 @@ async def test_ps_shows_models_and_the_queue(reactor: Any, stub: JobsStub) -> No
                 "endpoint": "generate",
                 "state": "queued",
                 "sync": True,
+                "priority": "interactive",
                 "attempt": 0,
                 "age_seconds": 125.0,
+                "waited_seconds": 125.0,
+                "overdue": True,
                 "position": 1,
             },
         ],
@@ -385,9 +360,13 @@ async def test_ps_shows_models_and_the_queue(reactor: Any, stub: JobsStub) -> No
     assert lines[0].split() == ["MODEL", "SIZE", "VRAM", "UNTIL"]
     assert lines[1].split() == ["llama3.2:latest", "2.0", "GB", "2.0", "GB", "forever"]
     assert lines[3] == "queue: 1 waiting (at most 256), worker model llama3.2:latest"
+    assert lines[4].split() == [
+        *["ID", "MODEL", "ENDPOINT", "PRIORITY", "STATE", "POSITION", "WAITED", "AGE", "ATTEMPT"]
+    ]
+    waiting = ["01WAITING", "qwen3:8b", "generate", "interactive", "queued", "1"]
     assert [line.split() for line in lines[5:]] == [
-        ["01RUNNING", "llama3.2", "chat", "working", "0", "4s", "1"],
-        ["01WAITING", "qwen3:8b", "generate", "queued", "1", "2m", "0"],
+        ["01RUNNING", "llama3.2", "chat", "batch", "working", "0", "0s", "4s", "1"],
+        [*waiting, "2m", "(overdue)", "2m", "0"],
     ]
     as_json = json.loads((await foreman(reactor, "ps", "--json", env=environment(stub))).out)
     assert as_json["queue"]["depth"] == 1

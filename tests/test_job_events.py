@@ -127,7 +127,9 @@ def test_the_view_of_a_done_job_inlines_a_small_completion() -> None:
     ]
     assert view["metadata"] == "m"
     assert view["finished_at"] == "2027-01-15T08:00:01.500Z"
-    assert set(view) == {*summary(done), "result", "artifacts"}
+    assert set(view) == {*summary(done), "position", "result", "artifacts"}
+    assert view["position"] is None
+    assert job_view(job(JobState.QUEUED), 0, position=3)["position"] == 3
     over = job_view(done, inline_limit=len(COMPLETION) - 1)
     assert over["result"] is None
     assert over["artifacts"][0]["inline"] is False

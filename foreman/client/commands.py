@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from foreman.client import output
 from foreman.client.jobs_client import DEFAULT_URL, Endpoint, JobsClient, JobView
+from foreman.client.progress import Progress
+from foreman.wire.priority import Priority
 
 
 class ExitCode(enum.IntEnum):
@@ -144,11 +146,26 @@ def _register_submit(subparsers: Any) -> None:
         "--endpoint", choices=("chat", "generate"), help="default: the body's, else chat"
     )
     p.add_argument("--body", metavar="FILE|-", help="a whole native request body, as JSON")
+    p.add_argument(
+        "--priority",
+        choices=[each.value for each in Priority],
+        help="the job's scheduling class (default: the body's, else foreman's: batch)",
+    )
     p.add_argument("--metadata", metavar="JSON", type=_json_arg, help="kept with the job")
     p.add_argument("--webhook", metavar="URL", help="state_webhook_url for the job")
     p.add_argument("--idempotency-key", metavar="KEY", help="resubmitting with it is harmless")
     p.add_argument("--wait", action="store_true", help="wait for the job and print its answer")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="with --wait")
+    _progress_option(p, "with --wait: ")
+
+
+def _progress_option(parser: Any, prefix: str = "") -> None:
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=prefix + "no live progress on stderr (a status line on a terminal, "
+        "else a line per change of state or position)",
+    )
 
 
 def _register_jobs(subparsers: Any) -> None:
@@ -169,6 +186,7 @@ def _register_wait(subparsers: Any) -> None:
     p = command(subparsers, "wait", _wait, help="wait for a job; print its answer")
     p.add_argument("id")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS")
+    _progress_option(p)
 
 
 def _register_cancel(subparsers: Any) -> None:
@@ -192,8 +210,12 @@ REGISTRARS: tuple[Callable[[Any], None], ...] = (
 
 async def _submit(context: Context) -> int:
     args = context.args
-    if args.timeout is not None and not args.wait:
-        raise UsageProblem("--timeout is for --wait")
+    for flag, given in (
+        ("--timeout", args.timeout is not None),
+        ("--no-progress", args.no_progress),
+    ):
+        if given and not args.wait:
+            raise UsageProblem(f"{flag} is for --wait")
     body = _submission_body(context)
     chosen = args.endpoint or body.pop("endpoint", None) or "chat"
     if chosen not in ("chat", "generate"):
@@ -208,11 +230,12 @@ async def _submit(context: Context) -> int:
         idempotency_key=args.idempotency_key,
         # Only a waiting CLI has a receiver to be told about; it is gone after.
         notify=args.wait,
+        priority=args.priority,
     )
     if not args.wait:
         context.say(json.dumps({"job_id": job_id}) if args.json else job_id)
         return ExitCode.OK
-    return await _report(context, await client.wait(job_id, timeout=args.timeout))
+    return await _report(context, await _follow(context, job_id))
 
 
 def _submission_body(context: Context) -> dict[str, Any]:
@@ -273,8 +296,23 @@ async def _job(context: Context) -> int:
 
 
 async def _wait(context: Context) -> int:
-    view = await context.client().wait(context.args.id, timeout=context.args.timeout)
-    return await _report(context, view)
+    return await _report(context, await _follow(context, context.args.id))
+
+
+async def _follow(context: Context, job_id: str) -> JobView:
+    """Wait for the job (``--timeout``), with its progress on stderr (unless ``--no-progress``)."""
+    args = context.args
+    progress = None
+    if not args.no_progress:
+        progress = Progress.on(context.stderr, context.clock, context.environ)
+    try:
+        return await context.client().wait(
+            job_id, timeout=args.timeout, progress=None if progress is None else progress.show
+        )
+    finally:
+        # The status line goes before the answer, or the error, is printed.
+        if progress is not None:
+            progress.close()
 
 
 async def _cancel(context: Context) -> int:

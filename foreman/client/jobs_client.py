@@ -13,7 +13,7 @@ of the end first; the answer is always the stored view, never the event.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import quote, urlencode
@@ -30,6 +30,7 @@ from foreman.client.transport import (
     ForemanUnreachable,
     WaitTimeout,
 )
+from foreman.wire.priority import Priority, parse_priority
 
 __all__ = [
     "TERMINAL_STATES",
@@ -115,6 +116,7 @@ class JobsClient:
         metadata: Any = None,
         idempotency_key: str | None = None,
         notify: bool = True,
+        priority: Priority | str | None = None,
     ) -> str:
         """``POST /jobs``; the new (or, for a repeated idempotency key, the old) job id.
 
@@ -128,11 +130,22 @@ class JobsClient:
         different webhook URL for a different request (422), and the
         receiver's URL changes from one client to the next, so a retry from
         a new process would be refused. Such jobs are waited for by polling.
+
+        ``priority`` is the job's scheduling class, ``"interactive"`` or
+        ``"batch"`` (or a :class:`~foreman.wire.priority.Priority`); without
+        it, foreman's default (``batch``) or the body's own ``priority``.
         """
         if endpoint not in ("chat", "generate"):
             raise ValueError(f"endpoint must be 'chat' or 'generate', not {endpoint!r}")
         payload = dict(body)
         payload["endpoint"] = endpoint
+        if priority is not None:
+            chosen = (
+                priority
+                if isinstance(priority, Priority)
+                else parse_priority(priority, Priority.BATCH)
+            )
+            payload["priority"] = chosen.value
         if webhook_url is not None:
             payload["state_webhook_url"] = webhook_url
         elif notify and idempotency_key is None and "state_webhook_url" not in payload:
@@ -167,15 +180,26 @@ class JobsClient:
         """``GET /api/foreman/queue``: what runs and waits in foreman's queue."""
         return cast(dict[str, Any], await self._http.call_json("GET", "/api/foreman/queue"))
 
-    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobView:
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[JobView], object] | None = None,
+    ) -> JobView:
         """The job's view once it is terminal (``done``, ``failed`` or ``cancelled``).
+
+        ``progress``, if given, is called with each view read before then (the
+        job queued, loading or working), as it is read; the receiver then
+        also cuts the polling pause short on the job's other state events,
+        so that a change of state shows at once.
 
         Raises :class:`WaitTimeout` after ``timeout`` seconds on the client's
         clock (the job itself is left alone), :class:`ForemanError` when
         foreman refuses (404: no such job), and :class:`ForemanUnreachable`
         when foreman cannot be reached at first, or for several polls in a row.
         """
-        waiting = Deferred.fromCoroutine(self._wait_until_terminal(job_id))
+        waiting = Deferred.fromCoroutine(self._wait_until_terminal(job_id, progress))
         if timeout is not None:
             waiting.addTimeout(timeout, self._clock)
         self._waits.add(waiting)
@@ -207,10 +231,14 @@ class JobsClient:
 
     # -- waiting -----------------------------------------------------------
 
-    async def _wait_until_terminal(self, job_id: str) -> JobView:
+    async def _wait_until_terminal(
+        self, job_id: str, progress: Callable[[JobView], object] | None
+    ) -> JobView:
         # Watch before the first look, so an event that lands while that
         # look is on its way is not missed.
-        watch = self._receiver.watch(job_id) if self._receiver.running else None
+        watch = None
+        if self._receiver.running:
+            watch = self._receiver.watch(job_id, every_state=progress is not None)
         pause = self._poll_initial
         looked = False
         failures = 0
@@ -229,6 +257,8 @@ class JobsClient:
                     failures = 0
                     if terminal(view):
                         return view
+                    if progress is not None:
+                        progress(view)
                 await self._pause(pause, watch)
                 pause = min(pause * 2, self._poll_max)
         finally:
@@ -236,14 +266,14 @@ class JobsClient:
                 watch.close()
 
     async def _pause(self, seconds: float, watch: JobWatch | None) -> None:
-        """Sleep on the clock, cut short by a terminal event for the job."""
+        """Sleep on the clock, cut short by an event the watch hands over."""
         sleep: Deferred[object] = deferLater(self._clock, seconds)
         if watch is None:
             await sleep
             return
         # race cancels the loser: the delayed call, or the event waiter.
         try:
-            await race([sleep, cast(Deferred[object], watch.next_terminal())])
+            await race([sleep, cast(Deferred[object], watch.next_event())])
         except FailureGroup as e:
             # Both lost: race itself was cancelled (timeout, close, caller).
             if all(failure.check(CancelledError) for failure in e.failures):

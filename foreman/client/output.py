@@ -35,17 +35,18 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], now: float) -> str:
             plain(job.get("job_id")),
             plain(job.get("state")),
             plain(job.get("model")),
+            plain(job.get("priority")),
             age(job.get("created_at"), now),
             plain(job.get("attempt")),
         ]
         for job in jobs
     ]
-    return table(["ID", "STATE", "MODEL", "AGE", "ATTEMPT"], rows)
+    return table(["ID", "STATE", "MODEL", "PRIORITY", "AGE", "ATTEMPT"], rows)
 
 
 def job_details(view: Mapping[str, Any]) -> str:
-    names = ["job_id", "state", "model", "endpoint", "attempt", "created_at", "started_at"]
-    names += ["finished_at", "error"]
+    names = ["job_id", "state", "position", "model", "endpoint", "priority", "attempt"]
+    names += ["created_at", "started_at", "finished_at", "error"]
     rows = [[name, plain(view.get(name))] for name in names]
     artifacts = [
         f"{plain(a.get('name'))} ({plain(a.get('content_type'))}, {plain(a.get('size'))} bytes)"
@@ -90,16 +91,25 @@ def ps_report(ps: Mapping[str, Any], queue: Mapping[str, Any], now: float) -> st
                 plain(job.get("id")),
                 plain(job.get("model")),
                 plain(job.get("endpoint")),
+                plain(job.get("priority")),
                 plain(job.get("state")),
                 plain(job.get("position")),
+                waited(job),
                 duration(job.get("age_seconds", job.get("age"))),
                 plain(job.get("attempt")),
             ]
             for job in jobs
         ]
-        headers = ["ID", "MODEL", "ENDPOINT", "STATE", "POSITION", "AGE", "ATTEMPT"]
+        headers = ["ID", "MODEL", "ENDPOINT", "PRIORITY", "STATE", "POSITION", "WAITED", "AGE"]
+        headers.append("ATTEMPT")
         parts.append(table(headers, rows))
     return "\n".join(parts)
+
+
+def waited(job: Mapping[str, Any]) -> str:
+    """How long a queue entry waited (to start, if it runs), marked once overdue."""
+    shown = duration(job.get("waited_seconds"))
+    return f"{shown} (overdue)" if job.get("overdue") is True else shown
 
 
 def answer_text(view: Mapping[str, Any], completion: Any) -> str:

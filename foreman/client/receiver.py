@@ -32,33 +32,42 @@ Event = dict[str, Any]
 
 
 class JobWatch:
-    """One ``wait``'s interest in one job: hands over its terminal events.
+    """One ``wait``'s interest in one job: hands over its terminal events
+    (with ``every_state``, its events of every state).
 
-    An event that arrives while nobody is waiting on :meth:`next_terminal` is
+    An event that arrives while nobody is waiting on :meth:`next_event` is
     kept (the waiter may be busy polling), and consumed by the next call.
     """
 
-    def __init__(self, job_id: str, release: Callable[[JobWatch], None]) -> None:
+    def __init__(
+        self, job_id: str, release: Callable[[JobWatch], None], *, every_state: bool = False
+    ) -> None:
         self.job_id = job_id
+        self.every_state = every_state
         self._release = release
         self._pending: Event | None = None
         self._waiter: Deferred[Event] | None = None
 
     def notify(self, event: Event) -> None:
+        if not self.every_state and event.get("state") not in TERMINAL_STATES:
+            return
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
             waiter.callback(event)
         else:
             self._pending = event
 
-    def next_terminal(self) -> Deferred[Event]:
-        """Fires with the next terminal event; cancelling it only stops listening."""
+    def next_event(self) -> Deferred[Event]:
+        """Fires with the next event watched for; cancelling it only stops listening."""
         if self._pending is not None:
             event, self._pending = self._pending, None
             return succeed(event)
         waiter: Deferred[Event] = Deferred(self._forget_waiter)
         self._waiter = waiter
         return waiter
+
+    #: Its name from before ``every_state``: a plain watch hands over terminal events only.
+    next_terminal = next_event
 
     def _forget_waiter(self, waiter: Deferred[Event]) -> None:
         if self._waiter is waiter:
@@ -154,8 +163,9 @@ class WebhookReceiver:
         if self._tracker is not None:
             await self._tracker.close_all()
 
-    def watch(self, job_id: str) -> JobWatch:
-        watch = JobWatch(job_id, self._unwatch)
+    def watch(self, job_id: str, *, every_state: bool = False) -> JobWatch:
+        """Hear of ``job_id``'s terminal events (``every_state``: of all its events)."""
+        watch = JobWatch(job_id, self._unwatch, every_state=every_state)
         self._watches.setdefault(job_id, set()).add(watch)
         return watch
 
@@ -185,9 +195,8 @@ class WebhookReceiver:
             self.refused += 1
             return 400, "not a foreman state event"
         self.accepted += 1
-        if event["state"] in TERMINAL_STATES:
-            for watch in list(self._watches.get(event["job_id"], ())):
-                watch.notify(event)
+        for watch in list(self._watches.get(event["job_id"], ())):
+            watch.notify(event)
         return 204, None
 
 

@@ -140,7 +140,18 @@ class JobsAPI:
         if job is None:
             return _no_such_job(request, job_id)
         request.setHeader(b"Cache-Control", b"no-store")
-        return json_answer(request, job_view(job, self._inline_limit))
+        return json_answer(request, job_view(job, self._inline_limit, self._position(job)))
+
+    def _position(self, job: Job) -> int | None:
+        """Where a queued job stands in the worker's plan (1: it runs next); else ``None``."""
+        if job.state is not JobState.QUEUED or self._worker is None:
+            return None
+        try:
+            return self._worker.position(job.id)
+        except KeyError:
+            # Stored as queued but not in the worker's queue: picked a moment
+            # ago (its ``loading`` not yet stored), or not yet recovered.
+            return None
 
     @app.route("/<job_id>/artifacts/<name>", methods=["GET", "HEAD"])
     async def artifact(self, request: IRequest, job_id: str, name: str) -> bytes:

@@ -35,10 +35,12 @@ def summary(job: Job) -> dict[str, Any]:
     }
 
 
-def job_view(job: Job, inline_limit: int) -> dict[str, Any]:
-    """``GET /jobs/{id}``: the summary, the completion inline if small, artifacts."""
+def job_view(job: Job, inline_limit: int, position: int | None = None) -> dict[str, Any]:
+    """``GET /jobs/{id}``: the summary, the queue position of a queued job (else
+    ``None``), the completion inline if small, artifacts."""
     outputs = outputs_of(job, inline_limit)
     view = summary(job)
+    view["position"] = position
     view["result"] = outputs.result
     view["artifacts"] = [artifact.reference(job.id) for artifact in outputs.artifacts]
     return view
