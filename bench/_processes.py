@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -37,17 +38,24 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0)
 
 
 @contextmanager
-def _process(command: list[str], ready_url: str) -> Iterator[str]:
+def _running(command: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` started, once ``ready_url`` answers; terminated on the way out."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
     )
     try:
         _wait_for(ready_url, process)
-        yield ready_url.rsplit("/", 1)[0] if ready_url.endswith("healthz") else ready_url
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@contextmanager
+def _process(command: list[str], ready_url: str) -> Iterator[str]:
+    with _running(command, ready_url):
+        yield ready_url.rsplit("/", 1)[0] if ready_url.endswith("healthz") else ready_url
 
 
 @contextmanager
@@ -63,10 +71,32 @@ def simulated_ollama(*arguments: str) -> Iterator[str]:
 @contextmanager
 def foreman(ollama_url: str, *arguments: str) -> Iterator[str]:
     """foreman under twistd in front of ``ollama_url``; yields its base URL."""
+    with foreman_process(ollama_url, *arguments) as running:
+        yield running.url
+
+
+@dataclass(frozen=True)
+class RunningForeman:
+    """A foreman under twistd: where it answers, its process id, its data directory."""
+
+    url: str
+    port: int
+    pid: int
+    data_dir: Path
+
+
+@contextmanager
+def foreman_process(
+    ollama_url: str, *arguments: str, logfile: str | None = None
+) -> Iterator[RunningForeman]:
+    """foreman under twistd in front of ``ollama_url``, for benchmarks that watch the
+    process itself; it logs to ``logfile`` in its (temporary) data directory, if named."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
-        command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile=/dev/null"]
+        log_to = "/dev/null" if logfile is None else str(Path(data_dir) / logfile)
+        command = [str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={log_to}"]
         command += ["foreman", "--ollama-url", ollama_url, "--data-dir", data_dir]
         command += ["--listen", f"tcp:{port}:interface=127.0.0.1", *arguments]
-        with _process(command, f"http://127.0.0.1:{port}/healthz"):
-            yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        with _running(command, url + "/healthz") as process:
+            yield RunningForeman(url, port, process.pid, Path(data_dir))

@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 #: In the order they run; a script that is not there yet is left out.
-SCRIPTS = ("overhead", "dialects", "scheduler", "jobs")
+SCRIPTS = ("overhead", "dialects", "scheduler", "jobs", "soak")
 
 Row = tuple[str, str, str]
 
@@ -156,11 +156,34 @@ def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
             yield f"jobs, {scenario}: {what}", f"{measured[key]:.2f} ms", targets.get(key, "")
 
 
+def _soak_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    t, minutes = figures["targets"], figures["settings"]["minutes"]
+    yield (
+        f"soak ({minutes} min): RSS growth after warm-up, peak / after drain",
+        f"{t['rss_growth_peak_mb']:+.1f} / {t['rss_growth_end_mb']:+.1f} MB",
+        f"≤ {t['rss_target_mb']:.0f} MB",
+    )
+    yield (
+        "soak: open file descriptors after the load, against the baseline",
+        f"{figures['end']['fds']} vs {figures['baseline']['fds']}",
+        "back to baseline",
+    )
+    yield "soak: jobs lost", f"{t['jobs_lost']} of {t['jobs_submitted']}", "0"
+    on_purpose = sum(row["on_purpose"] for row in figures["minutes"])
+    yield (
+        "soak: errors not caused on purpose (unexpected, foreman 5xx, log errors)",
+        f"{t['unexpected_all_phases']}, {t['foreman_5xx']}, {t['log_errors']}"
+        f" ({on_purpose} on purpose)",
+        "0",
+    )
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "overhead": _overhead_rows,
     "dialects": _dialects_rows,
     "scheduler": _scheduler_rows,
     "jobs": _jobs_rows,
+    "soak": _soak_rows,
 }
 
 
