@@ -28,12 +28,12 @@ OTHER_MODEL = "gemma3:27b"
 #: The other caller asks once the loops are going: their model loaded (1 s)
 #: and each looper answered at least once.
 OTHER_AFTER = 2.5
-#: The loops go on this long after the other caller's answer (never past their cap).
-LOOP_TAIL = 1.0
-
 #: People's calls arrive as a Poisson process with this mean interval.
 PEOPLE_INTERVAL = 2.0
 
+#: Straight at the simulator, the batch's calls leave this far apart (all
+#: still in flight at once), so that they arrive in the plan's order.
+SEND_INTERVAL = 0.01
 #: How often the state of the batch's jobs is read (``GET /jobs``).
 POLL_SECONDS = 0.25
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -46,28 +46,20 @@ FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 class LoopsOutcome:
     loops: list[ChatSample]
     other: ChatSample
-    #: ``perf_counter`` when the loops started, and when they stopped sending.
+    #: ``perf_counter`` when the loops started.
     started: float
-    stopped: float
 
 
-@dataclass
-class _Until:
-    at: float
-
-
-async def loops(reactor: Any, client: Client, url: str, cap: float) -> LoopsOutcome:
-    """``LOOPERS`` callers on ``LOOP_MODEL``, back to back; after ``OTHER_AFTER``
-    one call for ``OTHER_MODEL``. The loops stop ``LOOP_TAIL`` after its answer,
-    or ``cap`` seconds after they started, whichever comes first."""
+async def loops(reactor: Any, client: Client, url: str, seconds: float) -> LoopsOutcome:
+    """``LOOPERS`` callers on ``LOOP_MODEL``, back to back, each starting calls
+    for ``seconds``; after ``OTHER_AFTER``, one call for ``OTHER_MODEL``."""
     chat_url = url + "/api/chat"
     started = time.perf_counter()
-    until = _Until(started + cap)
     samples: list[ChatSample] = []
 
     async def looper(number: int) -> None:
         turn = 0
-        while time.perf_counter() < until.at:
+        while time.perf_counter() < started + seconds:
             sample = await one_chat(client, chat_url, number, turn, LOOP_MODEL, time.perf_counter())
             samples.append(sample)
             if sample.error is not None:
@@ -77,9 +69,8 @@ async def loops(reactor: Any, client: Client, url: str, cap: float) -> LoopsOutc
     running = [defer.ensureDeferred(looper(number)) for number in range(LOOPERS)]
     await sleep(reactor, OTHER_AFTER)
     other = await one_chat(client, chat_url, LOOPERS, 0, OTHER_MODEL, time.perf_counter())
-    until.at = min(until.at, other.ended + LOOP_TAIL)
     await defer.gatherResults(running, consumeErrors=True)
-    return LoopsOutcome(samples, other, started, until.at)
+    return LoopsOutcome(samples, other, started)
 
 
 # -- a batch, and people --------------------------------------------------------------
@@ -114,13 +105,17 @@ def _batch_text(index: int) -> str:
     return f"batch job {index}: summarise why the sky is blue"
 
 
-async def batch_direct(client: Client, url: str, plan: list[str]) -> BatchOutcome:
-    """Every job at once as a plain ``/api/chat`` call, as a batch client would."""
+async def batch_direct(reactor: Any, client: Client, url: str, plan: list[str]) -> BatchOutcome:
+    """Every job as a plain ``/api/chat`` call, all in flight at once as a batch
+    client would send them; ``SEND_INTERVAL`` apart, so that they reach the
+    simulator in the plan's order."""
     started = time.perf_counter()
-    calls = [
-        defer.ensureDeferred(one_chat(client, url + "/api/chat", -1, index, model, started))
-        for index, model in enumerate(plan)
-    ]
+    calls = []
+    for index, model in enumerate(plan):
+        calls.append(
+            defer.ensureDeferred(one_chat(client, url + "/api/chat", -1, index, model, started))
+        )
+        await sleep(reactor, SEND_INTERVAL)
     samples: list[ChatSample] = await defer.gatherResults(calls, consumeErrors=True)
     return BatchOutcome(
         [s.ended - s.started for s in samples if s.error is None],
@@ -153,8 +148,9 @@ def _epoch(stamp: str) -> float:
 async def batch_jobs(
     reactor: Any, client: Client, url: str, plan: list[str], priority: str | None
 ) -> BatchOutcome:
-    """Every job submitted at once to ``POST /jobs`` (with ``priority`` if given),
-    then read back with ``GET /jobs`` until all have finished."""
+    """Every job submitted to ``POST /jobs`` (with ``priority`` if given), one
+    after the other in the plan's order, then read back with ``GET /jobs``
+    until all have finished."""
     outcome = BatchOutcome()
     started = time.time()
 
@@ -170,10 +166,7 @@ async def batch_jobs(
         job_id: str = json.loads(reply.body)["job_id"]
         return job_id, sent
 
-    submitted: list[tuple[str | None, float]] = await defer.gatherResults(
-        [defer.ensureDeferred(submit(index, model)) for index, model in enumerate(plan)],
-        consumeErrors=True,
-    )
+    submitted = [await submit(index, model) for index, model in enumerate(plan)]
     sent_at = {job_id: sent for job_id, sent in submitted if job_id is not None}
     views = await _finished(reactor, client, url, set(sent_at))
     ends = []

@@ -20,19 +20,21 @@ job's reply takes 0.2 s), three ways:
 foreman's swap grace is 40 ms both ways (see ``bench/_simulator.py``).
 
 **loops.** Three callers loop on ``qwen3:14b`` (sync ``/api/chat``, one call
-at a time each, back to back); 2.5 s in, one more caller asks
-``gemma3:27b`` once. The loops stop 1 s after that answer, or at their cap
-(30 s; 10 s with ``--quick``). Target (new policy): the other caller is
-answered within max-wait + one job + one load, plus its own reply:
+at a time each, back to back) for 30 s (10 s with ``--quick``); 2.5 s in, one
+more caller asks ``gemma3:27b`` once. Target (new policy): the other caller
+is answered within max-wait + one job + one load, plus its own reply:
 5 + 0.2 + 1 + 0.2 = 6.4 s.
 
 **batch + people.** 60 small jobs (12 with ``--quick``) over the three big
-models, seeded, sent at once: through foreman to ``POST /jobs``, straight at
-the simulator as 60 concurrent ``/api/chat`` calls, as a batch client would.
+models, in a seeded order: through foreman submitted to ``POST /jobs`` one
+after the other; straight at the simulator as 60 ``/api/chat`` calls all in
+flight at once, as a batch client would send them (10 ms apart, so that they
+arrive in the same order).
 Meanwhile people's sync calls (12; 4 with ``--quick``) arrive on a seeded
 Poisson schedule (mean interval 2 s) for any of the three models. Targets
 (new policy): people's p95 wait ≤ one job + one load, plus their own reply
-(1.4 s); total loads ≤ 1.5x today's rule; batch makespan ≤ 1.2x today's rule.
+(1.4 s; 2.4 s if the job running when a call arrives is counted with its own
+load); total loads ≤ 1.5x today's rule; batch makespan ≤ 1.2x today's rule.
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ from twisted.internet import defer
 
 from bench._classes_workload import (
     LOOP_MODEL,
-    LOOP_TAIL,
     LOOPERS,
     OTHER_AFTER,
     OTHER_MODEL,
     PEOPLE_INTERVAL,
+    SEND_INTERVAL,
     BatchOutcome,
     batch_direct,
     batch_jobs,
@@ -81,6 +83,9 @@ NO_BOUND = "1000h"
 
 OTHER_TARGET = MAX_WAIT_SECONDS + JOB_SECONDS + LOAD_SECONDS + JOB_SECONDS
 PEOPLE_TARGET = JOB_SECONDS + LOAD_SECONDS + JOB_SECONDS
+#: The same when the job running as a call arrives is counted with its own
+#: load (the worker does not interrupt a job, and a job begins with its load).
+PEOPLE_TARGET_RUNNING_LOAD = LOAD_SECONDS + PEOPLE_TARGET
 LOADS_TARGET = 1.5
 MAKESPAN_TARGET = 1.2
 
@@ -115,14 +120,14 @@ WAYS = (
 
 @attrs.frozen
 class ClassSettings:
-    #: The loops stop by then at the latest (seconds after they started).
-    loop_cap: float
+    #: How long the loops go on starting calls.
+    loop_seconds: float
     batch_jobs: int
     people: int
 
 
-FULL_CLASSES = ClassSettings(loop_cap=30.0, batch_jobs=60, people=12)
-QUICK_CLASSES = ClassSettings(loop_cap=10.0, batch_jobs=12, people=4)
+FULL_CLASSES = ClassSettings(loop_seconds=30.0, batch_jobs=60, people=12)
+QUICK_CLASSES = ClassSettings(loop_seconds=10.0, batch_jobs=12, people=4)
 
 
 @asynccontextmanager
@@ -145,7 +150,7 @@ async def loops_run(reactor: Any, way: Way, settings: ClassSettings) -> dict[str
     client = Client(reactor)
     async with _target(reactor, way) as (sim, url):
         try:
-            outcome = await loops(reactor, client, url, settings.loop_cap)
+            outcome = await loops(reactor, client, url, settings.loop_seconds)
         finally:
             await client.close()
         figures = _loads(sim)
@@ -153,8 +158,7 @@ async def loops_run(reactor: Any, way: Way, settings: ClassSettings) -> dict[str
     ok_loops = [s for s in outcome.loops if s.error is None]
     other = outcome.other
     figures["other_wait_s"] = other.ended - other.started
-    figures["other_answered_while_looping"] = other.ended < outcome.started + settings.loop_cap
-    figures["loops_stopped_after_s"] = outcome.stopped - outcome.started
+    figures["other_answered_while_looping"] = other.ended < outcome.started + settings.loop_seconds
     figures["loop_calls"] = len(ok_loops)
     loop_seconds = max((s.ended for s in ok_loops), default=outcome.started) - outcome.started
     figures["loop_seconds"] = loop_seconds
@@ -176,7 +180,7 @@ async def batch_people_run(
             people = defer.ensureDeferred(open_loop(client, url + "/api/chat", schedule, reactor))
             batch: BatchOutcome
             if way.foreman_arguments is None:
-                batch = await batch_direct(client, url, plan)
+                batch = await batch_direct(reactor, client, url, plan)
             else:
                 batch = await batch_jobs(reactor, client, url, plan, way.jobs_priority)
             samples = await people
@@ -213,12 +217,13 @@ async def run(reactor: Any, settings: ClassSettings, seed: int) -> dict[str, Any
             "loop_model": LOOP_MODEL,
             "other_model": OTHER_MODEL,
             "other_after_s": OTHER_AFTER,
-            "loop_tail_s": LOOP_TAIL,
             "people_interval_s": PEOPLE_INTERVAL,
+            "send_interval_s": SEND_INTERVAL,
             "models": list(CHAT_MODELS),
             "targets": {
                 "other_wait_s": OTHER_TARGET,
                 "people_p95_s": PEOPLE_TARGET,
+                "people_p95_with_running_load_s": PEOPLE_TARGET_RUNNING_LOAD,
                 "loads_over_today": LOADS_TARGET,
                 "makespan_over_today": MAKESPAN_TARGET,
             },
@@ -290,7 +295,9 @@ def _batch_rows(scenario: dict[str, Any]) -> Iterator[Row]:
     yield (
         f"interactive wait p50 / p95 / max (n = {c['interactive']['count']:.0f})",
         *(_p(f["interactive"], "p50_ms", "p95_ms", "max_ms") for f in (d, t, c)),
-        f"p95 ≤ {PEOPLE_TARGET:.1f} s: {_met(p95 <= PEOPLE_TARGET)}",
+        f"p95 ≤ {PEOPLE_TARGET:.1f} s: {_met(p95 <= PEOPLE_TARGET)} (≤ "
+        f"{PEOPLE_TARGET_RUNNING_LOAD:.1f} s with the running job's own load: "
+        f"{_met(p95 <= PEOPLE_TARGET_RUNNING_LOAD)})",
     )
     yield (
         "longest wait, any call (batch jobs included)",
@@ -352,18 +359,19 @@ def report(results: dict[str, Any]) -> str:
             f"today's rule: both {settings['today_bounds']}, every job interactive; "
             f"--swap-grace {settings['swap_grace']} both ways.",
             "",
-            f"Loops: {settings['loopers']} callers loop on {settings['loop_model']}; "
-            f"{settings['other_after_s']:g} s in, one call for {settings['other_model']}; the "
-            f"loops stop {settings['loop_tail_s']:g} s after its answer, at the latest "
-            f"{settings['loop_cap']:g} s after they started.",
+            f"Loops: {settings['loopers']} callers loop on {settings['loop_model']} for "
+            f"{settings['loop_seconds']:g} s; {settings['other_after_s']:g} s in, one call "
+            f"for {settings['other_model']}.",
             "",
             *_table(_loops_rows(results["loops"])),
             "",
             *_load_orders(results["loops"]),
             "",
             f"Batch + people: {settings['batch_jobs']} batch jobs over "
-            f"{', '.join(settings['models'])}, sent at once (through foreman to /jobs, direct "
-            f"as concurrent /api/chat calls); {settings['people']} people's sync calls, "
+            f"{', '.join(settings['models'])} (through foreman submitted to /jobs one after "
+            "the other; direct as concurrent /api/chat calls, sent "
+            f"{settings['send_interval_s'] * 1e3:g} ms apart); "
+            f"{settings['people']} people's sync calls, "
             f"Poisson, mean interval {settings['people_interval_s']:g} s, at "
             + ", ".join(f"{at:.1f} s ({model})" for at, model in batch["people_schedule"])
             + ".",
