@@ -279,6 +279,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         max_connections=config.max_connections or open_files.connection_cap(),
         reactor=reactor,
     )
+    metrics.watch_connections(site.connections)
     log.info(
         "Accepting up to {cap} client connections",
         cap=site.connections.limit,

@@ -243,6 +243,9 @@ async def test_at_the_cap_the_longest_idle_connection_makes_room(
     assert await closed_within(idle[0], 2, reactor) == b""
     assert all(each.open for each in idle[1:])
     assert running.foreman.site.connections.evicted == 1
+    metrics = running.foreman.metrics.render().decode()
+    assert "foreman_client_connections_limit 4.0" in metrics
+    assert "foreman_client_connections_closed_idle_total 1.0" in metrics
 
 
 @pytest_twisted.ensureDeferred
@@ -271,6 +274,9 @@ async def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(
     # Nobody with a request in progress was dropped.
     assert all(each.open for each in busy)
     assert running.foreman.site.connections.refused == 1
+    assert (
+        "foreman_client_connections_refused_total 1.0" in running.foreman.metrics.render().decode()
+    )
     for each in busy:
         each.close()
     sim.sim.shutdown()
