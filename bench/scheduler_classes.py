@@ -37,9 +37,10 @@ sync calls arrive on a seeded Poisson schedule for any of the three models:
 - **calm**: 5 people (1 with ``--quick``), mean interval 8 s. The draw is the
   busy one's (same seed, same random numbers), so its people are the busy
   variant's first ones, for the same models in the same order, each interval
-  4x longer. Five are those that arrive while the batch runs (2.3-17.7 s with
-  the default seed; the sixth would come at 30.2 s); with ``--quick`` the
-  batch lasts about 6 s, and only the first person arrives within it.
+  4x longer. Five: those that come by about the batch's end (its work alone
+  is 15 s; with the default seed they come at 2.3-17.7 s, the sixth would
+  come at 30.2 s). With ``--quick`` the batch lasts about 6 s, and only the
+  first person comes within it.
 
 Targets (new policy), for both: people's p95 wait ≤ one job + one load, plus
 their own reply (1.4 s; 2.4 s if the job running when a call arrives is
