@@ -28,8 +28,6 @@ OTHER_MODEL = "gemma3:27b"
 #: The other caller asks once the loops are going: their model loaded (1 s)
 #: and each looper answered at least once.
 OTHER_AFTER = 2.5
-#: People's calls arrive as a Poisson process with this mean interval.
-PEOPLE_INTERVAL = 2.0
 
 #: Straight at the simulator, the batch's calls leave this far apart (all
 #: still in flight at once), so that they arrive in the plan's order.
@@ -82,12 +80,17 @@ def batch_plan(count: int, seed: int, models: Sequence[str]) -> list[str]:
     return [rng.choice(models) for _ in range(count)]
 
 
-def people_schedule(count: int, seed: int, models: Sequence[str]) -> list[tuple[float, str]]:
-    """People's calls: (seconds after the batch was sent, model), seeded Poisson."""
+def people_schedule(
+    count: int, seed: int, models: Sequence[str], interval: float
+) -> list[tuple[float, str]]:
+    """People's calls: (seconds after the batch was sent, model), seeded Poisson
+    with mean ``interval``. The random numbers do not depend on ``interval``:
+    for the same seed, a longer interval gives the same people, for the same
+    models in the same order, with every gap stretched in proportion."""
     rng = random.Random(seed + 11)
     schedule, at = [], 0.0
     for _ in range(count):
-        at += rng.expovariate(1.0 / PEOPLE_INTERVAL)
+        at += rng.expovariate(1.0 / interval)
         schedule.append((at, rng.choice(models)))
     return schedule
 

@@ -38,11 +38,12 @@ Part 2 uses a simulator in its own process, as ``bench/overhead.py`` does.
 
 3. **Scheduling classes** (``bench/scheduler_classes.py``): three callers
    looping on one model and one more caller for another, and a batch of
-   ``/jobs`` with people's calls arriving meanwhile; each straight at the
-   simulator (Ollama's FIFO), through foreman with today's rule (one class,
-   drain by model, no bound) and through foreman with the classes, its
-   ``--max-wait`` scaled down to 5 s (default 60 s) and ``--batch-max-wait``
-   to 60 s (default 30 min).
+   ``/jobs`` with people's calls arriving meanwhile (busy: a person every 2 s
+   on average; calm: every 8 s); each straight at the simulator (Ollama's
+   FIFO), through foreman with today's rule (one class, drain by model, no
+   bound) and through foreman with the classes, its ``--max-wait`` scaled
+   down to 5 s (default 60 s) and ``--batch-max-wait`` to 60 s (default
+   30 min).
 
 Usage: ``python bench/scheduler.py [--quick] [--json FILE] [--seed N]
 [--only mixed|overhead|classes ...]``
@@ -69,6 +70,7 @@ from twisted.internet import threads
 from twisted.internet.interfaces import IListeningPort
 
 from bench import scheduler_classes as classes
+from bench._classes_report import report as classes_report
 from bench._common import main as bench_main
 from bench._processes import foreman, simulated_ollama
 from bench._simulator import (
@@ -486,7 +488,7 @@ def report(results: dict[str, Any]) -> str:
     if "queue_overhead" in results:
         out += _overhead_report(results["queue_overhead"])
     if "classes" in results:
-        out += [classes.report(results["classes"]), ""]
+        out += [classes_report(results["classes"]), ""]
     out.append(f"Wall time {results['wall_seconds']:.0f} s.")
     return "\n".join(out)
 

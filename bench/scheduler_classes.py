@@ -1,9 +1,10 @@
-"""Scheduling classes: two scenarios, each three ways, side by side.
+"""Scheduling classes: three scenarios, each three ways, side by side.
 
-Part of ``bench/scheduler.py`` (``--only classes`` runs just this part). Each
-scenario runs against a fresh simulated Ollama set up as the design's Mac
-(one big model fits at a time; loads 1 s, replies 20 tokens at 100/s, so a
-job's reply takes 0.2 s), three ways:
+Part of ``bench/scheduler.py`` (``--only classes`` runs just this part; the
+tables are printed by ``bench/_classes_report.py``). Each scenario runs
+against a fresh simulated Ollama set up as the design's Mac (one big model
+fits at a time; loads 1 s, replies 20 tokens at 100/s, so a job's reply
+takes 0.2 s), three ways:
 
 - **direct FIFO Ollama**: the calls straight at the simulator, which follows
   Ollama's own scheduling (a request for a loaded model attaches at once,
@@ -25,22 +26,32 @@ more caller asks ``gemma3:27b`` once. Target (new policy): the other caller
 is answered within max-wait + one job + one load, plus its own reply:
 5 + 0.2 + 1 + 0.2 = 6.4 s.
 
-**batch + people.** 60 small jobs (12 with ``--quick``) over the three big
-models, in a seeded order: through foreman submitted to ``POST /jobs`` one
-after the other; straight at the simulator as 60 ``/api/chat`` calls all in
-flight at once, as a batch client would send them (10 ms apart, so that they
-arrive in the same order).
-Meanwhile people's sync calls (12; 4 with ``--quick``) arrive on a seeded
-Poisson schedule (mean interval 2 s) for any of the three models. Targets
-(new policy): people's p95 wait ≤ one job + one load, plus their own reply
-(1.4 s; 2.4 s if the job running when a call arrives is counted with its own
-load); total loads ≤ 1.5x today's rule; batch makespan ≤ 1.2x today's rule.
+**batch + people**, two variants (``PEOPLE``). 60 small jobs (12 with
+``--quick``) over the three big models, in a seeded order: through foreman
+submitted to ``POST /jobs`` one after the other; straight at the simulator as
+60 ``/api/chat`` calls all in flight at once, as a batch client would send
+them (10 ms apart, so that they arrive in the same order). Meanwhile people's
+sync calls arrive on a seeded Poisson schedule for any of the three models:
+
+- **busy**: 12 people (4 with ``--quick``), mean interval 2 s;
+- **calm**: 5 people (1 with ``--quick``), mean interval 8 s. The draw is the
+  busy one's (same seed, same random numbers), so its people are the busy
+  variant's first ones, for the same models in the same order, each interval
+  4x longer. Five: those that come by about the batch's end (its work alone
+  is 15 s; with the default seed they come at 2.3-17.7 s, the sixth would
+  come at 30.2 s). With ``--quick`` the batch lasts about 6 s, and only the
+  first person comes within it.
+
+Targets (new policy), for both: people's p95 wait ≤ one job + one load, plus
+their own reply (1.4 s; 2.4 s if the job running when a call arrives is
+counted with its own load); total loads ≤ 1.5x today's rule; batch makespan
+≤ 1.2x today's rule.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,7 +63,6 @@ from bench._classes_workload import (
     LOOPERS,
     OTHER_AFTER,
     OTHER_MODEL,
-    PEOPLE_INTERVAL,
     SEND_INTERVAL,
     BatchOutcome,
     batch_direct,
@@ -119,15 +129,36 @@ WAYS = (
 
 
 @attrs.frozen
+class People:
+    """A variant of the batch + people scenario: how often people come."""
+
+    key: str
+    #: People's calls: a seeded Poisson process with this mean interval, in seconds.
+    interval: float
+    count: int
+
+
+@attrs.frozen
 class ClassSettings:
     #: How long the loops go on starting calls.
     loop_seconds: float
     batch_jobs: int
-    people: int
+    #: The batch + people variants, in the report's order.
+    people: tuple[People, ...]
 
 
-FULL_CLASSES = ClassSettings(loop_seconds=30.0, batch_jobs=60, people=12)
-QUICK_CLASSES = ClassSettings(loop_seconds=10.0, batch_jobs=12, people=4)
+BUSY_INTERVAL = 2.0
+CALM_INTERVAL = 8.0
+FULL_CLASSES = ClassSettings(
+    loop_seconds=30.0,
+    batch_jobs=60,
+    people=(People("busy", BUSY_INTERVAL, 12), People("calm", CALM_INTERVAL, 5)),
+)
+QUICK_CLASSES = ClassSettings(
+    loop_seconds=10.0,
+    batch_jobs=12,
+    people=(People("busy", BUSY_INTERVAL, 4), People("calm", CALM_INTERVAL, 1)),
+)
 
 
 @asynccontextmanager
@@ -205,7 +236,6 @@ async def batch_people_run(
 async def run(reactor: Any, settings: ClassSettings, seed: int) -> dict[str, Any]:
     started = time.monotonic()
     plan = batch_plan(settings.batch_jobs, seed, CHAT_MODELS)
-    schedule = people_schedule(settings.people, seed, CHAT_MODELS)
     results: dict[str, Any] = {
         "settings": {
             **attrs.asdict(settings),
@@ -217,7 +247,6 @@ async def run(reactor: Any, settings: ClassSettings, seed: int) -> dict[str, Any
             "loop_model": LOOP_MODEL,
             "other_model": OTHER_MODEL,
             "other_after_s": OTHER_AFTER,
-            "people_interval_s": PEOPLE_INTERVAL,
             "send_interval_s": SEND_INTERVAL,
             "models": list(CHAT_MODELS),
             "targets": {
@@ -229,157 +258,20 @@ async def run(reactor: Any, settings: ClassSettings, seed: int) -> dict[str, Any
             },
         },
         "loops": {},
-        "batch_people": {"batch_plan": plan, "people_schedule": schedule},
+        #: One scenario per variant of ``settings.people``, by its key.
+        "batch_people": {},
     }
     for way in WAYS:
         results["loops"][way.key] = await loops_run(reactor, way, settings)
-    for way in WAYS:
-        results["batch_people"][way.key] = await batch_people_run(reactor, way, plan, schedule)
+    for people in settings.people:
+        schedule = people_schedule(people.count, seed, CHAT_MODELS, people.interval)
+        scenario: dict[str, Any] = {
+            "people": attrs.asdict(people),
+            "batch_plan": plan,
+            "people_schedule": schedule,
+        }
+        for way in WAYS:
+            scenario[way.key] = await batch_people_run(reactor, way, plan, schedule)
+        results["batch_people"][people.key] = scenario
     results["wall_seconds"] = time.monotonic() - started
     return results
-
-
-# -- the report ------------------------------------------------------------------------
-
-
-def _s(seconds: float) -> str:
-    return f"{seconds:.2f} s"
-
-
-def _p(figure: dict[str, float], *keys: str) -> str:
-    return " / ".join(_s(figure[key] / 1e3) for key in keys)
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
-Row = tuple[str, ...]
-
-
-def _loops_rows(loops: dict[str, Any]) -> Iterator[Row]:
-    d, t, c = (loops[way.key] for way in WAYS)
-    yield (
-        "the other caller's wait (time to answer)",
-        *(_s(f["other_wait_s"]) for f in (d, t, c)),
-        f"≤ {OTHER_TARGET:.1f} s: {_met(c['other_wait_s'] <= OTHER_TARGET)}",
-    )
-    yield (
-        "… answered while the loops still ran",
-        *("yes" if f["other_answered_while_looping"] else "no" for f in (d, t, c)),
-        "",
-    )
-    yield "longest wait, any call", *(_s(f["longest_wait_s"]) for f in (d, t, c)), ""
-    yield (
-        f"interactive wait p50 / p95, all calls (n = {d['interactive']['count']:.0f} "
-        f"/ {t['interactive']['count']:.0f} / {c['interactive']['count']:.0f})",
-        *(_p(f["interactive"], "p50_ms", "p95_ms") for f in (d, t, c)),
-        "",
-    )
-    yield (
-        "loop calls answered, per second",
-        *(
-            f"{f['loop_calls']} in {f['loop_seconds']:.1f} s ({f['loop_calls_per_second']:.2f}/s)"
-            for f in (d, t, c)
-        ),
-        "",
-    )
-    yield "batch makespan", "—", "—", "—", ""
-    yield "model loads", *(str(f["loads"]) for f in (d, t, c)), ""
-    yield "failed calls", *(str(len(f["errors"])) for f in (d, t, c)), "0"
-
-
-def _batch_rows(scenario: dict[str, Any]) -> Iterator[Row]:
-    d, t, c = (scenario[way.key] for way in WAYS)
-    p95 = c["interactive"]["p95_ms"] / 1e3
-    yield (
-        f"interactive wait p50 / p95 / max (n = {c['interactive']['count']:.0f})",
-        *(_p(f["interactive"], "p50_ms", "p95_ms", "max_ms") for f in (d, t, c)),
-        f"p95 ≤ {PEOPLE_TARGET:.1f} s: {_met(p95 <= PEOPLE_TARGET)} (≤ "
-        f"{PEOPLE_TARGET_RUNNING_LOAD:.1f} s with the running job's own load: "
-        f"{_met(p95 <= PEOPLE_TARGET_RUNNING_LOAD)})",
-    )
-    yield (
-        "longest wait, any call (batch jobs included)",
-        *(_s(f["longest_wait_s"]) for f in (d, t, c)),
-        "",
-    )
-    yield (
-        "batch jobs' time to answer p50 / max",
-        *(_p(f["batch_answers"], "p50_ms", "max_ms") for f in (d, t, c)),
-        "",
-    )
-    makespan = c["batch_makespan_s"] / t["batch_makespan_s"]
-    yield (
-        "batch makespan",
-        *(_s(f["batch_makespan_s"]) for f in (d, t, c)),
-        f"≤ {MAKESPAN_TARGET}x today's: {makespan:.2f}x, {_met(makespan <= MAKESPAN_TARGET)}",
-    )
-    loads = c["loads"] / max(1, t["loads"])
-    yield (
-        "model loads",
-        *(str(f["loads"]) for f in (d, t, c)),
-        f"≤ {LOADS_TARGET}x today's: {loads:.2f}x, {_met(loads <= LOADS_TARGET)}",
-    )
-    yield (
-        "work one thing at a time (replies + loads)",
-        *(_s(f["busy_s"]) for f in (d, t, c)),
-        "",
-    )
-    yield "failed calls", *(str(len(f["errors"])) for f in (d, t, c)), "0"
-
-
-def _table(rows: Iterator[Row]) -> list[str]:
-    titles = " | ".join(way.title for way in WAYS)
-    out = [f"| measure | {titles} | target (new policy) |", "|---|---:|---:|---:|---|"]
-    return out + [f"| {' | '.join(row)} |" for row in rows]
-
-
-def _load_orders(scenario: dict[str, Any]) -> list[str]:
-    out = []
-    for way in WAYS:
-        figures = scenario[way.key]
-        out.append(f"Load order, {way.title}: {' '.join(figures['load_history'])}")
-        out += [f"{way.title} error: {error}" for error in figures["errors"][:5]]
-    for way in WAYS:
-        if way.foreman_arguments is not None and "served_order" in scenario[way.key]:
-            out.append(f"Order run, {way.title}: {scenario[way.key]['served_order']}")
-    return out
-
-
-def report(results: dict[str, Any]) -> str:
-    settings = results["settings"]
-    batch = results["batch_people"]
-    return "\n".join(
-        [
-            "Scheduling classes, on the design's Mac (one big model at a time; loads "
-            f"{LOAD_SECONDS:g} s, replies {JOB_SECONDS:g} s). Time is scaled down, and "
-            f"foreman's bounds with it: new policy --max-wait {settings['max_wait']} "
-            f"(default 60s), --batch-max-wait {settings['batch_max_wait']} (default 30m); "
-            f"today's rule: both {settings['today_bounds']}, every job interactive; "
-            f"--swap-grace {settings['swap_grace']} both ways.",
-            "",
-            f"Loops: {settings['loopers']} callers loop on {settings['loop_model']} for "
-            f"{settings['loop_seconds']:g} s; {settings['other_after_s']:g} s in, one call "
-            f"for {settings['other_model']}.",
-            "",
-            *_table(_loops_rows(results["loops"])),
-            "",
-            *_load_orders(results["loops"]),
-            "",
-            f"Batch + people: {settings['batch_jobs']} batch jobs over "
-            f"{', '.join(settings['models'])} (through foreman submitted to /jobs one after "
-            "the other; direct as concurrent /api/chat calls, sent "
-            f"{settings['send_interval_s'] * 1e3:g} ms apart); "
-            f"{settings['people']} people's sync calls, "
-            f"Poisson, mean interval {settings['people_interval_s']:g} s, at "
-            + ", ".join(f"{at:.1f} s ({model})" for at, model in batch["people_schedule"])
-            + ".",
-            "",
-            *_table(_batch_rows(batch)),
-            "",
-            *_load_orders(batch),
-            "",
-            f"Wall time of this part {results['wall_seconds']:.0f} s.",
-        ]
-    )
