@@ -146,6 +146,39 @@ def _scheduler_rows(figures: dict[str, Any]) -> Iterator[Row]:
         f"{overhead['queue']['p50_ms'] - overhead['no_queue']['p50_ms']:.2f} ms",
         "≤ 5 ms",
     )
+    if "classes" in figures:
+        yield from _classes_rows(figures["classes"])
+
+
+def _classes_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    """Scheduling classes: direct FIFO / today's rule / the new policy."""
+    loops = figures["loops"]
+    targets = figures["settings"]["targets"]
+    ways = ("direct", "today", "classes")
+    yield (
+        "scheduler, loops: the other caller's wait, direct / today's rule / new policy",
+        " / ".join(f"{loops[way]['other_wait_s']:.1f} s" for way in ways),
+        f"≤ {targets['other_wait_s']:.1f} s (new policy)",
+    )
+    for key, batch in figures["batch_people"].items():
+        what = f"scheduler, batch + people ({key})"
+        yield (
+            f"{what}: interactive p95, direct / today's rule / new policy",
+            " / ".join(f"{batch[way]['interactive']['p95_ms'] / 1e3:.2f} s" for way in ways),
+            f"≤ {targets['people_p95_s']:.1f} s (new policy)",
+        )
+        today, new = batch["today"], batch["classes"]
+        yield (
+            f"{what}: model loads, today's rule → new policy",
+            f"{today['loads']} → {new['loads']} ({new['loads'] / max(1, today['loads']):.2f}x)",
+            f"≤ {targets['loads_over_today']}x",
+        )
+        yield (
+            f"{what}: batch makespan, today's rule → new policy",
+            f"{today['batch_makespan_s']:.1f} s → {new['batch_makespan_s']:.1f} s"
+            f" ({new['batch_makespan_s'] / today['batch_makespan_s']:.2f}x)",
+            f"≤ {targets['makespan_over_today']}x",
+        )
 
 
 def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
@@ -216,7 +249,9 @@ def headline_table(ran: dict[str, tuple[int, float]]) -> str:
 
 
 #: Inputs, and the per-model breakdown (the overall figure is charted).
-_NOT_CHARTED = frozenset({"settings", "plan", "schedule", "per_model"})
+_NOT_CHARTED = frozenset(
+    {"settings", "plan", "schedule", "per_model", "batch_plan", "people_schedule"}
+)
 
 
 def latency_series(name: str, figures: Any, prefix: str = "") -> Iterator[tuple[str, float, float]]:

@@ -1,6 +1,6 @@
 """Scheduling: one mixed workload straight at a simulated Ollama and through foreman's queue.
 
-Two measurements, each side by side in one run:
+Three measurements, each side by side in one run:
 
 1. **Loads, makespan and latency under a mixed workload.** 48 non-streamed
    ``/api/chat`` calls over three chat models in a seeded random order, sent
@@ -36,7 +36,17 @@ from a thread so that this process's reactor keeps serving it meanwhile.
 
 Part 2 uses a simulator in its own process, as ``bench/overhead.py`` does.
 
-Usage: ``python bench/scheduler.py [--quick] [--json FILE] [--seed N]``
+3. **Scheduling classes** (``bench/scheduler_classes.py``): three callers
+   looping on one model and one more caller for another, and a batch of
+   ``/jobs`` with people's calls arriving meanwhile (busy: a person every 2 s
+   on average; calm: every 8 s); each straight at the simulator (Ollama's
+   FIFO), through foreman with today's rule (one class, drain by model, no
+   bound) and through foreman with the classes, its ``--max-wait`` scaled
+   down to 5 s (default 60 s) and ``--batch-max-wait`` to 60 s (default
+   30 min).
+
+Usage: ``python bench/scheduler.py [--quick] [--json FILE] [--seed N]
+[--only mixed|overhead|classes ...]``
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,8 +69,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import threads
 from twisted.internet.interfaces import IListeningPort
 
+from bench import scheduler_classes as classes
+from bench._classes_report import report as classes_report
 from bench._common import main as bench_main
 from bench._processes import foreman, simulated_ollama
+from bench._simulator import (
+    BIG_MODELS,
+    LOAD_SECONDS,
+    MAC_GPU_MEMORY,
+    NUM_PARALLEL,
+    REPLY_TOKENS,
+    SWAP_GRACE,
+    TOKENS_PER_SECOND,
+    make_simulator,
+    wait_until,
+)
 from bench._workload import (
     ARRIVALS_PER_SECOND,
     EMBED_MODEL,
@@ -76,48 +99,11 @@ from bench._workload import (
     mixed,
     open_loop,
     open_schedule,
-    sleep,
     summary_ms,
     workload,
 )
-from foreman.testing import DEFAULT_MODELS, SimModel, SimulatedOllama
+from foreman.testing import SimulatedOllama
 
-#: The simulated Ollama of part 1 (see the module docstring).
-LOAD_SECONDS = 1.0
-TOKENS_PER_SECOND = 100.0
-REPLY_TOKENS = 20
-NUM_PARALLEL = 1
-#: foreman's default swap grace (250 ms) is sized against a 5-10 s swap; the
-#: swaps here take 1 s, so the grace is scaled down with them (250 ms / 6).
-SWAP_GRACE = "40ms"
-
-GIB = 1024**3
-
-#: The design's Mac: an M1 Pro with 32 GB, whose GPU may wire about two
-#: thirds of it (macOS's default limit), running big models of which one
-#: fits beside the embedder and no two fit together. Sizes are those of the
-#: Ollama library's downloads.
-MAC_GPU_MEMORY = 32 * GIB * 2 // 3
-BIG_MODELS: tuple[SimModel, ...] = (
-    SimModel(
-        name="qwen3:14b", size=9_276_198_565, family="qwen3", parameter_size="14.8B", thinking=True
-    ),
-    SimModel(
-        name="mistral-small3.2:24b",
-        size=15_177_384_862,
-        family="mistral3",
-        parameter_size="24.0B",
-        vision=True,
-    ),
-    SimModel(
-        name="gemma3:27b",
-        size=17_396_936_941,
-        family="gemma3",
-        parameter_size="27.4B",
-        tools=False,
-        vision=True,
-    ),
-)
 SMALL_MODELS = ("llama3.2", "qwen3:8b", "gemma3:12b")
 
 
@@ -170,21 +156,6 @@ SCENARIOS = (
 )
 
 
-def make_simulator(reactor: Any, scenario: Scenario) -> SimulatedOllama:
-    installed = (*DEFAULT_MODELS, *BIG_MODELS)
-    models = tuple(attrs.evolve(m, load_seconds=LOAD_SECONDS) for m in installed)
-    return SimulatedOllama(
-        reactor,
-        models=models,
-        tokens_per_second=TOKENS_PER_SECOND,
-        reply_tokens=REPLY_TOKENS,
-        max_loaded_models=scenario.max_loaded_models,
-        memory_bytes=scenario.memory_bytes,
-        num_parallel=NUM_PARALLEL,
-        shared_bandwidth=scenario.shared_bandwidth,
-    )
-
-
 def _is_embedder(name: str) -> bool:
     return name.split(":")[0] == EMBED_MODEL
 
@@ -193,14 +164,6 @@ def swaps_in(history: list[str]) -> int:
     """Loads of a generation model made while another had been loaded before."""
     generation = [name for name in history if not _is_embedder(name)]
     return max(0, len(generation) - 1)
-
-
-async def _wait_until(reactor: Any, ready: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {seconds} s waiting for {what}")
-        await sleep(reactor, 0.05)
 
 
 def served_order(sim: SimulatedOllama) -> list[str]:
@@ -229,7 +192,12 @@ async def scheduling_run(
     seed: int,
 ) -> dict[str, Any]:
     """One run against a fresh simulator: embeddings alone, then the mixed workload."""
-    sim = make_simulator(reactor, scenario)
+    sim = make_simulator(
+        reactor,
+        max_loaded_models=scenario.max_loaded_models,
+        memory_bytes=scenario.memory_bytes,
+        shared_bandwidth=scenario.shared_bandwidth,
+    )
     port: IListeningPort = await sim.listen("tcp:0:interface=127.0.0.1", reactor)
     address: Any = port.getHost()
     sim_url = f"http://127.0.0.1:{address.port}"
@@ -243,7 +211,7 @@ async def scheduling_run(
             # calls, and this reactor must keep serving the simulator meanwhile.
             url: str = await threads.deferToThread(process.__enter__)
             # foreman loads and pins its embedder at first contact.
-            await _wait_until(
+            await wait_until(
                 reactor,
                 lambda: any(_is_embedder(m) for m in sim.loaded_models()),
                 30.0,
@@ -366,7 +334,13 @@ async def queue_overhead(reactor: Any, settings: Settings) -> dict[str, Any]:
 # -- the run and its report ------------------------------------------------------------
 
 
-async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
+#: The parts of the run, in order; ``--only`` picks some.
+PARTS = ("mixed", "overhead", "classes")
+
+
+async def run(
+    reactor: Any, settings: Settings, seed: int, quick: bool, parts: tuple[str, ...] = PARTS
+) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {
         "settings": attrs.asdict(settings),
@@ -381,7 +355,7 @@ async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
         "seed": seed,
         "scenarios": [],
     }
-    for scenario in SCENARIOS:
+    for scenario in SCENARIOS if "mixed" in parts else ():
         figures: dict[str, Any] = attrs.asdict(scenario)
         # The same draw for every scenario, over that scenario's models.
         plan = workload(settings, seed, scenario.chat_models)
@@ -396,7 +370,11 @@ async def run(reactor: Any, settings: Settings, seed: int) -> dict[str, Any]:
                 seed=seed,
             )
         results["scenarios"].append(figures)
-    results["queue_overhead"] = await queue_overhead(reactor, settings)
+    if "overhead" in parts:
+        results["queue_overhead"] = await queue_overhead(reactor, settings)
+    if "classes" in parts:
+        class_settings = classes.QUICK_CLASSES if quick else classes.FULL_CLASSES
+        results["classes"] = await classes.run(reactor, class_settings, seed)
     results["wall_seconds"] = time.monotonic() - started
     return results
 
@@ -507,9 +485,17 @@ def report(results: dict[str, Any]) -> str:
             errors = path["chat_errors"] + path["embed_errors"] + path["embed_alone_errors"]
             out += [f"{path['path']} error: {error}" for error in errors[:5]]
         out.append("")
-    overhead = results["queue_overhead"]
+    if "queue_overhead" in results:
+        out += _overhead_report(results["queue_overhead"])
+    if "classes" in results:
+        out += [classes_report(results["classes"]), ""]
+    out.append(f"Wall time {results['wall_seconds']:.0f} s.")
+    return "\n".join(out)
+
+
+def _overhead_report(overhead: dict[str, Any]) -> list[str]:
     q, n = overhead["queue"], overhead["no_queue"]
-    out += [
+    out = [
         f"Queue's own cost, small chat at concurrency 1 (n={q['count']:.0f} each):",
         "",
         "| | p50 | p99 |",
@@ -519,23 +505,30 @@ def report(results: dict[str, Any]) -> str:
         f"| added by the queue (target p50 ≤ 5 ms) | {q['p50_ms'] - n['p50_ms']:.2f} ms "
         f"| {q['p99_ms'] - n['p99_ms']:.2f} ms |",
         "",
-        f"Wall time {results['wall_seconds']:.0f} s.",
     ]
-    for error in overhead["errors"][:5]:
-        out.append(f"queue overhead error: {error}")
-    return "\n".join(out)
+    out += [f"queue overhead error: {error}" for error in overhead["errors"][:5]]
+    return out
 
 
 def main() -> None:
-    def seed_option(parser: argparse.ArgumentParser) -> None:
+    def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--seed", type=int, default=2026, help="workload seed (default 2026)")
+        parser.add_argument(
+            "--only", nargs="+", choices=PARTS, default=PARTS, help="run only these parts"
+        )
 
     bench_main(
         __doc__.splitlines()[0],
-        "a shorter run (< 1 minute)",
-        lambda reactor, arguments: run(reactor, QUICK if arguments.quick else FULL, arguments.seed),
+        "a shorter run (about 2 minutes)",
+        lambda reactor, arguments: run(
+            reactor,
+            QUICK if arguments.quick else FULL,
+            arguments.seed,
+            arguments.quick,
+            tuple(arguments.only),
+        ),
         report,
-        seed_option,
+        options,
     )
 
 

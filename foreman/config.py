@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 
 from foreman.http.listen_address import is_loopback_only
+from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT
 
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
@@ -84,6 +85,13 @@ class Config:
     max_wait: float = DEFAULT_MAX_WAIT
     #: The batch class's bound on being overtaken.
     batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT
+    #: The time a request's headers, then its body, may take to arrive (408 past it).
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    #: An idle keep-alive connection is closed after this long.
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: Open client connections allowed; ``None``: derived from the open-files limit.
+    max_connections: int | None = None
     #: False relays generation calls at once (diagnostics and benchmarks).
     queue: bool = True
     #: Key for the HMAC-SHA256 signature on state webhooks; ``None``: unsigned.

@@ -140,6 +140,31 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "Once a batch job has waited this long, no later batch job overtakes it.",
     ),
     (
+        "header-timeout",
+        "FOREMAN_HEADER_TIMEOUT",
+        "60s",
+        "Time a request's headers may take to arrive, however slowly they trickle (then 408).",
+    ),
+    (
+        "body-timeout",
+        "FOREMAN_BODY_TIMEOUT",
+        "60s",
+        "Time a request's whole body may take to arrive (then 408; blob uploads exempt).",
+    ),
+    (
+        "idle-timeout",
+        "FOREMAN_IDLE_TIMEOUT",
+        "75s",
+        "An idle keep-alive connection is closed after this long.",
+    ),
+    (
+        "max-connections",
+        "FOREMAN_MAX_CONNECTIONS",
+        "auto",
+        "Open client connections allowed (auto: from the open-files limit); at the cap the "
+        "longest-idle connection is closed, or a new one gets 503 if none is idle.",
+    ),
+    (
         "origins",
         "FOREMAN_ORIGINS",
         None,
@@ -232,6 +257,9 @@ class ForemanOptions(usage.Options):
             ("connect-timeout", "connect_timeout"),
             ("max-wait", "max_wait"),
             ("batch-max-wait", "batch_max_wait"),
+            ("header-timeout", "header_timeout"),
+            ("body-timeout", "body_timeout"),
+            ("idle-timeout", "idle_timeout"),
         ):
             try:
                 fields[key] = parse_setting_duration(self[name])
@@ -263,6 +291,14 @@ class ForemanOptions(usage.Options):
                 raise usage.UsageError(f"--{name} must be a whole number") from None
             if counts[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        max_connections: int | None = None
+        if self["max-connections"].strip().lower() != "auto":
+            try:
+                max_connections = int(self["max-connections"])
+            except ValueError:
+                raise usage.UsageError("--max-connections must be a whole number or auto") from None
+            if max_connections < 1:
+                raise usage.UsageError("--max-connections must be at least 1")
         try:
             origins = parse_origins(self["origins"] or "")
         except OriginError as e:
@@ -292,5 +328,6 @@ class ForemanOptions(usage.Options):
             queue=not self["no-queue"],
             metrics_public=bool(self["metrics-public"]),
             origins=origins,
+            max_connections=max_connections,
             **fields,
         )

@@ -30,6 +30,7 @@ from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
+from foreman.ops.open_files import raise_open_files_limit
 from foreman.ops.timeline import Timeline
 from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
@@ -213,6 +214,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     root = ForemanService(
         json_observer(config.log_file) if config.log_format is LogFormat.JSON else None
     )
+    open_files = raise_open_files_limit(select_reactor=_is_select_reactor(reactor))
     base_url, simulated = config.ollama_url, False
     if config.upstream is UpstreamMode.AUTO and not ollama_answers(
         config.ollama_url, config.ollama_token
@@ -271,6 +273,16 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         max_body_size=config.max_body_size,
         metrics=metrics,
         cors=OriginPolicy(config.origins),
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        idle_timeout=config.idle_timeout,
+        max_connections=config.max_connections or open_files.connection_cap(),
+        reactor=reactor,
+    )
+    metrics.watch_connections(site.connections)
+    log.info(
+        "Accepting up to {cap} client connections",
+        cap=site.connections.limit,
     )
     return Foreman(
         root=root,
@@ -300,6 +312,10 @@ def make_service(config: Config, reactor: Any = None) -> ForemanService:
         auth=" (Bearer token required)" if config.token else " (no token required)",
     )
     return foreman.root
+
+
+def _is_select_reactor(reactor: Any) -> bool:
+    return type(reactor).__name__ == "SelectReactor"
 
 
 def _announce_simulator(missing_url: str | None, simulator_url: str) -> None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def spawn(
     data_dir: Path | None = None,
     log_name: str = "foreman.log",
     twistd_args: tuple[str, ...] = (),
+    before_exec: Callable[[], object] | None = None,
 ) -> Daemon:
     """Start ``twistd foreman`` on a free loopback port, logging to ``log_name``."""
     port = free_port()
@@ -56,6 +58,7 @@ def spawn(
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env or clean_environment(),
+            preexec_fn=before_exec,
         )
     return Daemon(process, f"http://127.0.0.1:{port}", log)
 

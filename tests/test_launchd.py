@@ -128,6 +128,8 @@ def test_supervision_keys(machine: Machine, capsys: pytest.CaptureFixture[str]) 
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ThrottleInterval"] == 10
     assert plist["ProcessType"] == "Background"
+    assert plist["SoftResourceLimits"] == {"NumberOfFiles": 4096}
+    assert plist["HardResourceLimits"] == {"NumberOfFiles": 10240}
     assert "EnvironmentVariables" not in plist
     data = machine.home / "Library" / "Application Support" / "foreman"
     assert plist["WorkingDirectory"] == str(data)

@@ -58,7 +58,7 @@ def test_access_events_wait_for_the_reactor_to_send_the_reply() -> None:
     from twisted.internet.base import DelayedCall
     from twisted.internet.task import Clock
 
-    from foreman.http.site import AfterSend
+    from foreman.http.access_log import AfterSend
 
     clock = Clock()
     published: list[LogEvent] = []

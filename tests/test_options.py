@@ -184,3 +184,43 @@ def test_origins_add_to_ollamas_defaults() -> None:
 def test_bad_origins_are_usage_errors(value: str, complaint: str) -> None:
     with pytest.raises(usage.UsageError, match=f"--origins: .*{complaint}"):
         parse(["--origins", value])
+
+
+def test_scheduling_and_front_door_settings() -> None:
+    config = parse([])
+    assert (config.max_wait, config.batch_max_wait) == (60.0, 1800.0)
+    assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (60, 60, 75)
+    assert config.max_connections is None  # auto: from the open-files limit
+    config = parse(
+        ["--max-wait", "2m", "--header-timeout", "10s", "--max-connections", "500"],
+        {
+            "FOREMAN_BATCH_MAX_WAIT": "1h",
+            "FOREMAN_BODY_TIMEOUT": "90",
+            "FOREMAN_IDLE_TIMEOUT": "5s",
+            "FOREMAN_MAX_CONNECTIONS": "7",
+        },
+    )
+    assert (config.max_wait, config.batch_max_wait) == (120.0, 3600.0)
+    assert (config.header_timeout, config.body_timeout, config.idle_timeout) == (10, 90, 5)
+    assert config.max_connections == 500
+    assert parse(["--max-connections", "AUTO"]).max_connections is None
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--max-wait", "0"], "--max-wait must be a positive, finite duration"),
+        (["--batch-max-wait", "-1s"], "--batch-max-wait must be a positive"),
+        (["--max-wait", "soon"], "--max-wait"),
+        (["--header-timeout", "0s"], "--header-timeout must be a positive"),
+        (["--body-timeout", "forever"], "--body-timeout"),
+        (["--idle-timeout", "-5"], "--idle-timeout must be a positive"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--max-connections", "many"], "--max-connections must be a whole number or auto"),
+    ],
+)
+def test_bad_scheduling_and_front_door_settings_are_usage_errors(
+    args: list[str], complaint: str
+) -> None:
+    with pytest.raises(usage.UsageError, match=complaint):
+        parse(args)

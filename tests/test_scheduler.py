@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from foreman.queue.job import Job
+from foreman.queue.order import Policy
 from foreman.queue.scheduler import QueueFull, Scheduler
 from foreman.wire.model_names import canonical_model_name
+from foreman.wire.priority import Priority
 
 T0 = 1_000.0
 LLAMA = "llama3.2:latest"  # residency reports canonical names
@@ -310,3 +312,65 @@ def test_remove() -> None:
     with pytest.raises(KeyError):
         scheduler.position("a", None, T0)
     assert [each.id for each in scheduler.jobs()] == ["b"]
+
+
+# -- classes and bounds (ADR-0021) --------------------------------------------------------
+
+POLICY = Policy(max_wait=10.0, batch_max_wait=30.0)
+
+
+def test_people_go_before_batch_work_even_for_another_model() -> None:
+    scheduler = queued(
+        job("batch-llama", "llama3.2", T0, priority=Priority.BATCH),
+        job("person-gemma", GEMMA, T0 + 1),
+        max_queue=10,
+    )
+    scheduler.policy = POLICY
+    picked = scheduler.pick(LLAMA, T0 + 2)
+    assert picked is not None and picked.id == "person-gemma"
+
+
+def test_an_overdue_job_is_overtaken_no_more_and_skips_the_drain() -> None:
+    scheduler = queued(job("old-gemma", GEMMA, T0), job("new-llama", "llama3.2", T0 + 5))
+    scheduler.policy = POLICY
+    # Before its bound the resident model's later job goes first ...
+    picked = scheduler.pick(LLAMA, T0 + 9.9)
+    assert picked is not None and picked.id == "new-llama"
+    # ... from the bound on, arrival order.
+    picked = scheduler.pick(LLAMA, T0 + 10)
+    assert picked is not None and picked.id == "old-gemma"
+    assert scheduler.overdue(picked, T0 + 10) and not scheduler.overdue(picked, T0 + 9.9)
+
+
+def test_a_batch_turn_comes_once_per_max_wait_while_people_keep_coming() -> None:
+    scheduler = queued(
+        job("b1", "llama3.2", T0, priority=Priority.BATCH),
+        job("b2", "llama3.2", T0 + 0.5, priority=Priority.BATCH),
+        *(job(f"p{n}", "llama3.2", T0 + 1 + n) for n in range(20)),
+    )
+    scheduler.policy = POLICY
+    started = []
+    now = T0 + 2
+    while (picked := scheduler.pick(LLAMA, now)) is not None:
+        scheduler.take(picked, now)
+        started.append((picked.id, now))
+        now += 2
+    batch = [(name, at) for name, at in started if name.startswith("b")]
+    # The first turn once b1 has waited 10 s; the next 10 s after that one began.
+    assert batch == [("b1", T0 + 10), ("b2", T0 + 20)]
+
+
+def test_positions_follow_the_plan_through_a_batch_turn() -> None:
+    # A batch job has waited 5 s; five people for the resident model queue
+    # behind the running job. Each job takes about 2 s: the batch job's turn
+    # falls due at T0 + 10, so it is shown fourth, not last.
+    scheduler = queued(
+        job("batch", GEMMA, T0, priority=Priority.BATCH),
+        *(job(f"p{n}", "llama3.2", T0 + 1 + n * 0.1) for n in range(5)),
+    )
+    scheduler.policy = POLICY
+    order = [each.id for each in scheduler.ordered(LLAMA, T0 + 5, job_seconds=2.0)]
+    assert order == ["p0", "p1", "p2", "batch", "p3", "p4"]
+    assert scheduler.position("batch", LLAMA, T0 + 5, job_seconds=2.0) == 4
+    # Without the time moving on, the batch job would look last.
+    assert [each.id for each in scheduler.ordered(LLAMA, T0 + 5)][-1] == "batch"

@@ -11,6 +11,7 @@ from twisted.internet.defer import ensureDeferred
 from foreman.queue.job import JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
+from foreman.wire.priority import Priority
 from tests.worker_rig import make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
@@ -211,7 +212,7 @@ def test_a_call_for_the_loaded_model_arriving_within_the_grace_saves_a_swap(
     tmp_path: Path,
 ) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
-    rig.worker.swap_grace = 0.25
+    rig.worker.grace.seconds = 0.25
     rig.worker.startService()
     rig.submit("llama3.2", "first")
     rig.run_until(rig.all_finished)
@@ -228,7 +229,7 @@ def test_a_call_for_the_loaded_model_arriving_within_the_grace_saves_a_swap(
 
 def test_without_more_work_the_swap_waits_only_the_grace(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
-    rig.worker.swap_grace = 0.25
+    rig.worker.grace.seconds = 0.25
     rig.worker.startService()
     rig.submit("llama3.2", "first")
     rig.run_until(rig.all_finished)
@@ -236,5 +237,21 @@ def test_without_more_work_the_swap_waits_only_the_grace(tmp_path: Path) -> None
     rig.submit("gemma3:12b", "next")
     rig.run_until(lambda: any(job.state is JobState.LOADING for job in rig.jobs()), step=0.01)
     assert rig.clock.seconds() - finished == pytest.approx(0.25, abs=0.02)
+    rig.run_until(rig.all_finished)
+    rig.stop()
+
+
+def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: Path) -> None:
+    # The grace waits for the caller just served to ask again; a batch
+    # job's follow-up could never go before a person, so nothing is gained.
+    rig = make_worker_rig(tmp_path, **SLOW)
+    rig.worker.grace.seconds = 0.25
+    rig.worker.startService()
+    rig.submit("llama3.2", "batch", priority=Priority.BATCH)
+    rig.run_until(rig.all_finished)
+    finished = rig.clock.seconds()
+    rig.submit("gemma3:12b", "a person")
+    rig.run_until(lambda: any(job.state is JobState.LOADING for job in rig.jobs()), step=0.01)
+    assert rig.clock.seconds() - finished < 0.02
     rig.run_until(rig.all_finished)
     rig.stop()

@@ -33,6 +33,7 @@ from foreman.relay.forward import Relay
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
+from foreman.wire.priority import Priority
 
 
 @implementer(IAgent)
@@ -77,7 +78,13 @@ class WorkerRig:
             self.clock.advance(step)
         return self.clock.seconds() - start
 
-    def submit(self, model: str, marker: str, endpoint: str = "chat") -> Deferred[Job]:
+    def submit(
+        self,
+        model: str,
+        marker: str,
+        endpoint: str = "chat",
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> Deferred[Job]:
         now = self.clock.seconds()
         if endpoint == "chat":
             body: dict[str, Any] = {
@@ -94,6 +101,7 @@ class WorkerRig:
             sync=False,
             created_at=now,
             updated_at=now,
+            priority=priority,
         )
         return self.worker.submit(job)
 

@@ -3,7 +3,9 @@
 Two jobs live here because only the request object sees them early enough:
 refusing an oversized body with 413 as soon as its size is known (before it
 is buffered), and writing one access line per request, including requests
-whose caller hung up.
+whose caller hung up (status 499, as nginx logs them). The connection's own
+limits (arrival deadlines, oversized headers) are :mod:`foreman.http.channel`'s;
+the cap on open connections is :mod:`foreman.http.connections`'.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, cast
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import IResource
-from zope.interface import implementer
 
+from foreman.http.access_log import CLIENT_CLOSED_REQUEST, flush_access_log, log_access
+from foreman.http.channel import ForemanChannel, write_early_answer
+from foreman.http.connections import Connections, TooManyConnections
 from foreman.http.cors import CorsGate, OriginPolicy, Verdict
-from foreman.http.dialects import dialect_of, error_document
-from foreman.http.errors import error_content_type
+from foreman.http.dialects import dialect_of
 
 
 class RequestObserver(Protocol):
@@ -38,43 +39,11 @@ _DRAIN_ALLOWANCE = 16 * 1024 * 1024
 _DRAIN_SECONDS = 5.0
 
 
-@implementer(ILogObserver)
-class AfterSend:
-    """Passes access events on once the reactor has sent the response.
-
-    A request's access line is ready when its answer is written to the
-    transport, but Twisted sends those bytes only on the reactor's next
-    pass. Formatting and writing the line there, first, delayed every reply
-    by a measurable part of foreman's whole cost; two ``callLater(0)`` hops
-    let a poll (and the send) run first. Nothing is reordered or dropped:
-    events keep their own ``log_time`` and go out in order, a whole batch at
-    once when many requests finish together.
-    """
-
-    def __init__(
-        self, clock: IReactorTime | None = None, publisher: ILogObserver = globalLogPublisher
-    ) -> None:
-        self._clock = clock
-        self._publisher = publisher
-        self._events: list[LogEvent] = []
-
-    def __call__(self, event: LogEvent) -> None:
-        self._events.append(event)
-        if len(self._events) == 1:
-            clock = self._clock
-            if clock is None:
-                from twisted.internet import reactor as clock
-            assert clock is not None
-            clock.callLater(0, clock.callLater, 0, self.flush)
-
-    def flush(self) -> None:
-        events, self._events = self._events, []
-        for event in events:
-            self._publisher(event)
-
-
-_after_send = AfterSend()
-access_log = Logger(namespace="foreman.access", observer=_after_send)
+#: Defaults, as nginx's: ``client_header_timeout``, ``client_body_timeout``
+#: (here for the whole body, not between two reads) and ``keepalive_timeout``.
+DEFAULT_HEADER_TIMEOUT = 60.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 75.0
 
 
 class ForemanRequest(server.Request):
@@ -94,6 +63,9 @@ class ForemanRequest(server.Request):
         self._body_limit: int | None = None
         self._body_received = 0
         self._refused_size = False
+        #: Answered before the request was whole (413, 408, 431): its
+        #: connection closing is not the caller leaving.
+        self.answered_early = False
         self._drain_deadline: Any = None
         self.notifyFinish().addBoth(self._log_access)
 
@@ -138,29 +110,19 @@ class ForemanRequest(server.Request):
         # this request is never processed: keep it for the access line.
         self.method = getattr(self.channel, "_command", self.method)
         self.path = getattr(self.channel, "_path", b"?").split(b"?", 1)[0]
-        dialect = dialect_of(self.path)
         message = f"request body too large: the limit is {self._body_limit} bytes"
-        body = error_document(dialect, 413, message)
         # The channel is still reading the body, so the normal response
-        # machinery is not ready; answer directly and close afterwards.
-        head = (
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: " + error_content_type(dialect) + b"\r\n"
-            b"Content-Length: "
-            + str(len(body)).encode()
-            + b"\r\n"
-            + self._cors_lines()
-            + b"Connection: close\r\n\r\n"
-        )
+        # machinery is not ready; answer directly and close afterwards. The
+        # caller reads the 413 while whatever it still sends is drained; a
+        # caller that never stops is cut off.
         transport = cast(Any, self.channel.transport)
-        transport.write(head + body)
-        # Half-close: the caller reads the 413 and sees the end of the reply
-        # while whatever it still sends is drained, so it is not reset
-        # before reading the answer. A caller that never stops is cut off.
-        transport.loseWriteConnection()
+        sent = write_early_answer(
+            transport, 413, message, dialect_of(self.path), self._cors_lines()
+        )
+        self.answered_early = True
         self._drain_deadline = self.channel.callLater(_DRAIN_SECONDS, self.channel.loseConnection)
         self.code = 413
-        self.sentLength = len(body)
+        self.sentLength = sent
         if self.content is not None:
             self.content.close()
 
@@ -186,7 +148,7 @@ class ForemanRequest(server.Request):
     # -- access log -----------------------------------------------------
 
     def _log_access(self, result: object) -> None:
-        lost = isinstance(result, Failure) and not self._refused_size
+        lost = isinstance(result, Failure) and not self.answered_early
         # A caller that hung up while sending its body left a request that was
         # never processed: its request line is still on the channel.
         path = getattr(self, "path", None) or getattr(self.channel, "_path", None) or b"?"
@@ -195,27 +157,20 @@ class ForemanRequest(server.Request):
             method = getattr(self.channel, "_command", None) or b"?"
         method_text = method.decode("ascii", "replace")
         path_text = path.decode("utf-8", "replace").split("?", 1)[0]
-        fields = {
+        status = CLIENT_CLOSED_REQUEST if lost else self.code
+        fields: dict[str, Any] = {
             "method": method_text,
             "path": path_text,
-            "status": self.code,
+            "status": status,
             "model": self.model or "-",
             "duration_ms": round((time.perf_counter() - self.started) * 1000.0, 3),
             "bytes": self.sentLength,
             "client_gone": lost,
         }
-        # The line is put together here, once and cheaply: this runs for
-        # every request, and a format string with many fields is measurably
-        # slower to render in the log observer.
-        line = (
-            f"{fields['method']} {fields['path']} {fields['status']} model={fields['model']}"
-            f" {fields['duration_ms']:.1f}ms {fields['bytes']}B"
-            + (" (client disconnected)" if lost else "")
-        )
-        access_log.info("{line}", line=line, **fields)
+        log_access(fields)
         if self._metrics is not None:
             self._metrics.request_finished(
-                path_text, method_text, self.code, time.perf_counter() - self.started
+                path_text, method_text, status, time.perf_counter() - self.started
             )
         # notifyFinish's errback is consumed here: a caller hanging up is an
         # ordinary event, not an unhandled error.
@@ -223,13 +178,16 @@ class ForemanRequest(server.Request):
 
 
 class ForemanSite(server.Site):
-    """A Site whose requests enforce ``max_body_size`` and log themselves.
+    """A Site whose requests enforce ``max_body_size`` and log themselves,
+    whose connections have arrival deadlines, and which holds at most
+    ``max_connections`` of them.
 
     With ``cors``, the whole ``resource`` is behind a :class:`~foreman.http.cors.CorsGate`:
     browsers are answered as Ollama answers them, before anything else.
     """
 
     requestFactory = ForemanRequest
+    protocol = ForemanChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -239,6 +197,10 @@ class ForemanSite(server.Site):
         max_body_size: int,
         metrics: RequestObserver | None = None,
         cors: OriginPolicy | None = None,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = 1024,
         **kwargs: Any,
     ) -> None:
         if cors is not None:
@@ -246,8 +208,13 @@ class ForemanSite(server.Site):
         # Twisted parses every POST's Content-Type with the email package to
         # fill ``request.args`` from forms. foreman reads JSON bodies only, and
         # that parse was a measurable share of a small call's CPU time.
+        kwargs.setdefault("timeout", idle_timeout)
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
         self.max_body_size = max_body_size
+        #: The time a request's headers, then its body, may take to arrive.
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.connections = Connections(max_connections)
         #: Told of every finished request, when ``/metrics`` is served.
         self.metrics = metrics
         #: Which browser origins may call (``None``: CORS is not answered).
@@ -255,9 +222,14 @@ class ForemanSite(server.Site):
         # The version of twisted.web is nobody's business.
         self.displayTracebacks = False
 
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.connections.make_room():
+            return TooManyConnections(self.reactor, self.connections.limit)
+        return super().buildProtocol(addr)
+
     def stopFactory(self) -> None:
         # The last requests' lines, before the listening port is gone.
-        _after_send.flush()
+        flush_access_log()
         super().stopFactory()
 
     def log(self, request: object) -> None:

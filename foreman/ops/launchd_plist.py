@@ -18,6 +18,11 @@ import attrs
 
 DEFAULT_LABEL = "local.foreman"
 THROTTLE_INTERVAL = 10
+#: Open files. A launchd agent otherwise starts with a soft limit of 256;
+#: foreman raises its soft limit to the hard one at start anyway, and 10240
+#: is macOS's per-process ceiling (``kern.maxfilesperproc``'s default).
+SOFT_OPEN_FILES = 4096
+HARD_OPEN_FILES = 10240
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -84,6 +89,8 @@ def build_plist(where: Layout, twistd: Path, foreman_args: Sequence[str]) -> dic
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": THROTTLE_INTERVAL,
         "ProcessType": "Background",
+        "SoftResourceLimits": {"NumberOfFiles": SOFT_OPEN_FILES},
+        "HardResourceLimits": {"NumberOfFiles": HARD_OPEN_FILES},
         "WorkingDirectory": str(where.data_dir),
         "StandardOutPath": str(where.stdout),
         "StandardErrorPath": str(where.stderr),

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from foreman.http.connections import Connections
 from foreman.queue.job import JobState
 from foreman.wire.priority import Priority
 
@@ -167,6 +168,10 @@ class ForemanMetrics:
                 worker_transitions(self._state.job_moved)
                 worker_transitions(self.job_moved)
 
+    def watch_connections(self, connections: Connections) -> None:
+        """Read the site's open client connections at every scrape."""
+        self._state.connections = connections
+
     def job_moved(self, job: Any, previous: Any = None) -> None:
         """A job's first start ends its wait in the queue."""
         if job.state is JobState.LOADING and previous is JobState.QUEUED and job.attempt == 1:
@@ -220,6 +225,7 @@ class _StateCollector(Collector):
         self.inventory: Inventory | None = None
         self.worker: Worker | None = None
         self.outbox: Any = None
+        self.connections: Connections | None = None
         #: Jobs that reached each terminal state since start (all kinds of job).
         self._finished = dict.fromkeys((s for s in JobState if s.terminal), 0)
 
@@ -235,6 +241,34 @@ class _StateCollector(Collector):
         yield from self._upstream()
         yield from self._queue()
         yield from self._webhooks()
+        yield from self._connections()
+
+    def _connections(self) -> Iterator[Metric]:
+        connections = self.connections
+        if connections is None:
+            return
+        open_now = GaugeMetricFamily(
+            "foreman_client_connections", "Client connections open now (the cap is the limit)."
+        )
+        open_now.add_metric([], float(connections.count))
+        yield open_now
+        limit = GaugeMetricFamily(
+            "foreman_client_connections_limit", "The cap on open client connections."
+        )
+        limit.add_metric([], float(connections.limit))
+        yield limit
+        evicted = CounterMetricFamily(
+            "foreman_client_connections_closed_idle",
+            "Idle client connections closed to make room at the cap.",
+        )
+        evicted.add_metric([], float(connections.evicted))
+        yield evicted
+        refused = CounterMetricFamily(
+            "foreman_client_connections_refused",
+            "Connections refused with 503 at the cap, every connection being busy.",
+        )
+        refused.add_metric([], float(connections.refused))
+        yield refused
 
     def _upstream(self) -> Iterator[Metric]:
         inventory = self.inventory

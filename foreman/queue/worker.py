@@ -31,6 +31,7 @@ from twisted.web.iweb import IRequest
 from foreman.http.errors import SERVER_BUSY, answer_with_error
 from foreman.queue.alarm import Alarm
 from foreman.queue.callers import Caller, Callers
+from foreman.queue.grace import SwapGrace
 from foreman.queue.job import Job, JobState
 from foreman.queue.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.queue.scheduler import QueueFull, Scheduler
@@ -56,7 +57,6 @@ from foreman.relay.generation import GenerationCall
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.wire.endpoints import Dialect
 from foreman.wire.gojson import GoJSONError
-from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
 T = TypeVar("T")
@@ -85,9 +85,7 @@ class Worker(Service):
         self._clock = clock
         #: How a job is retried while the target is unreachable.
         self.retries = Retries(max_attempts, backoff_base, backoff_cap)
-        #: How long to wait for more work for the resident model before a swap.
-        self.swap_grace = swap_grace
-        self._last_finished_at = float("-inf")
+        self.grace = SwapGrace(swap_grace)
         #: At most one generation towards the target at any time.
         self.gate = DeferredSemaphore(1)
         self.current: Job | None = None
@@ -290,8 +288,6 @@ class Worker(Service):
                 continue
             hold_until = self._swap_hold_until(job)
             if now < hold_until:
-                # A caller just served often asks the same model again at
-                # once: a moment's wait can save a whole swap.
                 await self._sleep(until=hold_until)
                 continue
             self.scheduler.take(job, now)
@@ -301,12 +297,8 @@ class Worker(Service):
                 log.failure("The worker failed while running job {job_id}", job_id=job.id)
 
     def _swap_hold_until(self, job: Job) -> float:
-        resident = self.residency.worker_model
-        if resident is None or canonical_model_name(job.model) == resident:
-            return 0.0
-        if self.scheduler.overdue(job, self._clock.seconds()):
-            return 0.0  # it has waited its bound: it runs now
-        return self._last_finished_at + self.swap_grace
+        overdue = self.scheduler.overdue(job, self._clock.seconds())
+        return self.grace.hold_until(job, self.residency.worker_model, overdue=overdue)
 
     async def _sleep(self, until: float | None = None) -> None:
         """Until woken, ``until``, or the next job backing off is ready."""
@@ -340,7 +332,7 @@ class Worker(Service):
             self.current = None
             self._step = None
             self._abandoned = None
-            self._last_finished_at = self._clock.seconds()
+            self.grace.finished(job, self._clock.seconds())
             ended, self._on_ended = self._on_ended, []
             for each in ended:
                 each.callback(None)
