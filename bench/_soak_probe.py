@@ -123,6 +123,11 @@ class Metrics:
     requests: dict[int, float] = field(default_factory=dict)
     webhooks: dict[str, float] = field(default_factory=dict)
     jobs_finished: dict[str, float] = field(default_factory=dict)
+    #: foreman's own count of client connections, its cap, and what the cap did.
+    client_connections: float = 0.0
+    connections_limit: float = 0.0
+    connections_closed_idle: float = 0.0
+    connections_refused: float = 0.0
 
     @property
     def total(self) -> float:
@@ -130,6 +135,14 @@ class Metrics:
 
     def count(self, low: int, high: int) -> float:
         return sum(n for status, n in self.requests.items() if low <= status <= high)
+
+
+_CONNECTIONS = {
+    "foreman_client_connections": "client_connections",
+    "foreman_client_connections_limit": "connections_limit",
+    "foreman_client_connections_closed_idle_total": "connections_closed_idle",
+    "foreman_client_connections_refused_total": "connections_refused",
+}
 
 
 def parse_metrics(text: str) -> Metrics:
@@ -151,6 +164,8 @@ def parse_metrics(text: str) -> Metrics:
             found.webhooks[labels.get("outcome", "?")] = value
         elif name == "foreman_jobs_finished_total":
             found.jobs_finished[labels.get("state", "?")] = value
+        elif name in _CONNECTIONS:
+            setattr(found, _CONNECTIONS[name], value)
     return found
 
 

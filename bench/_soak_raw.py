@@ -254,8 +254,8 @@ async def raw_hostile(reactor: Any, port: int, token: str, tally: Tally, n: int)
     status = raw.status
     if status is not None and 400 <= status < 500:
         tally.on_purpose("raw hostile", f"{name}: {status}")
-    elif status is None:
-        tally.on_purpose("raw hostile", f"{name}: closed without an answer")
+    elif status is None:  # every refusal is an answer (ADR-0022)
+        tally.unexpected("raw hostile", f"{name}: closed without an answer")
     else:
         tally.unexpected("raw hostile", f"{name}: answered {status}: {raw.received[:200]!r}")
 
@@ -309,7 +309,9 @@ async def idle_holder(
         await defer.DeferredList(waiting, fireOnOneCallback=True, consumeErrors=True)
         sleeping.cancel()  # a no-op once it has fired
         idle = time.monotonic() - started
-        limit = front.idle_timeout if first else (front.header_timeout or front.idle_timeout)
+        # The header deadline counts from the first byte: before any, only the idle
+        # timeout runs.
+        limit = front.idle_timeout
         if raw.gone:
             if limit is not None and idle >= limit - 1:
                 tally.on_purpose(kind, "cut by foreman when idle")
@@ -339,20 +341,24 @@ async def slow_sender(
     body = json.dumps({"model": "all-minilm", "input": "slow " * 40}).encode()
     request = request_bytes("POST", "/api/embed", token, body, X_Pad="p" * 60)
     split = request.index(b"\r\n\r\n") + 4
-    sent_at_once, trickled = (
-        (request[:20], request[20:]) if headers_slow else (request[:split], request[split:])
-    )
-    pieces = max(1, int(seconds))
-    step = -(-len(trickled) // pieces)
+    # (sent at once, trickled over ``seconds``, sent at once after)
+    if headers_slow:
+        before, trickled, after = request[:20], request[20:split], request[split:]
+    else:
+        before, trickled, after = request[:split], request[split:], b""
+    step = max(1, -(-len(trickled) // int(seconds)))
+    pieces = [trickled[i : i + step] for i in range(0, len(trickled), step)]
     started = time.monotonic()
     try:
         raw = await connect(reactor, port)
-        raw.send(sent_at_once)
-        for offset in range(0, len(trickled), step):
-            await _sleep(reactor, seconds / pieces)
+        raw.send(before)
+        for piece in pieces:
+            await _sleep(reactor, seconds / len(pieces))
             if raw.gone or raw.received:
                 break
-            raw.send(trickled[offset : offset + step])
+            raw.send(piece)
+        else:
+            raw.send(after)
         if not raw.gone:
             await raw.until(b"\r\n\r\n", seconds=30)
     except ConnectionError:

@@ -14,23 +14,24 @@ def minute_table(figures: dict[str, Any]) -> list[str]:
     baseline = figures["baseline"]
     out = [
         "| minute | foreman CPU | RSS MB | fds (max) | connections in (max) | to Ollama (max)"
-        " | queue depth (max) | requests | 4xx | 5xx | on purpose | unexpected |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | queue depth (max) | requests | 4xx | of which 499 | 5xx | on purpose | unexpected |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| baseline | | {baseline['rss_mb']:.1f} | {baseline['fds']} | {baseline['inbound']}"
-        f" | {baseline['upstream']} | 0 | | | | | |",
+        f" | {baseline['upstream']} | 0 | | | | | | |",
     ]
     for row in figures["minutes"]:
         out.append(
             f"| {row['minute']} | {row['cpu_percent']:.0f} % | {row['rss_mb']:.1f}"
             f" | {row['fds_max']} | {row['inbound_max']}"
             f" | {row['upstream_max']} | {row['queue_max']:.0f} | {row['requests']:.0f}"
-            f" | {row['status_4xx']:.0f} | {row['status_5xx']:.0f} | {row['on_purpose']}"
+            f" | {row['status_4xx']:.0f} | {row['status_499']:.0f} | {row['status_5xx']:.0f}"
+            f" | {row['on_purpose']}"
             f" | {row['unexpected']} |"
         )
     end = figures["end"]
     out.append(
         f"| after drain | | {end['rss_mb']:.1f} | {end['fds']} | {end['inbound']}"
-        f" | {end['upstream']} | 0 | | | | | |"
+        f" | {end['upstream']} | 0 | | | | | | |"
     )
     return out
 
@@ -68,6 +69,7 @@ def report(figures: dict[str, Any]) -> str:
     s = figures["settings"]
     drain = figures["drain"]
     hooks = figures["webhooks"]
+    conns = figures["connections"]
     front = s["front_door"]
     found = front.get("options") or []
     limits = ", ".join(
@@ -86,7 +88,8 @@ def report(figures: dict[str, Any]) -> str:
         "",
         "RSS is at the minute's end, the other process figures the largest of its 5 s samples;"
         " requests, 4xx and 5xx are foreman's own counts (/metrics, its 12 scrapes a minute"
-        " included); on purpose / unexpected are outcomes seen by the load.",
+        " included; 499: the caller left before the answer was complete); on purpose /"
+        " unexpected are outcomes seen by the load.",
         "",
         *target_table(figures),
         "",
@@ -94,6 +97,10 @@ def report(figures: dict[str, Any]) -> str:
         f" and webhook outbox empty {drain['queue_and_outbox_empty_in_s']:.1f} s later"
         f" ({drain['queue_jobs_left']} jobs left in /api/foreman/queue).",
         f"Jobs by final state: {figures['jobs_final_states']}.",
+        f"Client connections at the end: foreman counts {conns['foreman_count_at_end']:.0f},"
+        f" /proc shows {conns['sockets_at_end']} (the watcher's); cap {conns['limit']:.0f},"
+        f" closed idle at the cap {conns['closed_idle_at_cap']:.0f},"
+        f" refused at the cap {conns['refused_at_cap']:.0f}.",
         f"Webhooks, foreman's count: {hooks['foreman']}; received: {hooks['received']}.",
         "",
         *outcome_lines(figures),

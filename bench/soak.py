@@ -17,7 +17,10 @@ runs the webhook receivers:
   methods, no or a wrong token, a garbage request line, a lying
   Content-Length, an oversized header), each of which must be refused 4xx;
 * sixteen idle connections held open 20 to 90 s (most after a request, some before
-  any) and then used; slow senders trickling a request's headers or body.
+  any) and then used, or closed by foreman's idle timeout; slow senders trickling a
+  request's headers or body, which foreman must cut with 408 at its header or body
+  timeout (the options are looked up in ``twistd foreman --help``; without them, the
+  slow request must be answered).
 
 Seeded Poisson arrivals; a warm-up with the same load comes first. Printed per
 minute: foreman's RSS and open descriptors (``/proc``), its TCP connections,
@@ -171,6 +174,8 @@ def minute_rows(samples: list[Sample], tally: Tally, minutes: int) -> list[dict[
                 "requests": last.metrics.total - previous.metrics.total,
                 "status_4xx": last.metrics.count(400, 499) - previous.metrics.count(400, 499),
                 "status_5xx": last.metrics.count(500, 599) - previous.metrics.count(500, 599),
+                "status_499": last.metrics.count(499, 499) - previous.metrics.count(499, 499),
+                "foreman_connections_max": max(s.metrics.client_connections for s in inside),
                 "ok": tally.count(str(minute), "ok"),
                 "on_purpose": tally.count(str(minute), "on purpose"),
                 "unexpected": tally.count(str(minute), "unexpected"),
@@ -250,6 +255,9 @@ async def soak(
     await http.pool.closeCachedConnections()
     settled_in = await settle(watcher, 90, fds=baseline.process.fds)
     end = await watcher.sample("end")
+    if end.metrics.client_connections != end.process.inbound:
+        counted, open_now = end.metrics.client_connections, end.process.inbound
+        tally.unexpected("connections", f"foreman counts {counted:.0f}, /proc shows {open_now}")
     await watcher.http.pool.closeCachedConnections()
     await listening.stopListening()
 
@@ -309,6 +317,13 @@ async def soak(
             "events_before_their_202": len(receivers.unknown),
         },
         "foreman_status_counts": {str(k): v for k, v in sorted(end.metrics.requests.items())},
+        "connections": {
+            "foreman_count_at_end": end.metrics.client_connections,
+            "sockets_at_end": end.process.inbound,
+            "limit": end.metrics.connections_limit,
+            "closed_idle_at_cap": end.metrics.connections_closed_idle,
+            "refused_at_cap": end.metrics.connections_refused,
+        },
         "log_errors": trouble[:30],
         "log_warnings": log_warnings(running.data_dir, LOG),
     }
