@@ -128,6 +128,7 @@ class Metrics:
     connections_limit: float = 0.0
     connections_closed_idle: float = 0.0
     connections_refused: float = 0.0
+    model_loads: float = 0.0
 
     @property
     def total(self) -> float:
@@ -142,6 +143,7 @@ _CONNECTIONS = {
     "foreman_client_connections_limit": "connections_limit",
     "foreman_client_connections_closed_idle_total": "connections_closed_idle",
     "foreman_client_connections_refused_total": "connections_refused",
+    "foreman_model_loads_total": "model_loads",
 }
 
 

@@ -96,7 +96,9 @@ def report(figures: dict[str, Any]) -> str:
         f"Load stopped: calls under way finished in {drain['calls_finished_in_s']:.1f} s; queue"
         f" and webhook outbox empty {drain['queue_and_outbox_empty_in_s']:.1f} s later"
         f" ({drain['queue_jobs_left']} jobs left in /api/foreman/queue).",
-        f"Jobs by final state: {figures['jobs_final_states']}.",
+        f"Jobs by final state: {figures['jobs_final_states']}. Model loads (swaps) from the"
+        f" baseline to the end: {figures['model_loads']:.0f}. Longest time the worker sat idle"
+        f" with jobs queued and none done: {figures['worker_longest_stall_s']:.0f} s.",
         f"Client connections at the end: foreman counts {conns['foreman_count_at_end']:.0f},"
         f" /proc shows {conns['sockets_at_end']} (the watcher's); cap {conns['limit']:.0f},"
         f" closed idle at the cap {conns['closed_idle_at_cap']:.0f},"

@@ -40,6 +40,7 @@ Usage: ``python bench/soak.py [--minutes N] [--quick] [--seed N] [--json FILE]``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -150,6 +151,23 @@ async def settle(watcher: Watcher, limit: float, fds: int | None = None) -> floa
     return limit
 
 
+def longest_stall(samples: list[Sample]) -> float:
+    """The longest stretch (s) over which jobs stayed queued, the worker idle and no job
+    was done, from one sample to the next: a worker that has stopped picking work."""
+    longest, since = 0.0, None
+    for before, after in itertools.pairwise(samples):
+        m, done_before = after.metrics, before.metrics.jobs_finished.get("done")
+        stuck = (
+            m.queue_depth > 0 and m.worker_busy == 0 and m.jobs_finished.get("done") == done_before
+        )
+        if stuck:
+            since = before.at if since is None else since
+            longest = max(longest, after.at - since)
+        else:
+            since = None
+    return longest
+
+
 def minute_rows(samples: list[Sample], tally: Tally, minutes: int) -> list[dict[str, Any]]:
     rows = []
     previous = next(s for s in reversed(samples) if s.phase == "baseline")
@@ -255,6 +273,9 @@ async def soak(
     await http.pool.closeCachedConnections()
     settled_in = await settle(watcher, 90, fds=baseline.process.fds)
     end = await watcher.sample("end")
+    stall = longest_stall(watcher.samples)
+    if stall >= 30:
+        tally.unexpected("worker", f"idle for {stall:.0f} s with jobs queued, none finishing")
     if end.metrics.client_connections != end.process.inbound:
         counted, open_now = end.metrics.client_connections, end.process.inbound
         tally.unexpected("connections", f"foreman counts {counted:.0f}, /proc shows {open_now}")
@@ -295,6 +316,8 @@ async def soak(
             "queue_jobs_left": queue_left,
             "settled_in_s": settled_in,
         },
+        "worker_longest_stall_s": stall,
+        "model_loads": end.metrics.model_loads - baseline.metrics.model_loads,
         "targets": {
             "rss_growth_peak_mb": rss_peak - baseline.process.rss_mb,
             "rss_growth_end_mb": end.process.rss_mb - baseline.process.rss_mb,
