@@ -123,6 +123,11 @@ class Raw(Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def close(self) -> None:
+        """Abort the connection if it is still open (on any path that gives up on it)."""
+        if self.transport is not None and not self.gone:
+            cast(ITCPTransport, self.transport).abortConnection()
+
     def cut(self, rng: random.Random) -> str:
         """Hang up as a client that dies (reset) or one that closes (FIN) would."""
         if self.transport is None:
@@ -134,10 +139,10 @@ class Raw(Protocol):
         return "FIN"
 
 
-async def connect(reactor: Any, port: int) -> Raw:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
-    connected: Raw = await connectProtocol(endpoint, Raw(reactor))
-    return connected
+async def connect(raw: Raw, port: int) -> None:
+    """Connect ``raw`` (made before, so that every path can close it) to foreman."""
+    endpoint = TCP4ClientEndpoint(raw.reactor, "127.0.0.1", port, timeout=10)
+    await connectProtocol(endpoint, raw)
 
 
 def request_bytes(
@@ -165,8 +170,9 @@ async def hang_up_mid_stream(
     """A streamed chat, cut after its third line."""
     kind = "hang-up mid-stream"
     body = json.dumps(chat_body(rng, n)).encode()
+    raw = Raw(reactor)
     try:
-        raw = await connect(reactor, port)
+        await connect(raw, port)
         raw.send(request_bytes("POST", "/api/chat", token, body))
         await raw.until(b"\r\n\r\n")
         if raw.status != 200:
@@ -175,9 +181,11 @@ async def hang_up_mid_stream(
             return
         await raw.until(b"}\n", count=3)
     except Exception as e:
+        raw.close()
         tally.unexpected(kind, f"{type(e).__name__}: {e}")
         return
     if b'"done":true' in raw.received.replace(b" ", b""):
+        raw.close()
         tally.unexpected(kind, "the stream ended before the hang-up")
         return
     how = raw.cut(rng)
@@ -191,12 +199,14 @@ async def hang_up_mid_queue(
     kind = "hang-up mid-queue"
     body = json.dumps(chat_body(rng, n, stream=rng.random() < 0.5)).encode()
     priority = rng.choice(("interactive", "batch"))
+    raw = Raw(reactor)
     try:
-        raw = await connect(reactor, port)
+        await connect(raw, port)
         request = request_bytes("POST", "/api/chat", token, body, X_Foreman_Priority=priority)
         raw.send(request)
         await _sleep(reactor, rng.uniform(0.02, 0.4))
     except Exception as e:
+        raw.close()
         tally.unexpected(kind, f"{type(e).__name__}: {e}")
         return
     if raw.gone:
@@ -242,13 +252,15 @@ async def raw_hostile(reactor: Any, port: int, token: str, tally: Tally, n: int)
     """One malformed request: answered 4xx, or cut at once (what Twisted does for some)."""
     requests = raw_hostile_requests(token)
     name, request = requests[n % len(requests)]
+    raw = Raw(reactor)
     try:
-        raw = await connect(reactor, port)
+        await connect(raw, port)
         raw.send(request)
         with contextlib.suppress(ConnectionError):  # closed without (a whole) answer
             await raw.until(b"\r\n\r\n", seconds=30)
         raw.cut(random.Random(n))
     except Exception as e:
+        raw.close()
         tally.unexpected("raw hostile", f"{name}: {type(e).__name__}: {e}")
         return
     status = raw.status
@@ -296,8 +308,9 @@ async def idle_holder(
     kind = "idle connection"
     hold = rng.uniform(20, 90)
     request = request_bytes("GET", "/api/version", token)
+    raw = Raw(reactor)
     try:
-        raw = await connect(reactor, port)
+        await connect(raw, port)
         first = rng.random() < 0.7
         if first and await _exchange(raw, request) != 200:
             tally.unexpected(kind, f"first request answered {raw.received[:200]!r}")
@@ -320,6 +333,7 @@ async def idle_holder(
             return
         status = await _exchange(raw, request)
     except Exception as e:
+        raw.close()
         tally.unexpected(kind, f"{type(e).__name__}: {e}")
         return
     raw.cut(rng)
@@ -349,8 +363,9 @@ async def slow_sender(
     step = max(1, -(-len(trickled) // int(seconds)))
     pieces = [trickled[i : i + step] for i in range(0, len(trickled), step)]
     started = time.monotonic()
+    raw = Raw(reactor)
     try:
-        raw = await connect(reactor, port)
+        await connect(raw, port)
         raw.send(before)
         for piece in pieces:
             await _sleep(reactor, seconds / len(pieces))
@@ -364,6 +379,7 @@ async def slow_sender(
     except ConnectionError:
         pass
     except Exception as e:
+        raw.close()
         tally.unexpected(kind, f"{type(e).__name__}: {e}")
         return
     took = time.monotonic() - started
