@@ -188,6 +188,12 @@ class ForemanChannel(HTTPChannel):
             f"line, {limit} bytes in all and {self.maxHeaders} headers",
         )
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a request it cannot parse (a header without
+        # a colon, a bad Content-Length ...) is a bare 400 with no body;
+        # callers get a body in their dialect instead.
+        self._answer_early(400, "foreman: malformed HTTP request")
+
     # -- answering before the request is whole -----------------------------------------
 
     def _answer_early(self, status: int, message: str) -> None:
