@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 EDITABLE := --config-settings editable_mode=compat
 RUN_ARGS ?= --upstream auto
 
-.PHONY: run test install install-test lint typecheck pytest bench clean
+.PHONY: run test install install-test lint typecheck pytest fuzz bench clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "foreman needs Python 3.11 or newer on PATH"; exit 1; }
@@ -59,10 +59,16 @@ typecheck: install-test
 pytest: install-test
 	$(BIN)/pytest
 
+## A long property-based fuzz of every route and dialect (tests/test_fuzz_http.py;
+## `make test` runs a short, repeatable one). FUZZ_ARGS go to pytest, e.g.
+## FUZZ_ARGS=--hypothesis-seed=7; failures are kept in .hypothesis/ and replayed first.
+fuzz: install-test
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -p no:cacheprovider tests/test_fuzz_http.py $(FUZZ_ARGS)
+
 ## Run every benchmark; tables (and a chart, with matplotlib) in bench/results/.
 bench: install-test
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/js/node_modules
 	find . -name dropin.cache -delete

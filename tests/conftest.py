@@ -7,6 +7,7 @@ pytest-twisted can install the reactor it was asked for first.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from treq.client import HTTPClient
 from twisted.internet.defer import maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -27,6 +29,11 @@ from tests.webhook_receiver import WebhookReceiver
 
 if TYPE_CHECKING:
     from foreman.testing import SimulatedOllama
+
+# ``make fuzz``: many more examples for the property tests, from a random seed
+# (tests/test_fuzz_http.py; ``make test`` runs them few and derandomized).
+settings.register_profile("fuzz", max_examples=3000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -162,8 +162,13 @@ async def test_callers_waiting_in_the_queue_or_on_a_slow_stream_are_never_cut(
             414,
             "foreman: the request line is too long",
         ),
+        (
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+            400,
+            "foreman: malformed HTTP request",
+        ),
     ],
-    ids=["one huge header", "too many headers", "huge request line"],
+    ids=["one huge header", "too many headers", "huge request line", "malformed header"],
 )
 @pytest_twisted.ensureDeferred
 async def test_oversized_headers_get_an_answer_with_a_body(

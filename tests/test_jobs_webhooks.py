@@ -159,16 +159,14 @@ async def test_failed_and_cancelled_events_carry_the_error(
     sim = await start_simulator(tokens_per_second=5.0, reply_tokens=10_000)
     running = await start_foreman(sim.url)
     jobs = JobsClient(http, running.url)
-    # Ollama refuses the body at run time: the job fails with Ollama's words.
-    failing = await jobs.submitted(
-        {"model": "llama3.2", "messages": "hi", "state_webhook_url": receiver.url()}
-    )
+    # Ollama refuses the body at run time (foreman leaves `think` to it): the
+    # job fails with Ollama's words.
+    failing = await jobs.submitted({**chat(think="extreme"), "state_webhook_url": receiver.url()})
     failed = event((await events_for(receiver, failing, 4))[-1])
     assert failed["state"] == "failed"
     assert failed["previous_state"] == "working"
     assert failed["error"] == (
-        "json: cannot unmarshal string into Go struct field ChatRequest.messages"
-        " of type []api.Message"
+        'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'
     )
     assert (await jobs.job(failing))["error_status"] == 400
 

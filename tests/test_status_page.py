@@ -17,6 +17,7 @@ from twisted.web.http_headers import Headers
 
 from foreman.ops.status_access import MAX_SESSIONS, SESSION_SECONDS, Sessions
 from foreman.ops.status_page import prefers_html
+from foreman.queue.job import JobState
 from tests.conftest import RunningForeman, RunningSimulator, StartForeman, StartSimulator
 from tests.http_helpers import eventually
 
@@ -206,7 +207,15 @@ async def test_the_status_document_has_the_timeline_of_runs_and_what_waits(
     long_id = json.loads(body)["job_id"]
     worker = running.foreman.queue.worker if running.foreman.queue else None
     assert worker is not None
-    await eventually(lambda: worker.current is not None and worker.current.id == long_id, reactor)
+    # Generating: whether its start was a load is known once the load is over.
+    await eventually(
+        lambda: (
+            worker.current is not None
+            and worker.current.id == long_id
+            and worker.current.state is JobState.WORKING
+        ),
+        reactor,
+    )
     submitted, body = await call(http, "POST", running.url + "/jobs", chat_body("qwen3:8b"))
     assert submitted.code == 202
     batch_id = json.loads(body)["job_id"]

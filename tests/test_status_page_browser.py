@@ -393,8 +393,9 @@ async def test_the_timeline_draws_the_runs_their_loads_and_what_waits(
     await page.goto(running.url + "/ui")
     await page.wait_for(f"() => {count('#timeline .tl-run')} === 4", "four runs on the timeline")
     await page.wait_for(visible("#timeline-waiting li", "qwen3:8b", "batch"), "the waiting job")
-    # One mark per load: the first load, then two swaps (filled marks).
-    assert await page.evaluate(count("#timeline .tl-load")) == 3
+    # One mark per load: the first load, then two swaps (filled marks). The
+    # long run's is drawn once its load is over (the page refreshes itself).
+    await page.wait_for(f"() => {count('#timeline .tl-load')} === 3", "three load marks")
     assert await page.evaluate(count("#timeline .tl-load.tl-swap")) == 2
     assert await page.evaluate(count("#timeline .tl-run.tl-running")) == 1
     assert await page.evaluate(count("#timeline .tl-run.tl-done")) == 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -212,7 +213,9 @@ class ForemanAPI:
     @app.route("/v1/responses", methods=["POST"])
     @app.route("/v1/messages", methods=["POST"])
     async def dialect_generation(self, request: IRequest) -> bytes | None:
-        return await self._generate(request, endpoint_named(request.path.decode()))
+        # The route matched the decoded path (``/v1/%6Dessages`` too), as gin's does.
+        path = unquote(request.path.decode("ascii", "replace"))
+        return await self._generate(request, endpoint_named(path))
 
     @app.route("/v1/audio/transcriptions", methods=["POST"])
     async def transcription(self, request: IRequest) -> bytes | None:

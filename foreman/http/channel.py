@@ -19,11 +19,11 @@ connection gives way when the connection cap is reached.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -79,6 +79,43 @@ def write_early_answer(
     return len(body)
 
 
+class Arrivals:
+    """The requests still arriving on a site's connections, each with its deadline.
+
+    One timer looks at them all, every ``tick`` seconds, and only while some
+    request is arriving: a timer per request (set at its first byte, moved at
+    its headers' end, cancelled at its body's end) cost a measurable share of
+    a small call's time. So a deadline is kept within ``tick`` of its limit.
+    """
+
+    def __init__(self, clock: IReactorTime, tick: float) -> None:
+        self._clock = clock
+        self.tick = tick
+        self._due: dict[ForemanChannel, tuple[float, str, float]] = {}
+        self._sweeper: LoopingCall | None = None
+
+    def expect(self, channel: ForemanChannel, part: str, seconds: float) -> None:
+        """``channel``'s request's ``part`` must be in within ``seconds``."""
+        self._due[channel] = (self._clock.seconds() + seconds, part, seconds)
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self._sweep)
+            self._sweeper.clock = self._clock
+            self._sweeper.start(self.tick, now=False)
+
+    def arrived(self, channel: ForemanChannel) -> None:
+        self._due.pop(channel, None)
+
+    def _sweep(self) -> None:
+        now = self._clock.seconds()
+        late = [(channel, due) for channel, due in self._due.items() if due[0] <= now]
+        for channel, (_when, part, seconds) in late:
+            del self._due[channel]
+            channel.too_slow(part, seconds)
+        if not self._due and self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+
+
 class ForemanChannel(HTTPChannel):
     """An HTTP connection with arrival deadlines, 431s and an idle clock."""
 
@@ -89,7 +126,8 @@ class ForemanChannel(HTTPChannel):
         #: When the connection last became idle (no request arriving or in
         #: progress); ``None`` while one is.
         self.idle_since: float | None = None
-        self._deadline: IDelayedCall | None = None
+        #: A request is arriving (its first byte came, its body is not all in).
+        self._arriving = False
         self._header_lines = 0
         #: Set once an early answer was sent: nothing more is read.
         self._answered_early = False
@@ -103,7 +141,7 @@ class ForemanChannel(HTTPChannel):
         self.site.connections.opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_deadline()
+        self.site.arrivals.arrived(self)
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self.site.connections.closed(self)
@@ -122,36 +160,30 @@ class ForemanChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._answered_early:
             return
-        if data and self._deadline is None and not self._handlingRequest:
+        if data and not self._arriving and not self._handlingRequest:
             # The first byte of a request: its headers' clock starts.
+            self._arriving = True
             self.idle_since = None
             self._header_lines = 0
-            self._start_deadline(self.site.header_timeout, "headers")
+            self.site.arrivals.expect(self, "headers", self.site.header_timeout)
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        self._cancel_deadline()
         super().allHeadersReceived()
         path: bytes = getattr(self, "_path", b"") or b""
-        if not path.startswith(_UNTIMED_BODIES):
-            # Cancelled again at once when there is no body to wait for.
-            self._start_deadline(self.site.body_timeout, "body")
+        if path.startswith(_UNTIMED_BODIES):
+            self.site.arrivals.arrived(self)
+        else:
+            # Let go of again at once when there is no body to wait for.
+            self.site.arrivals.expect(self, "body", self.site.body_timeout)
 
     def allContentReceived(self) -> None:
-        self._cancel_deadline()
+        self._arriving = False
+        self.site.arrivals.arrived(self)
         super().allContentReceived()
 
-    def _start_deadline(self, seconds: float, part: str) -> None:
-        self._cancel_deadline()
-        self._deadline = self.callLater(seconds, partial(self._too_slow, part, seconds))
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def _too_slow(self, part: str, seconds: float) -> None:
-        self._deadline = None
+    def too_slow(self, part: str, seconds: float) -> None:
+        """The request's ``part`` did not arrive within ``seconds``."""
         log.info(
             "Timing out a slow client: its request's {part} took over {seconds}s",
             part=part,
@@ -188,6 +220,12 @@ class ForemanChannel(HTTPChannel):
             f"line, {limit} bytes in all and {self.maxHeaders} headers",
         )
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to a request it cannot parse (a header without
+        # a colon, a bad Content-Length ...) is a bare 400 with no body;
+        # callers get a body in their dialect instead.
+        self._answer_early(400, "foreman: malformed HTTP request")
+
     # -- answering before the request is whole -----------------------------------------
 
     def _answer_early(self, status: int, message: str) -> None:
@@ -196,7 +234,7 @@ class ForemanChannel(HTTPChannel):
         if self._answered_early or getattr(request, "answered_early", False):
             return  # answered already (a 413 drains its body on its own clock)
         self._answered_early = True
-        self._cancel_deadline()
+        self.site.arrivals.arrived(self)
         path: bytes = (getattr(self, "_path", b"") or b"").split(b"?", 1)[0]
         sent = write_early_answer(self.transport, status, message, dialect_of(path))
         if request is not None:

@@ -47,7 +47,11 @@ def decode_body(request: IRequest) -> None:
         return
     site: Any = getattr(getattr(request, "channel", None), "site", None)
     limit = getattr(site, "max_body_size", DEFAULT_LIMIT)
-    request.content.seek(0)
-    plain = decompress_zstd(request.content.read(), limit)
+    compressed = request.content
+    compressed.seek(0)
+    plain = decompress_zstd(compressed.read(), limit)
+    # A chunked or large body is in a temporary file: Twisted closes the
+    # request's content when it is done, which is the plain one from now on.
+    compressed.close()
     request.content = io.BytesIO(plain)
     request.requestHeaders.removeHeader(b"content-encoding")

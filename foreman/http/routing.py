@@ -40,12 +40,18 @@ def read_body(request: IRequest) -> bytes:
 
 
 def read_json(request: IRequest) -> tuple[bytes, Any]:
-    """The raw body and its value, decoded with the leniency and wording of Go."""
+    """The raw body and its value, decoded with the leniency and wording of Go.
+
+    Nesting deeper than foreman reads (``gojson.MAX_READ_DEPTH``) is a 400 of
+    foreman's own; past Go's limit it is Go's (and Ollama's) own 400.
+    """
     raw = read_body(request)
     try:
         return raw, gojson.loads(raw)
     except gojson.EmptyBody:
         raise BadRequest("missing request body") from None
+    except gojson.TooDeep as e:
+        raise BadRequest(f"foreman: {e}") from None
     except gojson.GoJSONError as e:
         raise BadRequest(str(e)) from None
 

@@ -18,7 +18,7 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 from foreman.http.access_log import CLIENT_CLOSED_REQUEST, flush_access_log, log_access
-from foreman.http.channel import ForemanChannel, write_early_answer
+from foreman.http.channel import Arrivals, ForemanChannel, write_early_answer
 from foreman.http.connections import Connections, TooManyConnections
 from foreman.http.cors import CorsGate, OriginPolicy, Verdict
 from foreman.http.dialects import dialect_of
@@ -214,6 +214,8 @@ class ForemanSite(server.Site):
         #: The time a request's headers, then its body, may take to arrive.
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        tick = min(1.0, header_timeout / 4, body_timeout / 4)
+        self.arrivals = Arrivals(self.reactor, tick)
         self.connections = Connections(max_connections)
         #: Told of every finished request, when ``/metrics`` is served.
         self.metrics = metrics

@@ -27,7 +27,7 @@ from foreman.jobs.views import job_view, summary
 from foreman.queue.job import Job, JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.queue.store import JobStore
-from foreman.queue.ulid import new_ulid
+from foreman.queue.ulid import is_ulid, new_ulid
 from foreman.queue.worker import Worker
 from foreman.relay.inventory import Inventory
 
@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+#: The query parameters ``GET /jobs`` takes; any other is refused.
+LISTING_ARGUMENTS = ("state", "model", "limit", "before")
 
 NO_QUEUE = "foreman: /jobs needs the job queue, and this foreman runs with --no-queue"
 
@@ -120,9 +122,10 @@ class JobsAPI:
     @app.route("/", methods=["GET", "HEAD"])
     async def listing(self, request: IRequest) -> bytes:
         _, store = self._queue()
+        _only_known_arguments(request)
         state = _argument(request, "state")
         model = _argument(request, "model")
-        before = _argument(request, "before")
+        before = _cursor(_argument(request, "before"))
         limit = _limit(_argument(request, "limit"))
         try:
             wanted = None if state is None else JobState(state)
@@ -216,6 +219,25 @@ def _argument(request: IRequest, name: str) -> str | None:
     if not values:
         return None
     return bytes(values[-1]).decode("utf-8", "replace") or None
+
+
+def _only_known_arguments(request: IRequest) -> None:
+    """Refuse a query parameter the listing does not take (a typo would filter nothing)."""
+    for raw in request.args:
+        name = bytes(raw).decode("utf-8", "replace")
+        if name not in LISTING_ARGUMENTS:
+            known = ", ".join(LISTING_ARGUMENTS)
+            raise BadRequest(f"unknown query parameter {name!r}; GET /jobs takes {known}")
+
+
+def _cursor(text: str | None) -> str | None:
+    """``before``: a job id (as ``next`` gave it), else :class:`BadRequest`."""
+    if text is None:
+        return None
+    cursor = text.upper()
+    if not (text.isascii() and is_ulid(cursor)):
+        raise BadRequest("before must be a job id (26 characters, as next gives it)")
+    return cursor
 
 
 def _limit(text: str | None) -> int:

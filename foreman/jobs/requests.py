@@ -7,6 +7,13 @@ is the whole reply (ADR-0004). ``endpoint`` names the call: ``chat`` (the
 default) or ``generate``, or any JSON generation endpoint by its path, in
 any dialect (``/v1/chat/completions``, ``/v1/messages`` ...). Refusals use
 Ollama's words where Ollama has words for them.
+
+What Ollama would refuse is refused here, before a job exists: for the
+native endpoints, every field Ollama types strictly (``model``, ``stream``,
+``options`` and the options in it, ``messages``, ``keep_alive``, ``format``)
+is bound as Ollama binds it (:mod:`foreman.wire.native_requests`); for the
+other dialects, whose bodies Ollama translates, ``model`` and ``stream``.
+Everything else is Ollama's to judge when the job runs.
 """
 
 from __future__ import annotations
@@ -19,13 +26,32 @@ import attrs
 
 from foreman.http.routing import BadRequest
 from foreman.queue.job import Job
-from foreman.wire.endpoints import BY_PATH, ENDPOINTS
+from foreman.wire.endpoints import BY_PATH, ENDPOINTS, Dialect, Endpoint
+from foreman.wire.gotypes import BOOL, STRING, RequestError, Struct, decode_document, go_struct
+from foreman.wire.native_requests import CHAT, GENERATE, check_options, format_error
 from foreman.wire.priority import Priority, UnknownPriority, parse_priority
 
 EXTENSION_FIELDS = frozenset({"state_webhook_url", "endpoint", "metadata", "priority"})
 
 #: Go's names for JSON kinds, as its decoder's errors print them.
 _KINDS: dict[type, str] = {bool: "bool", str: "string", dict: "object", list: "array"}
+
+#: The fields of a native call checked at submit: those Ollama types strictly.
+CHECKED_FIELDS = ("model", "stream", "options", "messages", "keep_alive", "format")
+
+#: What each endpoint's body is bound to (the Go package, the struct): a
+#: native call's checked fields; the translated dialects' model and stream.
+_CHECKED: dict[str, tuple[str, Struct]] = {
+    "chat": ("api", CHAT.only(*CHECKED_FIELDS)),
+    "generate": ("api", GENERATE.only(*(f for f in CHECKED_FIELDS if f != "messages"))),
+    "/v1/chat/completions": (
+        "openai",
+        go_struct("ChatCompletionRequest", model=STRING, stream=BOOL),
+    ),
+    "/v1/completions": ("openai", go_struct("CompletionRequest", model=STRING, stream=BOOL)),
+    "/v1/responses": ("openai", go_struct("ResponsesRequest", model=STRING, stream=BOOL)),
+    "/v1/messages": ("anthropic", go_struct("MessagesRequest", model=STRING, stream=BOOL)),
+}
 
 #: Longest ``Idempotency-Key`` kept: it is an index key, not a payload.
 MAX_IDEMPOTENCY_KEY = 255
@@ -108,13 +134,7 @@ def parse_submission(document: Any) -> Submission:
     if route is None or not route.json_body:
         raise BadRequest(f'endpoint must be "chat" or "generate" (or one of {_ENDPOINT_PATHS})')
     endpoint = route.name
-    struct = "GenerateRequest" if endpoint == "generate" else "ChatRequest"
-    model = document.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(
-            f"json: cannot unmarshal {_kind(model)} into Go struct field "
-            f"{struct}.model of type string"
-        )
+    model = _checked(route, document).get("model")
     if not model:
         raise BadRequest("model is required")
     webhook_url = document.get("state_webhook_url")
@@ -141,6 +161,25 @@ def parse_submission(document: Any) -> Submission:
         metadata=None if metadata is None else _compact(metadata),
         priority=priority,
     )
+
+
+def _checked(route: Endpoint, document: dict[str, Any]) -> dict[str, Any]:
+    """The call's checked fields, bound as Ollama binds them; :class:`BadRequest` if refused.
+
+    Ollama refuses a mistyped known option, and a ``format`` that is neither
+    ``"json"`` nor a schema, only once the model runs, with a 500; a job is
+    refused them at once, with a 400 and the same words.
+    """
+    package, struct = _CHECKED[route.name]
+    try:
+        fields = decode_document(document, struct, package=package)
+        if route.dialect is Dialect.OLLAMA:
+            check_options(fields.get("options"))
+            if (problem := format_error(fields.get("format"))) is not None:
+                raise BadRequest(problem)
+    except RequestError as e:
+        raise BadRequest(e.message) from None
+    return fields
 
 
 def _is_http_url(value: object) -> bool:

@@ -34,3 +34,9 @@ class _Generator:
 
 
 new_ulid = _Generator().new
+
+
+def is_ulid(text: str) -> bool:
+    """Whether ``text`` is a ULID as :func:`new_ulid` writes them (26 characters, upper case)."""
+    # 26 characters hold 130 bits: a ULID's first one is at most 7.
+    return len(text) == 26 and text[0] in "01234567" and all(c in _CROCKFORD for c in text)

@@ -165,7 +165,7 @@ def _describe(address: Any) -> str:
 
 def _serve(reactor: Any, options: argparse.Namespace) -> Deferred[None]:
     sim = build_simulator(options, reactor)
-    site = Site(sim.resource())
+    site = Site(sim.resource(), parsePOSTFormSubmission=False)  # as Go: no form parsing
     listening: Deferred[IListeningPort] = serverFromString(reactor, options.listen).listen(site)
 
     def started(port: IListeningPort) -> Deferred[None]:

@@ -16,15 +16,16 @@ from foreman.testing._requests import (
     STRING,
     RequestError,
     SliceOf,
-    _struct,
+    go_struct,
 )
 from foreman.wire.gojson import dumps
+from foreman.wire.gotypes import decode_document
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama
 
 
-TOOL = _struct(
+TOOL = go_struct(
     "anthropic.Tool",
     type=STRING,
     name=STRING,
@@ -32,14 +33,14 @@ TOOL = _struct(
     input_schema=ANY,
     max_uses=INT,
 )
-MESSAGES_REQUEST = _struct(
+MESSAGES_REQUEST = go_struct(
     "MessagesRequest",
     model=STRING,
     max_tokens=INT,
     messages=SliceOf(
         "[]anthropic.MessageParam",
         lambda v: True,
-        element=_struct("anthropic.MessageParam", role=STRING, content=ANY),
+        element=go_struct("anthropic.MessageParam", role=STRING, content=ANY),
     ),
     system=ANY,
     stream=BOOL,
@@ -49,9 +50,27 @@ MESSAGES_REQUEST = _struct(
     stop_sequences=SliceOf("[]string", lambda v: True, element=STRING),
     tools=SliceOf("[]anthropic.Tool", lambda v: True, element=TOOL),
     tool_choice=ANY,
-    thinking=_struct("anthropic.ThinkingConfig", type=STRING, budget_tokens=INT),
+    thinking=go_struct("anthropic.ThinkingConfig", type=STRING, budget_tokens=INT),
     metadata=ANY,
-    output_config=_struct("anthropic.OutputConfig", effort=STRING),
+    output_config=go_struct("anthropic.OutputConfig", effort=STRING),
+)
+
+#: A message's content block, bound as Go binds ``[]anthropic.ContentBlock``.
+CONTENT_BLOCK = go_struct(
+    "ContentBlock",
+    type=STRING,
+    text=STRING,
+    source=go_struct(
+        "anthropic.ImageSource", type=STRING, media_type=STRING, data=STRING, url=STRING
+    ),
+    id=STRING,
+    name=STRING,
+    input=ANY,
+    tool_use_id=STRING,
+    content=ANY,
+    is_error=BOOL,
+    thinking=STRING,
+    signature=STRING,
 )
 
 
@@ -73,7 +92,7 @@ def _content_blocks(message: dict[str, Any]) -> list[Any]:
         raise RequestError(
             400, f"json: cannot unmarshal {kind} into Go value of type []anthropic.ContentBlock"
         )
-    return [block or {} for block in content]
+    return [decode_document(block, CONTENT_BLOCK, package="anthropic") for block in content]
 
 
 def _image(source: object) -> str:
@@ -87,6 +106,8 @@ def _image(source: object) -> str:
             "Only base64 images are supported.",
         )
     data = source.get("data") or ""
+    if not isinstance(data, str):
+        data = ""  # a tool result's blocks are Go maps: a type assertion, not a type error
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:

@@ -118,15 +118,6 @@ def is_structured(format_value: object) -> bool:
     return format_value == "json" or isinstance(format_value, dict)
 
 
-def format_error(format_value: object) -> str | None:
-    """Ollama's runner refuses any format but ``"json"``, a schema, ``""`` or null."""
-    if format_value is None or format_value in ("", "json") or isinstance(format_value, dict):
-        return None
-    raw = json.dumps(format_value, separators=(",", ":"))
-    quoted = json.dumps(raw)
-    return f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
-
-
 def tool_call(tool: dict[str, Any], words: Sequence[str], seed: str) -> dict[str, Any]:
     """The call a model makes to ``tool``, shaped like Ollama's ``api.ToolCall``."""
     function = tool.get("function") or {}

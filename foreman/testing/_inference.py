@@ -18,7 +18,6 @@ from foreman.testing._call import Chunk, InferenceCall
 from foreman.testing._generation import (
     ReplyPlan,
     context_ids,
-    format_error,
     plan_reply,
     prompt_token_count,
 )
@@ -27,6 +26,7 @@ from foreman.testing._models import SimModel, full_name, is_valid_name
 from foreman.testing._requests import CHAT, GENERATE, RequestError, Struct, check_options, decode
 from foreman.testing._streaming import PACE, Pace
 from foreman.wire.gojson import rfc3339
+from foreman.wire.native_requests import format_error
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import TYPE_CHECKING, Any
 
 from foreman.testing._dialect import (
@@ -22,7 +21,8 @@ from foreman.testing._requests import (
     GoType,
     RequestError,
     SliceOf,
-    _struct,
+    go_struct,
+    loads_text,
 )
 
 if TYPE_CHECKING:
@@ -33,14 +33,14 @@ FLOAT32 = GoType("float32", lambda v: isinstance(v, (int, float)) and not isinst
 
 # --- the request structs (openai/openai.go) -------------------------------------------
 
-TOOL_CALL = _struct(
+TOOL_CALL = go_struct(
     "openai.ToolCall",
     id=STRING,
     index=INT,
     type=STRING,
-    function=_struct("struct", name=STRING, arguments=STRING),
+    function=go_struct("struct", name=STRING, arguments=STRING),
 )
-MESSAGE = _struct(
+MESSAGE = go_struct(
     "openai.Message",
     role=STRING,
     content=ANY,
@@ -49,8 +49,8 @@ MESSAGE = _struct(
     name=STRING,
     tool_call_id=STRING,
 )
-STREAM_OPTIONS = _struct("openai.StreamOptions", include_usage=BOOL)
-CHAT_REQUEST = _struct(
+STREAM_OPTIONS = go_struct("openai.StreamOptions", include_usage=BOOL)
+CHAT_REQUEST = go_struct(
     "ChatCompletionRequest",
     model=STRING,
     messages=SliceOf("[]openai.Message", lambda v: True, element=MESSAGE),
@@ -63,18 +63,18 @@ CHAT_REQUEST = _struct(
     frequency_penalty=FLOAT,
     presence_penalty=FLOAT,
     top_p=FLOAT,
-    response_format=_struct(
+    response_format=go_struct(
         "openai.ResponseFormat",
         type=STRING,
-        json_schema=_struct("openai.JsonSchema", schema=ANY),
+        json_schema=go_struct("openai.JsonSchema", schema=ANY),
     ),
     tools=SliceOf("[]api.Tool", lambda v: True, element=TOOL),
-    reasoning=_struct("openai.Reasoning", effort=STRING),
+    reasoning=go_struct("openai.Reasoning", effort=STRING),
     reasoning_effort=STRING,
     logprobs=BOOL,
     top_logprobs=INT,
 )
-COMPLETION_REQUEST = _struct(
+COMPLETION_REQUEST = go_struct(
     "CompletionRequest",
     model=STRING,
     prompt=STRING,
@@ -90,7 +90,7 @@ COMPLETION_REQUEST = _struct(
     suffix=STRING,
     logprobs=INT,
 )
-EMBED_REQUEST = _struct(
+EMBED_REQUEST = go_struct(
     "EmbedRequest", input=ANY, model=STRING, dimensions=INT, encoding_format=STRING
 )
 
@@ -150,7 +150,7 @@ def native_tool_calls(calls: list[Any] | None) -> list[dict[str, Any]]:
         call = call or {}
         function = call.get("function") or {}
         try:
-            arguments = json.loads(function.get("arguments") or "")
+            arguments = loads_text(function.get("arguments") or "")
         except ValueError:
             raise RequestError(400, "invalid tool call arguments") from None
         if arguments is not None and not isinstance(arguments, dict):

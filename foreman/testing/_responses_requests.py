@@ -4,7 +4,6 @@ conversion to a native chat request (``openai/responses.go``).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from foreman.testing._openai_requests import (
@@ -20,14 +19,17 @@ from foreman.testing._requests import (
     STRING,
     RequestError,
     SliceOf,
-    _struct,
+    Struct,
+    go_struct,
+    loads_text,
 )
+from foreman.wire.gotypes import decode_document, json_kind
 
 if TYPE_CHECKING:
     pass
 
 
-RESPONSES_REQUEST = _struct(
+RESPONSES_REQUEST = go_struct(
     "ResponsesRequest",
     model=STRING,
     background=BOOL,
@@ -36,13 +38,13 @@ RESPONSES_REQUEST = _struct(
     input=ANY,
     instructions=STRING,
     max_output_tokens=INT,
-    reasoning=_struct(
+    reasoning=go_struct(
         "openai.ResponsesReasoning", effort=STRING, generate_summary=STRING, summary=STRING
     ),
     temperature=FLOAT,
-    text=_struct(
+    text=go_struct(
         "openai.ResponsesText",
-        format=_struct(
+        format=go_struct(
             "openai.ResponsesTextFormat", type=STRING, name=STRING, schema=ANY, strict=BOOL
         ),
     ),
@@ -51,7 +53,7 @@ RESPONSES_REQUEST = _struct(
     tools=SliceOf(
         "[]openai.ResponsesTool",
         lambda v: True,
-        element=_struct(
+        element=go_struct(
             "openai.ResponsesTool",
             type=STRING,
             name=STRING,
@@ -77,7 +79,61 @@ def sorted_map(value: Any) -> Any:
 # --- converting the request ------------------------------------------------------------------
 
 
-def _content(content: object) -> tuple[str, list[str]]:
+# Each input item and content part is bound to its Go struct by the type it
+# names (``unmarshalResponsesInputItem``, ``unmarshalResponsesContent``); the
+# anonymous structs Go peeks with print no name in their errors.
+_KIND = go_struct("", type=STRING, role=STRING)
+_PART_KIND = go_struct("", type=STRING)
+_MESSAGE = go_struct("", type=STRING, role=STRING, content=ANY)
+_OUTPUT = go_struct("", type=STRING, call_id=STRING, output=ANY)
+_FUNCTION_CALL = go_struct(
+    "ResponsesFunctionCall", id=STRING, type=STRING, call_id=STRING, name=STRING, arguments=STRING
+)
+_REASONING = go_struct(
+    "ResponsesReasoningInput",
+    id=STRING,
+    type=STRING,
+    summary=SliceOf(
+        "[]openai.ResponsesReasoningSummary",
+        lambda v: True,
+        element=go_struct("ResponsesReasoningSummary", type=STRING, text=STRING),
+    ),
+    encrypted_content=STRING,
+)
+_ITEMS = {
+    "message": _MESSAGE,
+    "function_call": _FUNCTION_CALL,
+    "function_call_output": _OUTPUT,
+    "reasoning": _REASONING,
+}
+_PARTS = {
+    "input_text": go_struct("ResponsesTextContent", type=STRING, text=STRING),
+    "output_text": go_struct("ResponsesOutputTextContent", type=STRING, text=STRING),
+    "input_image": go_struct(
+        "ResponsesImageContent", type=STRING, detail=STRING, file_id=STRING, image_url=STRING
+    ),
+    "input_file": go_struct(
+        "ResponsesFileContent",
+        type=STRING,
+        file_data=STRING,
+        file_id=STRING,
+        file_url=STRING,
+        filename=STRING,
+    ),
+}
+
+
+def _bound(value: object, struct: Struct, where: str) -> dict[str, Any]:
+    """``value``'s fields bound to ``struct``; Go's error prefixed with ``where``."""
+    if not isinstance(value, dict):
+        value = {}  # judged by what is missing, as before
+    try:
+        return decode_document(value, struct, package="openai")
+    except RequestError as e:
+        raise RequestError(e.status, f"{where}: {e.message}") from None
+
+
+def _content(content: object, where: str = "input") -> tuple[str, list[str]]:
     """A message's content: a string, or input/output text and image parts."""
     if content is None:
         return "", []
@@ -87,14 +143,10 @@ def _content(content: object) -> tuple[str, list[str]]:
         raise RequestError(400, "content must be a string or array")
     text, images = "", []
     for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if not isinstance(part, dict) or kind not in (
-            "input_text",
-            "output_text",
-            "input_image",
-            "input_file",
-        ):
-            raise RequestError(400, f"input: content[{index}]: unknown content type: {kind or ''}")
+        kind = _bound(part, _PART_KIND, f"{where}: content[{index}]").get("type", "")
+        if kind not in _PARTS:
+            raise RequestError(400, f"input: content[{index}]: unknown content type: {kind}")
+        part = _bound(part, _PARTS[kind], f"{where}: content[{index}]")
         if kind in ("input_text", "output_text"):
             text += part.get("text") or ""
         elif kind == "input_image":
@@ -111,7 +163,8 @@ def _input_items(value: object) -> list[dict[str, Any]]:
     items = []
     for index, item in enumerate(value):
         item = item if isinstance(item, dict) else {}
-        kind = item.get("type") or ("message" if item.get("role") else "")
+        peeked = _bound(item, _KIND, f"input[{index}]")
+        kind = peeked.get("type") or ("message" if peeked.get("role") else "")
         if not kind:
             raise RequestError(400, f"input[{index}]: input item missing required 'type' field")
         if kind not in (
@@ -122,6 +175,8 @@ def _input_items(value: object) -> list[dict[str, Any]]:
             "web_search_call",
         ):
             raise RequestError(400, f'input[{index}]: unknown input item type: "{kind}"')
+        if kind in _ITEMS:
+            item = {**item, **_bound(item, _ITEMS[kind], f"input[{index}]")}
         items.append({**item, "type": kind})
     return items
 
@@ -151,7 +206,7 @@ def native_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
             messages.append(message)
         elif kind == "function_call":
             try:
-                arguments = json.loads(item["arguments"]) if item.get("arguments") else {}
+                arguments = loads_text(item["arguments"]) if item.get("arguments") else {}
             except ValueError as e:
                 raise RequestError(400, f"failed to parse function call arguments: {e}") from None
             call = {
@@ -178,6 +233,25 @@ def native_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
+def _members(members: object) -> list[dict[str, Any]]:
+    """A namespace's tools: Go binds them as ``[]openai.ResponsesTool`` too."""
+    where = "Go struct field ResponsesRequest.tools.tools of type"
+    if members is None:
+        return []
+    if not isinstance(members, list):
+        kind = json_kind(members)
+        raise RequestError(
+            400, f"json: cannot unmarshal {kind} into {where} []openai.ResponsesTool"
+        )
+    for member in members:
+        if member is not None and not isinstance(member, dict):
+            kind = json_kind(member)
+            raise RequestError(
+                400, f"json: cannot unmarshal {kind} into {where} openai.ResponsesTool"
+            )
+    return [member or {} for member in members]
+
+
 def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     converted = []
     for tool in tools:
@@ -198,9 +272,8 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
                 }
             )
             continue
-        members = tool.get("tools") if tool.get("type") == "namespace" else [tool]
-        for member in members or []:
-            member = member or {}
+        members = _members(tool.get("tools")) if tool.get("type") == "namespace" else [tool]
+        for member in members:
             name = member.get("name") or ""
             if tool.get("type") == "namespace" and tool.get("name"):
                 name = f"{tool['name']}.{name}"

@@ -129,7 +129,9 @@ class SimulatedOllama:
 
     def site(self, reactor: IReactorTime | None = None) -> Site:
         """A ``Site`` for :meth:`resource` (no idle timeout, no access log)."""
-        site = Site(self.resource(), reactor=reactor, timeout=None)
+        # Go reads a body only as its handler asks: Twisted must not parse
+        # forms itself (a malformed one would be its bare 400, then a hang-up).
+        site = Site(self.resource(), reactor=reactor, timeout=None, parsePOSTFormSubmission=False)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
         return site

@@ -11,6 +11,7 @@ call loads its model.
 from __future__ import annotations
 
 import enum
+from urllib.parse import unquote_to_bytes
 
 import attrs
 
@@ -22,7 +23,12 @@ class Dialect(enum.Enum):
 
 
 def dialect_of(path: bytes) -> Dialect:
-    """The dialect of a call to ``path`` (without its query), as Ollama routes it."""
+    """The dialect of a call to ``path`` (without its query), as Ollama routes it.
+
+    Ollama's router (gin) matches the decoded path: ``/v1/%6Dessages`` is
+    ``/v1/messages``, and is answered in its dialect.
+    """
+    path = unquote_to_bytes(path)
     if path == b"/v1/messages" or path.startswith(b"/v1/messages/"):
         return Dialect.ANTHROPIC
     if path == b"/v1" or path.startswith(b"/v1/"):

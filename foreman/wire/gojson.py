@@ -16,6 +16,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from foreman.wire.goscan import first_value_error
+
 #: Go's largest ``time.Duration``, in nanoseconds; Ollama's "forever".
 MAX_DURATION_NS = 2**63 - 1
 
@@ -130,6 +132,11 @@ def duration_ns(seconds: float) -> int:
 
 _WHITESPACE = b" \t\r\n"
 
+#: The deepest nesting read: Python's decoder recurses once per level, and
+#: this leaves room on its stack for the reader's own callers and for
+#: whatever walks the value after it (Go reads 10000 levels: ``goscan.GO_MAX_DEPTH``).
+MAX_READ_DEPTH = 512
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
@@ -138,11 +145,28 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def loads(body: bytes) -> Any:
+class TooDeep(GoJSONError):
+    """Well-formed JSON that Go would read, nested deeper than ``MAX_READ_DEPTH``.
+
+    Not one of Go's errors: ``str()`` says what the limit is. ``kind`` is
+    the JSON kind of the outermost value (``object`` or ``array``), for a
+    reader that can still answer as Go would from that alone.
+    """
+
+    def __init__(self, limit: int, kind: str) -> None:
+        super().__init__(f"JSON nested deeper than {limit} levels")
+        self.limit = limit
+        self.kind = kind
+
+
+def loads(body: bytes, *, max_depth: int = MAX_READ_DEPTH) -> Any:
     """Decode the first JSON value of ``body`` as Go's ``json.Decoder`` does.
 
     Like Go, trailing bytes after the first value are ignored, an empty body
-    is :class:`EmptyBody`, and syntax errors carry Go's wording.
+    is :class:`EmptyBody`, and syntax errors carry Go's wording, including
+    Go's own refusal of nesting past ``goscan.GO_MAX_DEPTH``. A value Go would
+    read but nested deeper than ``max_depth`` is :class:`TooDeep`: never a
+    ``RecursionError``, at any depth.
     """
     start = 0
     while start < len(body) and body[start] in _WHITESPACE:
@@ -154,199 +178,37 @@ def loads(body: bytes) -> Any:
         value, _ = _DECODER.raw_decode(text)
     except ValueError:
         raise GoJSONError(_syntax_error(body[start:])) from None
+    except RecursionError:
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or (
+        # Fewer open brackets than the limit cannot nest past it: no walk.
+        body.count(b"[") + body.count(b"{") > max_depth and _deeper_than(value, max_depth)
+    ):
+        if (error := first_value_error(body[start:])) is not None:
+            raise GoJSONError(error)  # Go refuses it too, in these words
+        raise TooDeep(max_depth, "object" if body[start] == ord("{") else "array")
     return value
 
 
-def _quote_char(byte: int) -> str:
-    if byte == ord("'"):
-        return "'\\''"
-    if byte == ord('"'):
-        return "'\"'"
-    char = chr(byte)
-    named = {
-        "\a": "\\a",
-        "\b": "\\b",
-        "\f": "\\f",
-        "\n": "\\n",
-        "\r": "\\r",
-        "\t": "\\t",
-        "\v": "\\v",
-        "\\": "\\\\",
-    }
-    if char in named:
-        return f"'{named[char]}'"
-    if byte < 0x20 or byte == 0x7F:
-        return f"'\\x{byte:02x}'"
-    if 0x80 <= byte < 0xA0:
-        return f"'\\u{byte:04x}'"
-    if byte == 0xAD:
-        return "'\\u00ad'"
-    return f"'{char}'"
+_TOO_DEEP = object()
 
 
-class _Scanner:
-    """Enough of Go's JSON scanner to name the first syntax error."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def error(self, context: str) -> str:
-        if self.pos >= len(self.data):
-            return "unexpected EOF"
-        return f"invalid character {_quote_char(self.data[self.pos])} {context}"
-
-    def skip_space(self) -> None:
-        while self.pos < len(self.data) and self.data[self.pos] in _WHITESPACE:
-            self.pos += 1
-
-    def peek(self) -> int | None:
-        return self.data[self.pos] if self.pos < len(self.data) else None
-
-    def value(self) -> str | None:
-        self.skip_space()
-        c = self.peek()
-        if c is None:
-            return "unexpected EOF"
-        if c == ord("{"):
-            return self.obj()
-        if c == ord("["):
-            return self.array()
-        if c == ord('"'):
-            return self.string()
-        if c == ord("-") or ord("0") <= c <= ord("9"):
-            return self.number()
-        for word in (b"true", b"false", b"null"):
-            if c == word[0]:
-                return self.literal(word)
-        return self.error("looking for beginning of value")
-
-    def literal(self, word: bytes) -> str | None:
-        for expected in word:
-            c = self.peek()
-            if c is None:
-                return "unexpected EOF"
-            if c != expected:
-                return self.error(f"in literal {word.decode()} (expecting {_quote_char(expected)})")
-            self.pos += 1
-        return None
-
-    def number(self) -> str | None:
-        if self.peek() == ord("-"):
-            self.pos += 1
-            c = self.peek()
-            if c is None:
-                return "unexpected EOF"
-            if not ord("0") <= c <= ord("9"):
-                return self.error("in numeric literal")
-        if self.peek() == ord("0"):
-            self.pos += 1
-        else:
-            self.digits()
-        if self.peek() == ord("."):
-            self.pos += 1
-            c = self.peek()
-            if c is None:
-                return "unexpected EOF"
-            if not ord("0") <= c <= ord("9"):
-                return self.error("after decimal point in numeric literal")
-            self.digits()
-        if self.peek() in (ord("e"), ord("E")):
-            self.pos += 1
-            if self.peek() in (ord("+"), ord("-")):
-                self.pos += 1
-            c = self.peek()
-            if c is None:
-                return "unexpected EOF"
-            if not ord("0") <= c <= ord("9"):
-                return self.error("in exponent of numeric literal")
-            self.digits()
-        return None
-
-    def digits(self) -> None:
-        while (c := self.peek()) is not None and ord("0") <= c <= ord("9"):
-            self.pos += 1
-
-    def string(self) -> str | None:
-        self.pos += 1  # opening quote
-        while True:
-            c = self.peek()
-            if c is None:
-                return "unexpected EOF"
-            if c == ord('"'):
-                self.pos += 1
-                return None
-            if c < 0x20:
-                return self.error("in string literal")
-            if c == ord("\\"):
-                self.pos += 1
-                e = self.peek()
-                if e is None:
-                    return "unexpected EOF"
-                if e == ord("u"):
-                    self.pos += 1
-                    for _ in range(4):
-                        h = self.peek()
-                        if h is None:
-                            return "unexpected EOF"
-                        if chr(h) not in "0123456789abcdefABCDEF":
-                            return self.error("in \\u hexadecimal character escape")
-                        self.pos += 1
-                    continue
-                if chr(e) not in '"\\/bfnrt':
-                    return self.error("in string escape code")
-            self.pos += 1
-
-    def obj(self) -> str | None:
-        self.pos += 1
-        self.skip_space()
-        if self.peek() == ord("}"):
-            self.pos += 1
-            return None
-        while True:
-            self.skip_space()
-            if self.peek() != ord('"'):
-                return self.error("looking for beginning of object key string")
-            if (err := self.string()) is not None:
-                return err
-            self.skip_space()
-            if self.peek() != ord(":"):
-                return self.error("after object key")
-            self.pos += 1
-            if (err := self.value()) is not None:
-                return err
-            self.skip_space()
-            c = self.peek()
-            if c == ord(","):
-                self.pos += 1
-                continue
-            if c == ord("}"):
-                self.pos += 1
-                return None
-            return self.error("after object key:value pair")
-
-    def array(self) -> str | None:
-        self.pos += 1
-        self.skip_space()
-        if self.peek() == ord("]"):
-            self.pos += 1
-            return None
-        while True:
-            if (err := self.value()) is not None:
-                return err
-            self.skip_space()
-            c = self.peek()
-            if c == ord(","):
-                self.pos += 1
-                continue
-            if c == ord("]"):
-                self.pos += 1
-                return None
-            return self.error("after array element")
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` arrays and objects (no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _syntax_error(data: bytes) -> str:
-    error = _Scanner(data).value()
+    error = first_value_error(data)
     # Python refused something the scanner accepts (NaN never reaches here:
     # the scanner rejects it too); fall back to Go's generic wording.
     return error or "invalid character looking for beginning of value"
