@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,10 +88,11 @@ class RunningForeman:
 
 @contextmanager
 def foreman_process(
-    ollama_url: str, *arguments: str, logfile: str | None = None
+    ollama_url: str, *arguments: str, logfile: str | None = None, keep_log: Path | None = None
 ) -> Iterator[RunningForeman]:
     """foreman under twistd in front of ``ollama_url``, for benchmarks that watch the
-    process itself; it logs to ``logfile`` in its (temporary) data directory, if named."""
+    process itself; it logs to ``logfile`` in its (temporary) data directory, if named,
+    and that log (with its rotated parts) is copied to ``keep_log`` once it has stopped."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         log_to = "/dev/null" if logfile is None else str(Path(data_dir) / logfile)
@@ -98,5 +100,10 @@ def foreman_process(
         command += ["foreman", "--ollama-url", ollama_url, "--data-dir", data_dir]
         command += ["--listen", f"tcp:{port}:interface=127.0.0.1", *arguments]
         url = f"http://127.0.0.1:{port}"
-        with _running(command, url + "/healthz") as process:
-            yield RunningForeman(url, port, process.pid, Path(data_dir))
+        try:
+            with _running(command, url + "/healthz") as process:
+                yield RunningForeman(url, port, process.pid, Path(data_dir))
+        finally:
+            if logfile is not None and keep_log is not None:
+                for part in Path(data_dir).glob(logfile + "*"):
+                    shutil.copy(part, keep_log / part.name)

@@ -355,7 +355,7 @@ async def soak(
 async def measure(reactor: Any, arguments: argparse.Namespace) -> dict[str, Any]:
     front, extra = front_door()
     token, secret = "soak-token", "soak-webhook-secret"
-    with tempfile.TemporaryDirectory() as secrets:
+    with tempfile.TemporaryDirectory() as secrets, tempfile.TemporaryDirectory() as kept:
         token_file, secret_file = Path(secrets, "token"), Path(secrets, "secret")
         token_file.write_text(token)
         secret_file.write_text(secret)
@@ -363,13 +363,17 @@ async def measure(reactor: Any, arguments: argparse.Namespace) -> dict[str, Any]
         options += ["--webhook-secret-file", str(secret_file), *extra]
         with (
             simulated_ollama(*SIMULATOR) as sim,
-            foreman_process(sim, *options, logfile=LOG) as running,
+            foreman_process(sim, *options, logfile=LOG, keep_log=Path(kept)) as running,
         ):
             sim_port = int(sim.rsplit(":", 1)[1])
             figures = await soak(reactor, arguments, running, sim_port, front, token, secret)
-            described = f"--embed-model {EMBED_MODEL}, a token, a webhook secret"
-            figures["settings"]["foreman_options"] = " ".join([described, *extra])
-            return figures
+        # Stopping can say what running did not (a failed service, say): read it all again.
+        trouble = log_trouble(Path(kept), LOG)
+        figures["log_errors"] = trouble[:30]
+        figures["targets"]["log_errors"] = len(trouble)
+        described = f"--embed-model {EMBED_MODEL}, a token, a webhook secret"
+        figures["settings"]["foreman_options"] = " ".join([described, *extra])
+        return figures
 
 
 def options(parser: argparse.ArgumentParser) -> None:
