@@ -7,7 +7,6 @@ from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from foreman.queue.alarm import Alarm
@@ -260,16 +259,15 @@ def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: P
     rig.stop()
 
 
-def test_an_alarm_set_for_a_moment_just_past_rings_at_once() -> None:
+def test_an_alarm_set_for_a_moment_just_past_rings_at_once(reactor: Any) -> None:
     # The worker reads the clock, then sleeps until a moment (the swap
-    # grace's end) that may have passed by the time the alarm is set.
-    clock = Clock()
-    clock.advance(100.0)
-    alarm = Alarm(clock)
-    slept = ensureDeferred(alarm.sleep(until=99.999_999))
-    assert not slept.called
-    clock.advance(0)
-    assert slept.called
+    # grace's end) that may have passed by the time the alarm is set. The
+    # real reactor refuses a negative delay (a Clock does not).
+    alarm = Alarm(reactor)
+    slept = ensureDeferred(alarm.sleep(until=reactor.seconds() - 0.001))
+    assert not slept.called  # neither failed nor over: set to ring at once
+    alarm.wake()
+    assert slept.called and slept.result is None
 
 
 def test_the_worker_survives_a_failing_turn_and_goes_on(tmp_path: Path) -> None:
