@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import ensureDeferred
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
+from foreman.queue.alarm import Alarm
 from foreman.queue.job import JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
@@ -255,3 +257,38 @@ def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: P
     assert rig.clock.seconds() - finished < 0.02
     rig.run_until(rig.all_finished)
     rig.stop()
+
+
+def test_an_alarm_set_for_a_moment_just_past_rings_at_once(reactor: Any) -> None:
+    # The worker reads the clock, then sleeps until a moment (the swap
+    # grace's end) that may have passed by the time the alarm is set. The
+    # real reactor refuses a negative delay (a Clock does not).
+    alarm = Alarm(reactor)
+    slept = ensureDeferred(alarm.sleep(until=reactor.seconds() - 0.001))
+    assert not slept.called  # neither failed nor over: set to ring at once
+    alarm.wake()
+    assert slept.called and slept.result is None
+
+
+def test_the_worker_survives_a_failing_turn_and_goes_on(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, **SLOW)
+    real_pick = rig.worker.scheduler.pick
+    failures = [RuntimeError("a bug in choosing")]
+
+    def pick(resident: str | None, now: float) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_pick(resident, now)
+
+    rig.worker.scheduler.pick = pick  # type: ignore[method-assign]
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    rig.worker.startService()
+    rig.submit("llama3.2", "after the failure")
+    rig.run_until(rig.all_finished)
+    assert rig.generation_markers() == ["after the failure"]
+    rig.stop()
+    globalLogPublisher.removeObserver(observer)
+    logged = [e["log_failure"].value for e in events if "log_failure" in e]
+    assert [str(error) for error in logged] == ["a bug in choosing"]

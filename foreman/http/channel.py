@@ -110,7 +110,11 @@ class Arrivals:
         late = [(channel, due) for channel, due in self._due.items() if due[0] <= now]
         for channel, (_when, part, seconds) in late:
             del self._due[channel]
-            channel.too_slow(part, seconds)
+            try:
+                channel.too_slow(part, seconds)
+            except Exception:
+                # One connection's trouble must not stop the timer for all.
+                log.failure("Could not time out a slow client")
         if not self._due and self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None

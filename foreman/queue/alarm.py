@@ -14,7 +14,10 @@ class Alarm:
 
     async def sleep(self, until: float | None = None) -> None:
         if until is not None:
-            self._timer = self._clock.callLater(until - self._clock.seconds(), self.wake)
+            # ``until`` may have passed since the caller read the clock:
+            # callLater refuses a negative delay, so it becomes "at once".
+            delay = max(0.0, until - self._clock.seconds())
+            self._timer = self._clock.callLater(delay, self.wake)
         self._wakeup = Deferred()
         await self._wakeup
         if self._timer is not None and self._timer.active():

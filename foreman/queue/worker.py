@@ -281,20 +281,30 @@ class Worker(Service):
 
     async def _loop(self) -> None:
         while self.running:
-            now = self._clock.seconds()
-            job = self.scheduler.pick(self.residency.worker_model, now)
-            if job is None:
-                await self._sleep()
-                continue
-            hold_until = self._swap_hold_until(job)
-            if now < hold_until:
-                await self._sleep(until=hold_until)
-                continue
-            self.scheduler.take(job, now)
             try:
-                await self.gate.run(self._execute, job)
+                await self._turn()
             except Exception:
-                log.failure("The worker failed while running job {job_id}", job_id=job.id)
+                # Nothing may end the loop but a stop: a worker that quietly
+                # stopped taking jobs would leave every caller waiting.
+                log.failure("The worker's loop failed; it goes on")
+                await self._sleep(until=self._clock.seconds() + 1.0)
+
+    async def _turn(self) -> None:
+        """Start the next job, or wait until there may be one."""
+        now = self._clock.seconds()
+        job = self.scheduler.pick(self.residency.worker_model, now)
+        if job is None:
+            await self._sleep()
+            return
+        hold_until = self._swap_hold_until(job)
+        if now < hold_until:
+            await self._sleep(until=hold_until)
+            return
+        self.scheduler.take(job, now)
+        try:
+            await self.gate.run(self._execute, job)
+        except Exception:
+            log.failure("The worker failed while running job {job_id}", job_id=job.id)
 
     def _swap_hold_until(self, job: Job) -> float:
         overdue = self.scheduler.overdue(job, self._clock.seconds())
