@@ -17,6 +17,7 @@ import attrs
 from foreman.http.listen_address import is_loopback_only
 from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT
+from foreman.queue.outage import DEFAULT_CALLER_WAIT
 
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -27,6 +28,8 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_JOB_TTL = 24 * 3600.0
 DEFAULT_ARTIFACT_INLINE_LIMIT = 256 * 1024
+#: As launchd's own default ``ExitTimeOut``: the plist gives it room on top.
+DEFAULT_DRAIN_TIMEOUT = 20.0
 
 
 class UpstreamMode(enum.Enum):
@@ -85,6 +88,10 @@ class Config:
     max_wait: float = DEFAULT_MAX_WAIT
     #: The batch class's bound on being overtaken.
     batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT
+    #: How long a sync caller waits in the queue for an Ollama that does not answer.
+    outage_wait: float = DEFAULT_CALLER_WAIT
+    #: On a stop, how long running streams and the running job may take to finish.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     #: The time a request's headers, then its body, may take to arrive (408 past it).
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT

@@ -140,6 +140,20 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "Once a batch job has waited this long, no later batch job overtakes it.",
     ),
     (
+        "outage-wait",
+        "FOREMAN_OUTAGE_WAIT",
+        "30s",
+        "How long a sync caller waits in the queue while Ollama does not answer, "
+        "before 503 + Retry-After (asynchronous jobs wait for as long as it takes).",
+    ),
+    (
+        "drain-timeout",
+        "FOREMAN_DRAIN_TIMEOUT",
+        "20s",
+        "On SIGTERM, how long running streams and the running job may take to finish "
+        "before they are cut with an explicit error.",
+    ),
+    (
         "header-timeout",
         "FOREMAN_HEADER_TIMEOUT",
         "60s",
@@ -257,6 +271,8 @@ class ForemanOptions(usage.Options):
             ("connect-timeout", "connect_timeout"),
             ("max-wait", "max_wait"),
             ("batch-max-wait", "batch_max_wait"),
+            ("outage-wait", "outage_wait"),
+            ("drain-timeout", "drain_timeout"),
             ("header-timeout", "header_timeout"),
             ("body-timeout", "body_timeout"),
             ("idle-timeout", "idle_timeout"),

@@ -32,7 +32,7 @@ from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.open_files import raise_open_files_limit
 from foreman.ops.timeline import Timeline
-from foreman.queue.lifecycle import StoreService, recover_queue, ttl_sweeper
+from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
 from foreman.queue.runners import thread_runner
@@ -44,6 +44,7 @@ from foreman.relay.forward import Relay
 from foreman.relay.generation import DirectGeneration, GenerationRunner
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import Target, make_agent
+from foreman.wire.clocks import Clocks, WallTime
 
 log = Logger()
 
@@ -136,7 +137,8 @@ def build_queue(
     config: Config, reactor: Any, relay: Relay, inventory: Inventory
 ) -> tuple[Queue, MultiService]:
     """Open the store (blocking, before the reactor runs) and wire the worker."""
-    services = MultiService()
+    services = OneAfterAnother()
+    clocks = Clocks.real(reactor)
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
     store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
     outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret)
@@ -151,12 +153,14 @@ def build_queue(
         reactor,
         max_attempts=config.max_attempts,
         swap_grace=config.swap_grace,
+        caller_wait=config.outage_wait,
+        clocks=clocks,
     )
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
     worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
     try:
-        recovery = recover_queue(store, worker, reactor.seconds())
+        recovery = recover_queue(store, worker, clocks.wall())
     except (sqlite3.Error, RuntimeError) as e:
         raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
     StoreService(store, pool).setServiceParent(services)
@@ -183,7 +187,7 @@ def build_queue(
     inventory.on_reachable(target_reachable)
 
     if math.isfinite(config.job_ttl):
-        ttl_sweeper(store, reactor, config.job_ttl).setServiceParent(services)
+        ttl_sweeper(store, reactor, config.job_ttl, clocks.wall).setServiceParent(services)
     return Queue(store, worker, residency, recovery, outbox), services
 
 
@@ -254,7 +258,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     )
     relay.observe(metrics.reply_delivered)
     # The status page's picture of the worker's recent runs.
-    timeline = Timeline(queue.worker, reactor) if queue else None
+    timeline = Timeline(queue.worker, WallTime()) if queue else None
     api = ForemanAPI(
         relay,
         inventory,

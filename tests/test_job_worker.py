@@ -13,7 +13,6 @@ from typing import Any, cast
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -23,18 +22,9 @@ from foreman.queue.job import Job, JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.queue.ulid import new_ulid
 from foreman.relay.generation import GenerationCall
-from tests.worker_rig import WorkerRig, make_worker_rig
+from tests.worker_rig import WorkerRig, fired, make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
-
-
-def fired(deferred: Deferred[Any]) -> Any:
-    outcome: list[Any] = []
-    deferred.addBoth(outcome.append)
-    assert outcome, "not fired yet"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
 
 
 def job_for(rig: WorkerRig, text: str, **fields: Any) -> Job:
@@ -93,11 +83,11 @@ def test_a_retry_goes_back_to_queued_and_says_so(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_attempts=3)
     heard = Heard(rig)
     rig.worker.on_transition(heard)
-    rig.agent.down = True
+    rig.agent.refuse_generations = True  # the target answers; the job's call fails
     job = fired(rig.submit("llama3.2", "patience"))
     rig.worker.startService()
     rig.flush()
-    rig.agent.down = False
+    rig.agent.refuse_generations = False
     rig.run_until(rig.all_finished)
     assert heard.of(job.id) == [
         (None, "queued"),
@@ -371,7 +361,7 @@ def test_recovery_writes_the_queued_event_of_a_job_it_puts_back(tmp_path: Path) 
     job = fired(rig.worker.submit(job_for(rig, "again", webhook_url="http://r.test/h")))
     rig.worker.startService()
     rig.run_until(lambda: rig.jobs()[0].state is JobState.WORKING)
-    rig.stop()  # an asynchronous job stays running in the store, as after a crash
+    # A crash: the process is gone, the job still ``working`` in the store.
     fired(rig.store.close())
 
     outbox = Outbox()

@@ -179,14 +179,17 @@ async def test_upstream_dying_before_headers_is_a_502_once_attempts_run_out(
 async def test_unreachable_target_is_a_502_in_ollamas_shape(
     start_foreman: StartForeman, http: HTTPClient
 ) -> None:
-    running = await start_foreman("http://127.0.0.1:9", connect_timeout=2.0, max_attempts=1)
-    for path, body in [
-        ("/api/chat", CHAT),
-        ("/api/show", b'{"model":"scripted"}'),
-        ("/api/embed", b'{"model":"scripted","input":"x"}'),
+    running = await start_foreman("http://127.0.0.1:9", connect_timeout=2.0, outage_wait=0.2)
+    for path, body, status in [
+        # A generation call waits for the target (--outage-wait), then 503.
+        ("/api/chat", CHAT, 503),
+        ("/api/show", b'{"model":"scripted"}', 502),
+        ("/api/embed", b'{"model":"scripted","input":"x"}', 502),
     ]:
         response = await http.post(running.url + path, data=body)
-        assert response.code == 502, path
+        assert response.code == status, path
+        if status == 503:
+            assert response.headers.getRawHeaders(b"retry-after") == [b"5"]
         assert response.headers.getRawHeaders(b"content-type") == [
             b"application/json; charset=utf-8"
         ]

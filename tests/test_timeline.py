@@ -152,14 +152,14 @@ def test_a_run_that_waited_its_bound_says_so(rig: WorkerRig) -> None:
 def test_an_unreachable_target_requeues_and_a_cancel_ends_the_run(rig: WorkerRig) -> None:
     timeline = Timeline(rig.worker, rig.clock)
     job = submit(rig, "llama3.2")
-    rig.agent.down = True
+    rig.agent.refuse_generations = True
     rig.worker.startService()
     rig.run_until(lambda: len(timeline.runs()) == 1 and timeline.runs()[0].outcome is not None)
     (tried,) = timeline.runs()
     assert (tried.outcome, tried.load, tried.working_at) == (REQUEUED, None, None)
     assert tried.error is not None and "cannot reach Ollama" in tried.error
 
-    rig.agent.down = False
+    rig.agent.refuse_generations = False
     rig.run_until(lambda: len(timeline.runs()) == 2 and timeline.runs()[1].working_at is not None)
     cancelled = rig.worker.cancel(job.id)
     rig.run_until(lambda: cancelled.called)

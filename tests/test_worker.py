@@ -14,7 +14,7 @@ from foreman.queue.job import JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
 from foreman.wire.priority import Priority
-from tests.worker_rig import make_worker_rig
+from tests.worker_rig import fired, make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
 
@@ -94,9 +94,13 @@ def test_someone_elses_models_are_unloaded_before_a_swap(tmp_path: Path) -> None
     rig.stop()
 
 
-def test_a_flapping_target_is_retried_with_backoff_then_succeeds(tmp_path: Path) -> None:
+def test_failing_calls_to_a_target_that_answers_are_retried_with_backoff(
+    tmp_path: Path,
+) -> None:
+    # The target answers its polls, but the job's own calls fail: each
+    # failure is an attempt, tried again after 1 s, then 2 s.
     rig = make_worker_rig(tmp_path, max_attempts=3)
-    rig.agent.down = True
+    rig.agent.refuse_generations = True
     rig.submit("llama3.2", "patience")
     rig.worker.startService()
     rig.flush()
@@ -104,11 +108,12 @@ def test_a_flapping_target_is_retried_with_backoff_then_succeeds(tmp_path: Path)
     assert job.state is JobState.QUEUED and job.attempt == 1
     assert job.not_before == pytest.approx(1.0)
     assert "cannot reach Ollama" in (job.last_error or "")
+    assert not rig.worker.outage.active
     rig.clock.advance(1.0)
     rig.flush()
     (job,) = rig.jobs()
     assert job.attempt == 2 and job.not_before == pytest.approx(3.0)
-    rig.agent.down = False
+    rig.agent.refuse_generations = False
     rig.clock.advance(1.9)
     rig.flush()
     assert rig.jobs()[0].attempt == 2  # still backing off
@@ -121,7 +126,7 @@ def test_a_flapping_target_is_retried_with_backoff_then_succeeds(tmp_path: Path)
 
 def test_retries_run_out_with_the_last_error(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_attempts=3)
-    rig.agent.down = True
+    rig.agent.refuse_generations = True
     rig.submit("llama3.2", "doomed")
     rig.worker.startService()
     rig.run_until(rig.all_finished)
@@ -131,6 +136,37 @@ def test_retries_run_out_with_the_last_error(tmp_path: Path) -> None:
     assert job.error_status == 502
     assert "cannot reach Ollama" in (job.last_error or "")
     assert rig.clock.seconds() == pytest.approx(3.0, abs=0.05)  # backoff 1 s, then 2 s
+    rig.stop()
+
+
+def test_an_outage_of_any_length_spends_no_attempt(tmp_path: Path) -> None:
+    # Ollama restarting, a laptop asleep: nothing answers, not even the polls.
+    rig = make_worker_rig(tmp_path, max_attempts=3)
+    rig.agent.down = True
+    first = fired(rig.submit("llama3.2", "before"))
+    rig.worker.startService()
+    rig.flush()
+    assert rig.worker.outage.active
+    rig.submit("gemma3:12b", "during")  # accepted while the target is away
+    refused_before = rig.agent.refused
+    rig.clock.pump([1.0] * 3600)  # an hour
+    rig.flush()
+    jobs = rig.jobs()
+    assert [job.state for job in jobs] == [JobState.QUEUED, JobState.QUEUED]
+    assert [job.attempt for job in jobs] == [0, 0]
+    assert "cannot reach Ollama" in (jobs[0].last_error or "")
+    assert rig.worker.paused is not None and "does not answer" in rig.worker.paused
+    # Asked again with backoff, at most every 5 s: three GETs a probe.
+    assert rig.agent.refused - refused_before <= 3 * (3600 / 5 + 1)
+    rig.agent.down = False
+    taken = rig.run_until(rig.all_finished)
+    assert taken <= 5.0 + 2 * 30  # the next probe, then two jobs
+    jobs = rig.jobs()
+    assert [job.state for job in jobs] == [JobState.DONE, JobState.DONE]
+    assert [job.attempt for job in jobs] == [1, 1]
+    assert rig.generation_markers() == ["before", "during"]  # in order, once each
+    assert not rig.worker.outage.active and rig.worker.paused is None
+    assert first.id == jobs[0].id
     rig.stop()
 
 

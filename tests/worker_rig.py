@@ -17,6 +17,7 @@ from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
@@ -35,18 +36,39 @@ from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
 from foreman.wire.priority import Priority
 
+#: The calls that generate (a job's own call, or a load); metadata calls are GETs.
+_GENERATION_PATHS = (b"/api/chat", b"/api/generate", b"/v1/")
+
+
+def fired(deferred: Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired already (simulated time, inline store)."""
+    outcome: list[Any] = []
+    deferred.addBoth(outcome.append)
+    assert outcome, "not fired yet"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
 
 @implementer(IAgent)
 class FlakyAgent:
-    """An agent whose target can be switched off, as a sleeping laptop is."""
+    """An agent whose target can be switched off, as a sleeping laptop is.
+
+    ``down``: every call is refused, metadata polls included (an outage).
+    ``refuse_generations``: only generation calls are refused, while the
+    target still answers its polls (a fault of the job's own calls).
+    """
 
     def __init__(self, inner: RequestTraversalAgent) -> None:
         self.inner = inner
         self.down = False
+        self.refuse_generations = False
         self.refused = 0
 
     def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Any:
-        if self.down:
+        path = b"/" + uri.split(b"/", 3)[-1] if uri.count(b"/") >= 3 else uri
+        generation = method == b"POST" and path.startswith(_GENERATION_PATHS)
+        if self.down or (self.refuse_generations and generation):
             self.refused += 1
             return fail(ConnectionRefusedError("the target is down"))
         return self.inner.request(method, uri, headers, body)
@@ -186,4 +208,4 @@ def make_worker_rig(
     return rig
 
 
-__all__ = ["DEFAULT_MODELS", "JobState", "WorkerRig", "make_worker_rig"]
+__all__ = ["DEFAULT_MODELS", "JobState", "WorkerRig", "fired", "make_worker_rig"]

@@ -25,6 +25,7 @@ from foreman.jobs.artifacts import artifact_content
 from foreman.jobs.requests import idempotency_key, parse_submission
 from foreman.jobs.views import job_view, summary
 from foreman.queue.job import Job, JobState
+from foreman.queue.journal import StoreUnavailable
 from foreman.queue.scheduler import QueueFull
 from foreman.queue.store import JobStore
 from foreman.queue.ulid import is_ulid, new_ulid
@@ -91,7 +92,7 @@ class JobsAPI:
                 return self._accepted(request, submission.same_request, known, key)
         if await self._inventory.knows_model(submission.model) is False:
             return write_json_error(request, 404, model_not_found(submission.model))
-        now = self._clock.seconds()
+        now = worker.clocks.wall()
         job = submission.job(new_ulid(now), now, key)
         try:
             # A caller hanging up now must not cut the submit in half (a
@@ -179,15 +180,24 @@ class JobsAPI:
             return _no_such_job(request, job_id)
         if job.state.terminal:
             return _already(request, job)
-        ended = await worker.cancel(job_id)
+        try:
+            ended = await worker.cancel(job_id)
+        except StoreUnavailable as e:
+            message = f"could not record the cancel ({e}); job {job_id} is still queued"
+            return write_json_error(request, 503, message, {b"Retry-After": b"5"})
         # ``None``: the worker let go of it meanwhile; the store knows how it ended.
         job = ended if ended is not None else await store.get(job_id) or job
         if job.state is JobState.CANCELLED:
             return json_answer(request, job_view(job, self._inline_limit))
         if job.state.terminal:
             return _already(request, job)  # it ended before the cancel could land
-        # Queued or running, yet not the worker's: foreman is stopping.
-        message = "foreman is stopping; try again shortly"
+        # Stored as queued or running, yet not the worker's: between two
+        # states (a start-up still recovering it), or foreman is stopping.
+        message = (
+            "foreman is stopping; try again shortly"
+            if worker.draining
+            else f"job {job_id} is changing state; try again shortly"
+        )
         return write_json_error(request, 503, message, {b"Retry-After": b"5"})
 
     # -- errors ----------------------------------------------------------------------

@@ -30,10 +30,10 @@ def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, 
                 "sync": job.sync,
                 "priority": job.priority.value,
                 "attempt": job.attempt,
-                "age_seconds": round(now - job.created_at, 3),
+                "age_seconds": round(max(0.0, now - job.created_at), 3),
                 # Queued: waiting so far; running: how long it waited to start.
-                "waited_seconds": round((job.started_at or now) - job.created_at, 3),
-                "overdue": position > 0 and worker.scheduler.overdue(job, now),
+                "waited_seconds": round(worker.waited(job), 3),
+                "overdue": position > 0 and worker.overdue(job),
                 "position": position,
             }
             for job, position in worker.snapshot()
@@ -43,6 +43,7 @@ def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, 
         "max_wait_seconds": worker.scheduler.policy.max_wait,
         "batch_max_wait_seconds": worker.scheduler.policy.batch_max_wait,
         "worker_model": residency.worker_model,
+        "paused": worker.paused,
         "embed_model": residency.embed_model,
         "resident_models": list(inventory.resident),
     }
@@ -52,15 +53,25 @@ def health_report(
     inventory: Inventory, target: Target, *, simulated: bool, worker: Worker | None = None
 ) -> dict[str, Any]:
     queue: dict[str, Any] | None = None
+    store: dict[str, Any] | None = None
+    degraded = inventory.degraded
     if worker is not None:
         queue = {
             "depth": worker.scheduler.depth,
             "running": worker.current.id if worker.current else None,
             "worker_model": worker.residency.worker_model,
+            "paused": worker.paused,
         }
+        journal = worker.journal
+        store = {
+            "writable": not journal.troubled,
+            "error": journal.error,
+            "unrecorded_states": journal.kept,
+        }
+        degraded = degraded or journal.troubled
     return {
-        "status": "degraded" if inventory.degraded else "ok",
-        "degraded": inventory.degraded,
+        "status": "degraded" if degraded else "ok",
+        "degraded": degraded,
         "foreman_version": __version__,
         "upstream": {
             "url": target.base_url,
@@ -73,4 +84,5 @@ def health_report(
         "models_available": len(inventory.model_names),
         "resident_models": list(inventory.resident),
         "queue": queue,
+        "store": store,
     }

@@ -9,8 +9,9 @@ first), so the page can draw the draining by model and the price of each
 swap. What waits is read from the worker when asked, in the order it will run,
 with each job's wait against its class's bound.
 
-Every time comes from the worker's own clock: the job's stamps (set by the
-worker with its ``IReactorTime``) and the clock given here for *now*.
+Every time shown is a wall-clock stamp: the job's (set by the worker with its
+wall clock) and the clock given here for *now*; waits come from the worker,
+measured on its reactor's clock (:mod:`foreman.wire.clocks`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from collections import deque
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
 
 from foreman.queue.job import Job, JobState
 from foreman.queue.worker import Worker
+from foreman.wire.clocks import ReactorTime
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.timestamps import timestamp
 
@@ -106,7 +107,7 @@ class Timeline:
     def __init__(
         self,
         worker: Worker,
-        clock: IReactorTime,
+        clock: ReactorTime,
         *,
         max_runs: int = MAX_RUNS,
         window: float = WINDOW_SECONDS,
@@ -152,7 +153,7 @@ class Timeline:
             attempt=job.attempt,
             queued_at=job.created_at,
             started_at=job.updated_at,
-            overdue=self._worker.scheduler.overdue(job, job.updated_at),
+            overdue=self._worker.current_overdue,
             # Listeners hear of ``loading`` before the worker asks the
             # residency to prepare the model: these are the counts before.
             loads_before=residency.loads,
@@ -220,11 +221,11 @@ class Timeline:
                     "endpoint": job.endpoint,
                     "sync": job.sync,
                     "position": position,
-                    "waited_seconds": round(now - job.created_at, 3),
+                    "waited_seconds": round(worker.waited(job), 3),
                     "bound_seconds": policy.bound(job.priority),
-                    "overdue": worker.scheduler.overdue(job, now),
-                    # Backing off after the target was unreachable.
-                    "ready": job.not_before <= now,
+                    "overdue": worker.overdue(job),
+                    # Backing off after a failed attempt.
+                    "ready": worker.scheduler.ready_at(job) <= worker.clocks.now(),
                 }
                 for job, position in waiting[:MAX_WAITING]
             ],

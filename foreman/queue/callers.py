@@ -8,12 +8,17 @@ worker learns that nobody is waiting any more.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from foreman.http.errors import answer_with_error
+from foreman.http.errors import answer_with_error, error_line
+
+#: What a caller hears when foreman stops before its job could run or finish.
+STOPPING = "foreman is stopping; try again shortly"
+STOPPING_RETRY_AFTER = 5
 
 
 @attrs.define
@@ -48,12 +53,31 @@ class Callers:
         if caller is not None and not caller.done.called:
             caller.done.callback(None)
 
-    def answer_stopped(self, job_id: str) -> None:
-        """Tell a caller foreman is stopping, unless its reply has begun."""
+    def answer(self, job_id: str, status: int, message: str, retry_after: int) -> None:
+        """Answer a caller whose job never started with an error, and release it."""
         caller = self._waiting.get(job_id)
         if caller is None:
             return
-        if not getattr(caller.request, "startedWriting", False):
-            message = "foreman is stopping; try again shortly"
-            answer_with_error(caller.request, 503, message, {b"Retry-After": b"5"})
+        headers = {b"Retry-After": b"%d" % retry_after}
+        answer_with_error(caller.request, status, message, headers)
+        self.release(job_id)
+
+    def answer_stopped(self, job_id: str) -> None:
+        """Tell a caller foreman is stopping, and release it.
+
+        Before its reply began: ``503`` with ``Retry-After``. Mid-stream: the
+        dialect's broken-stream ending, so the stream never ends looking whole.
+        """
+        caller = self._waiting.get(job_id)
+        if caller is None:
+            return
+        request: Any = caller.request
+        if not getattr(request, "startedWriting", False):
+            self.answer(job_id, 503, STOPPING, STOPPING_RETRY_AFTER)
+            return
+        if not getattr(request, "finished", False) and getattr(request, "channel", None):
+            ending = error_line(STOPPING, request.path or b"")
+            if ending.startswith((b"data:", b"event:")):
+                ending = b"\n" + ending  # in case an event was half-sent
+            request.write(ending)
         self.release(job_id)

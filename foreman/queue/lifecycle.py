@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 
 from twisted.application.internet import TimerService
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -21,11 +21,31 @@ from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore, Recovery
 from foreman.queue.transitions import Transition
 from foreman.queue.worker import Worker
+from foreman.wire.clocks import WallClock
 
 log = Logger()
 
 #: How often finished jobs past their TTL are deleted, at most.
 SWEEP_INTERVAL = 600.0
+
+
+class OneAfterAnother(MultiService):
+    """Stops its services in reverse order, each once the one before has stopped.
+
+    Twisted's ``MultiService`` stops them all at once; the queue's parts must
+    not: the worker's last writes must reach the store before it closes.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_each())
+
+    async def _stop_each(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("{service} failed to stop", service=service)
 
 
 class StoreService(Service):
@@ -68,11 +88,18 @@ def recover_queue(store: JobStore, worker: Worker, now: float) -> Recovery:
     return recovery
 
 
-def ttl_sweeper(store: JobStore, clock: IReactorTime, ttl: float) -> TimerService:
-    """Deletes finished jobs (and, with them, their artifacts) older than ``ttl``."""
+def ttl_sweeper(
+    store: JobStore, clock: IReactorTime, ttl: float, wall: WallClock | None = None
+) -> TimerService:
+    """Deletes finished jobs (and, with them, their artifacts) older than ``ttl``.
+
+    The sweep runs on the reactor's clock; a job's age is read on the wall
+    clock its ``finished_at`` was stamped with (``wall``; the reactor's by default).
+    """
+    stamp = wall or clock.seconds
 
     def sweep() -> Deferred[int]:
-        swept = store.sweep(clock.seconds() - ttl)
+        swept = store.sweep(stamp() - ttl)
         swept.addCallback(_log_sweep)
         return swept
 

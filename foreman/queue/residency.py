@@ -88,6 +88,11 @@ class Residency:
         self.loads = 0
         self.unloads = 0
 
+    @property
+    def inventory(self) -> Inventory:
+        """What the target has and holds (polled)."""
+        return self._inventory
+
     async def prepare(self, job: Job) -> Attempt | None:
         """Make ``job.model`` the resident worker model.
 

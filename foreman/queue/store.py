@@ -19,12 +19,15 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from foreman.queue import schema
 from foreman.queue.job import Job, JobState
 from foreman.queue.runners import Runner, inline_runner
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
+
+log = Logger()
 
 T = TypeVar("T")
 #: Work run inside a write's transaction, on the store's thread.
@@ -79,6 +82,10 @@ class JobStore:
         return self._run(self._open)
 
     def _open(self) -> None:
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            # What a disk that filled up as the file was made leaves behind,
+            # or a `touch`: SQLite reads it as an empty database.
+            log.info("The store {path} is an empty file: starting a fresh store", path=self.path)
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             connection.row_factory = sqlite3.Row
@@ -218,6 +225,16 @@ class JobStore:
             ).rowcount
         return Recovery(requeued=count, abandoned=abandoned)
 
+    def check_writable(self) -> Deferred[None]:
+        """One small write, to learn whether the store takes writes again."""
+
+        def check() -> None:
+            with self._transaction() as db:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                db.execute(f"PRAGMA user_version = {int(version)}")
+
+        return self._run(check)
+
     def sweep(self, finished_before: float) -> Deferred[int]:
         """Delete terminal jobs that finished before ``finished_before``."""
 
@@ -335,4 +352,20 @@ class _Transaction:
         return self._connection
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self._rollback()
+            return
+        try:
+            self._connection.execute("COMMIT")
+        except BaseException:
+            # A COMMIT refused (a full disk, a lock held elsewhere) may leave
+            # the transaction open; the next BEGIN would then fail for ever.
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._connection.in_transaction:
+            try:
+                self._connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.failure("Could not roll back a transaction of the store")

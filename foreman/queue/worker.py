@@ -4,46 +4,51 @@ The worker takes the next job from the :class:`~foreman.queue.scheduler.Schedule
 passes a ``DeferredSemaphore`` of one (the gate: at most one generation
 towards the target, ever), makes the job's model resident, and runs it:
 into the waiting caller's response for a sync job, into the store for an
-asynchronous one. Every transition is written to the store first.
+asynchronous one. Every transition is written to the store first, through
+the :class:`~foreman.queue.journal.Journal`.
 
 What each attempt's outcome means for its job (done, failed, or back in
 the queue with backoff) is :mod:`foreman.queue.settlement`'s. A caller that hangs up
 cancels its job: while queued it is dropped before it can cause a load;
 while running its upstream call is aborted and the worker moves on.
-``cancel`` does the same for an asynchronous job. Each transition is
-stored together with what its recorders write (a ``/jobs`` job's webhook
-event, in the same transaction), then announced to the listeners of
-:mod:`foreman.queue.transitions`.
+``cancel`` does the same for an asynchronous job.
+
+The faults of daily life pause the worker; none loses a job (ADR-0023).
+While Ollama does not answer, the worker waits for it
+(:mod:`foreman.queue.outage`); while the store refuses writes, it starts
+nothing (:mod:`foreman.queue.journal`). On a stop it drains: it takes no
+more jobs, answers waiting sync callers, and lets the running job finish
+(:meth:`Worker.drain`), or is cut (:meth:`Worker.cut`) when the drain's time is up.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from foreman.http.errors import SERVER_BUSY, answer_with_error
 from foreman.queue.alarm import Alarm
-from foreman.queue.callers import Caller, Callers
+from foreman.queue.callers import STOPPING, Callers
+from foreman.queue.execution import Crew, Execution
 from foreman.queue.grace import SwapGrace
 from foreman.queue.job import Job, JobState
-from foreman.queue.residency import Residency, pin_keep_alive, whole_reply_body
+from foreman.queue.journal import Journal, StoreUnavailable
+from foreman.queue.outage import DEFAULT_CALLER_WAIT, RETRY_AFTER, Outage
+from foreman.queue.residency import Residency
 from foreman.queue.scheduler import QueueFull, Scheduler
-from foreman.queue.settlement import (
-    CANCELLED_QUEUED,
-    CANCELLED_RUNNING,
-    LEFT_QUEUED,
-    LEFT_RUNNING,
-    STOPPED,
-    Retries,
-    settle,
-)
+from foreman.queue.settlement import CANCELLED_QUEUED, LEFT_QUEUED, STOPPED, Retries
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import (
     Transition,
@@ -52,14 +57,11 @@ from foreman.queue.transitions import (
     Transitions,
 )
 from foreman.queue.ulid import new_ulid
-from foreman.relay.forward import Attempt, Outcome, Relay
+from foreman.relay.forward import Relay
 from foreman.relay.generation import GenerationCall
-from foreman.relay.upstream import BytesBodyProducer
-from foreman.wire.endpoints import Dialect
-from foreman.wire.gojson import GoJSONError
+from foreman.wire.clocks import Clocks
 
 log = Logger()
-T = TypeVar("T")
 
 QUEUE_POSITION_HEADER = b"X-Foreman-Queue-Position"
 
@@ -77,31 +79,58 @@ class Worker(Service):
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         swap_grace: float = 0.25,
+        caller_wait: float = DEFAULT_CALLER_WAIT,
+        clocks: Clocks | None = None,
     ) -> None:
         self._store = store
         self.scheduler = scheduler
         self.residency = residency
         self._relay = relay
         self._clock = clock
-        #: How a job is retried while the target is unreachable.
+        #: Scheduling by the reactor's clock, stamps by the wall clock.
+        self.clocks = clocks or Clocks(clock)
+        #: How a job is retried while the target answers but the job fails.
         self.retries = Retries(max_attempts, backoff_base, backoff_cap)
         self.grace = SwapGrace(swap_grace)
+        #: Waiting for a target that does not answer.
+        self.outage = Outage(residency.inventory, caller_wait=caller_wait)
         #: At most one generation towards the target at any time.
         self.gate = DeferredSemaphore(1)
-        self.current: Job | None = None
+        self._run: Execution | None = None
+        #: Whether the running job had waited its bound when it started.
+        self.current_overdue = False
         self._current_since = 0.0
         self._callers = Callers()
-        self._step: Deferred[Any] | None = None
         self._alarm = Alarm(clock)
         self._loop_done: Deferred[None] | None = None
+        #: Taking no more jobs (a stop has begun).
+        self.draining = False
+        #: Cutting what runs: the stop's time is up.
         self._stopping = False
-        self._abandoned: str | None = None
         #: Smoothed seconds per job, for ``Retry-After``.
         self.average_job_seconds = 5.0
         #: What each state change writes with it, and who hears of it.
         self.transitions = Transitions()
+        self.journal = Journal(store, self.transitions)
         #: Fired when the running job's execution ends.
         self._on_ended: list[Deferred[None]] = []
+        self._crew = Crew(
+            journal=self.journal,
+            residency=residency,
+            relay=relay,
+            callers=self._callers,
+            clocks=self.clocks,
+            retries=self.retries,
+            outage=self.outage,
+            enqueue=self._enqueue,
+            stopping=lambda: self._stopping,
+        )
+        residency.inventory.on_reachable(self._wake)
+
+    @property
+    def current(self) -> Job | None:
+        """The running job, as last moved."""
+        return None if self._run is None else self._run.job
 
     def on_transition(self, listener: TransitionListener) -> None:
         """Call ``listener(job, previous_state)`` after each state is stored."""
@@ -119,15 +148,18 @@ class Worker(Service):
         return ensureDeferred(self._run_sync(call, request))
 
     async def _run_sync(self, call: GenerationCall, request: IRequest) -> None:
-        now = self._clock.seconds()
+        if self.draining:
+            answer_with_error(request, 503, STOPPING, {b"Retry-After": b"%d" % RETRY_AFTER})
+            return
+        stamp = self.clocks.wall()
         job = Job(
-            id=new_ulid(now),
+            id=new_ulid(stamp),
             model=call.model,
             endpoint=call.endpoint.name,
             body=call.body,
             sync=True,
-            created_at=now,
-            updated_at=now,
+            created_at=stamp,
+            updated_at=stamp,
             priority=call.priority,
         )
         try:
@@ -141,7 +173,8 @@ class Worker(Service):
         except CancelledError:
             # The caller left while the row was being written.
             self.scheduler.release()
-            self._save_soon(job.moved(JobState.CANCELLED, now, last_error=LEFT_QUEUED), None)
+            cancelled = job.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
+            self._save_soon(cancelled, None)
             raise
         except Exception:
             self.scheduler.release()
@@ -150,7 +183,7 @@ class Worker(Service):
             answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
             return
         done = self._callers.wait(job.id, request, self._caller_left)
-        self.scheduler.add(job)
+        self._enqueue(job, reserved=True)
         transition.stored()
         request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
         self._wake()
@@ -163,7 +196,8 @@ class Worker(Service):
     async def _submit(self, job: Job) -> Job:
         self.scheduler.reserve()
         # The job and its first event (``queued``) in one transaction: a 202
-        # means both are stored.
+        # means both are stored. During a stop it is stored all the same and
+        # runs after the next start.
         transition = self.transitions.begin(job, None)
         try:
             stored = await self._store.insert_unless_known(job, transition.write)
@@ -174,7 +208,7 @@ class Worker(Service):
             # A retried submit (same Idempotency-Key): the first one's job.
             self.scheduler.release()
             return stored
-        self.scheduler.add(job)
+        self._enqueue(job, reserved=True)
         transition.stored()
         self._wake()
         return job
@@ -183,6 +217,8 @@ class Worker(Service):
         """Cancel a queued or running asynchronous job; fires with the job as it
         ended (cancelled, or a terminal state it reached first), or ``None``
         if the worker does not hold it. Sync jobs are their callers' to cancel.
+        Fails with :class:`StoreUnavailable` when the cancel of a queued job
+        cannot be recorded: the job stays queued.
         """
         return ensureDeferred(self._cancel(job_id))
 
@@ -192,16 +228,21 @@ class Worker(Service):
         queued = self.scheduler.remove(job_id)
         if queued is not None:
             now = self._clock.seconds()
-            job = queued.moved(JobState.CANCELLED, now, last_error=CANCELLED_QUEUED)
-            await self._save(job, queued.state)
+            job = queued.moved(JobState.CANCELLED, self.clocks.wall(), last_error=CANCELLED_QUEUED)
+            try:
+                await self.journal.save(job, queued.state, now)
+            except StoreUnavailable:
+                self._enqueue(queued)
+                raise
             return job
         if self.current is None or self.current.id != job_id:
-            return None
+            # Ended already, with its last state still to be written?
+            return self.journal.holds(job_id)
         ended: Deferred[None] = Deferred()
         self._on_ended.append(ended)
         self._abandon(job_id)
         await ended  # the job's execution, its last save included, is over
-        return await self._store.get(job_id)
+        return self.journal.holds(job_id) or await self._store.get(job_id)
 
     def restore(self, jobs: list[Job], requeued: Sequence[Transition] = ()) -> None:
         """Queue jobs recovered from the store at start-up (beyond any bound);
@@ -209,10 +250,19 @@ class Worker(Service):
         transaction (:func:`foreman.queue.lifecycle.recover_queue`), now announced."""
         for job in jobs:
             if job.state is JobState.QUEUED and not job.sync:
-                self.scheduler.add(job, reserved=False)
+                self._enqueue(job)
         for transition in requeued:
             transition.stored()
         self._wake()
+
+    def _enqueue(self, job: Job, *, reserved: bool = False) -> None:
+        """Put ``job`` in the scheduler, its stamps read on the reactor's clock."""
+        now = self._clock.seconds()
+        arrived = now - self.clocks.since(job.created_at)
+        # A backoff stored by an earlier process, or before the wall clock
+        # was stepped back, is never longer than the rule that made it.
+        ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)
+        self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at)
 
     def position(self, job_id: str) -> int:
         """1 when the job runs next (counting a job in progress as ahead of it)."""
@@ -228,9 +278,31 @@ class Worker(Service):
             return now
         return max(now, self._current_since + self.average_job_seconds)
 
+    def waited(self, job: Job) -> float:
+        """How long ``job`` has waited (queued), or waited before it started (running)."""
+        arrived = self.scheduler.arrival(job)
+        if self.current is not None and self.current.id == job.id:
+            return max(0.0, self._current_since - arrived)
+        return max(0.0, self._clock.seconds() - arrived)
+
+    def overdue(self, job: Job) -> bool:
+        """Whether queued ``job`` has waited its class's bound."""
+        return self.scheduler.overdue(job, self._clock.seconds())
+
     def retry_after(self) -> int:
         estimate = self.average_job_seconds * max(1, self.scheduler.depth)
         return max(1, min(300, math.ceil(estimate)))
+
+    @property
+    def paused(self) -> str | None:
+        """Why the worker takes no jobs now, in a sentence; ``None`` if it does."""
+        if self.journal.troubled:
+            return f"the store cannot be written: {self.journal.error}"
+        if self.outage.active:
+            return f"Ollama does not answer: {self.outage.reason}"
+        if self.draining:
+            return "foreman is stopping"
+        return None
 
     def _refuse_busy(self, request: IRequest) -> None:
         retry = b"%d" % self.retry_after()
@@ -241,46 +313,80 @@ class Worker(Service):
         queued = self.scheduler.remove(job_id)
         if queued is not None:
             self._callers.forget(job_id)
-            now = self._clock.seconds()
-            cancelled = queued.moved(JobState.CANCELLED, now, last_error=LEFT_QUEUED)
+            cancelled = queued.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
             self._save_soon(cancelled, queued.state)
             return
         self._abandon(job_id)
 
     def _abandon(self, job_id: str) -> None:
         """Stop the running job ``job_id``: it ends cancelled."""
-        if self.current is not None and self.current.id == job_id:
-            # Between two steps there is nothing to cancel yet: the mark
-            # stops the next step from starting.
-            self._abandoned = job_id
-            if self._step is not None:
-                self._step.cancel()
+        if self._run is not None and self._run.queued.id == job_id:
+            self._run.abandon()
 
-    # -- the loop ------------------------------------------------------------------
+    # -- starting and stopping ------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        self.draining = False
         self._loop_done = ensureDeferred(self._loop())
+
+    def drain(self) -> Deferred[None]:
+        """Take no more jobs and answer the sync callers still waiting (503);
+        fires once the running job, if any, has ended. Asynchronous jobs stay
+        queued in the store for the next start."""
+        self.draining = True
+        self._answer_waiting_callers()
+        self._wake()
+        if self.current is None:
+            return succeed(None)
+        ended: Deferred[None] = Deferred()
+        self._on_ended.append(ended)
+        return ended
+
+    def cut(self) -> None:
+        """The stop's time is up: what runs now ends as stopped, not as failed.
+
+        Called before the relay cuts its calls (:meth:`Relay.cut_all`): a sync
+        caller's stream then ends with its dialect's error, and an
+        asynchronous job goes back to the queue with its attempt given back.
+        """
+        self.draining = True
+        self._stopping = True
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        self._stopping = True
-        # Waiting sync callers get an answer now; nothing could serve them
-        # after a restart (asynchronous jobs simply stay queued).
-        now = self._clock.seconds()
+        self.cut()
+        self._answer_waiting_callers()
+        if self._run is not None:
+            self._run.interrupt()
+        self._wake()
+        ended = self._loop_done or succeed(None)
+        return ended.addCallback(lambda _: ensureDeferred(self._last_writes()))
+
+    def _answer_waiting_callers(self) -> None:
+        # Nothing could serve them after a restart (asynchronous jobs simply
+        # stay queued).
+        wall = self.clocks.wall()
         for job in list(self.scheduler.jobs()):
             if job.sync:
                 self.scheduler.remove(job.id)
-                self._save_soon(job.moved(JobState.FAILED, now, **STOPPED), job.state)
+                self._save_soon(job.moved(JobState.FAILED, wall, **STOPPED), job.state)
                 self._callers.answer_stopped(job.id)
-        if self._step is not None:
-            self._step.cancel()
-        self._wake()
-        return self._loop_done
+
+    async def _last_writes(self) -> None:
+        if self.journal.kept and not await self.journal.recover(self._clock.seconds()):
+            log.error(
+                "{count} job state(s) could not be recorded before stopping ({error}); "
+                "the next start runs those jobs again",
+                count=self.journal.kept,
+                error=self.journal.error,
+            )
+
+    # -- the loop ------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while self.running:
+        while self.running and not self.draining:
             try:
                 await self._turn()
             except Exception:
@@ -292,6 +398,12 @@ class Worker(Service):
     async def _turn(self) -> None:
         """Start the next job, or wait until there may be one."""
         now = self._clock.seconds()
+        if self.journal.troubled:
+            await self._wait_for_store(now)
+            return
+        if self._target_away(now):
+            await self._wait_for_target(now)
+            return
         job = self.scheduler.pick(self.residency.worker_model, now)
         if job is None:
             await self._sleep()
@@ -300,6 +412,7 @@ class Worker(Service):
         if now < hold_until:
             await self._sleep(until=hold_until)
             return
+        self.current_overdue = self.scheduler.overdue(job, now)
         self.scheduler.take(job, now)
         try:
             await self.gate.run(self._execute, job)
@@ -320,118 +433,70 @@ class Worker(Service):
     def _wake(self) -> None:
         self._alarm.wake()
 
-    async def _execute(self, job: Job) -> None:
-        caller = self._callers.get(job.id)
+    # -- pauses ------------------------------------------------------------------------
+
+    async def _wait_for_store(self, now: float) -> None:
+        if now >= self.journal.next_try_at:
+            if await self.journal.recover(now):
+                return
+            self.journal.schedule_retry(self._clock.seconds())
+        await self._sleep(until=self.journal.next_try_at)
+
+    def _target_away(self, now: float) -> bool:
+        """Whether the worker waits for the target (starting or ending an outage)."""
+        silent = self.outage.target_silent
+        if silent and not self.outage.active:
+            self.outage.begin(now)
+        elif not silent and self.outage.active:
+            self.outage.end(now)
+        return self.outage.active
+
+    async def _wait_for_target(self, now: float) -> None:
+        self._refuse_waiting_callers(now)
+        if now >= self.outage.next_probe_at:
+            if await self.outage.probe(now):
+                self.outage.end(self._clock.seconds())
+                return
+            now = self._clock.seconds()
+            self._refuse_waiting_callers(now)
+        wake_at = self.outage.next_probe_at
+        for job in self.scheduler.jobs():
+            if job.sync:
+                wake_at = min(wake_at, self.outage.caller_deadline(self.scheduler.arrival(job)))
+        await self._sleep(until=wake_at)
+
+    def _refuse_waiting_callers(self, now: float) -> None:
+        """Sync callers whose wait for the target is over get ``503``."""
+        for job in list(self.scheduler.jobs()):
+            if job.sync and now >= self.outage.caller_deadline(self.scheduler.arrival(job)):
+                message = self.outage.refusal()
+                self.scheduler.remove(job.id)
+                self.outage.callers_refused += 1
+                failed = job.moved(
+                    JobState.FAILED, self.clocks.wall(), last_error=message, error_status=503
+                )
+                self._save_soon(failed, job.state)
+                self._callers.answer(job.id, 503, message, RETRY_AFTER)
+
+    # -- one job -----------------------------------------------------------------------
+
+    async def _execute(self, queued: Job) -> None:
         started = self._current_since = self._clock.seconds()
-        previous = job.state
-        job = job.moved(JobState.LOADING, started, attempt=job.attempt + 1)
-        self.current = job
+        run = self._run = Execution(queued, self._crew)
         try:
-            await self._save(job, previous)
-            unreachable = await self._run_step(job, self.residency.prepare(job))
-            if unreachable is None:
-                job = self.current = job.moved(JobState.WORKING, self._clock.seconds())
-                await self._save(job, JobState.LOADING)
-                attempt = await self._run_step(job, self._perform(job, caller))
-                await self._settle(job, attempt, caller)
-            else:
-                await self._settle(job, unreachable, caller)
-        except CancelledError:
-            await self._cancelled(job)
+            await run.run()
         finally:
-            self.current = None
-            self._step = None
-            self._abandoned = None
-            self.grace.finished(job, self._clock.seconds())
+            self._run = None
+            self.scheduler.forget(queued.id)
+            self.grace.finished(run.job, self._clock.seconds())
             ended, self._on_ended = self._on_ended, []
             for each in ended:
                 each.callback(None)
         elapsed = self._clock.seconds() - started
         self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
 
-    async def _run_step(self, job: Job, work: Coroutine[Any, Any, T]) -> T:
-        if self._abandoned == job.id or self._stopping:
-            work.close()
-            raise CancelledError()
-        step = ensureDeferred(work)
-        self._step = step
-        try:
-            return await step
-        finally:
-            self._step = None
-
-    async def _perform(self, job: Job, caller: Caller | None) -> Attempt:
-        keep_alive = self.residency.keep_alive
-        route = job.route
-        native = route.dialect is Dialect.OLLAMA
-        try:
-            if caller is not None:
-                # Only a native body can carry keep_alive; the others reach
-                # Ollama byte for byte (the model was pinned when loaded).
-                body = pin_keep_alive(job.body, keep_alive) if native else job.body
-                return await self._relay.relay(
-                    caller.request, b"POST", job.path, BytesBodyProducer(body)
-                )
-            return await self._relay.fetch(
-                b"POST", job.path, whole_reply_body(job.body, keep_alive, native=native)
-            )
-        except GoJSONError as e:
-            return Attempt(Outcome.REFUSED, 400, str(e))
-
-    async def _settle(self, job: Job, attempt: Attempt, caller: Caller | None) -> None:
-        if self._abandoned == job.id:
-            # The caller left as the step ended: whatever the step saw (a
-            # stream cut off by the hang-up), the job was cancelled.
-            raise CancelledError()
-        if attempt.outcome is Outcome.UNREACHABLE:
-            self.residency.forget()
-        previous = job.state
-        settled = settle(job, attempt, self._clock.seconds(), self.retries)
-        if settled.retry_in is not None:
-            log.info(
-                "Job {job_id}: target unreachable ({error}); attempt {next} of {most} in {delay}s",
-                job_id=job.id,
-                error=attempt.error,
-                next=job.attempt + 1,
-                most=self.retries.max_attempts,
-                delay=settled.retry_in,
-            )
-            await self._save(settled.job, previous)
-            self.scheduler.add(settled.job, reserved=False)
-            return  # a sync caller simply keeps waiting
-        if caller is not None and settled.caller_error is not None:
-            answer_with_error(caller.request, *settled.caller_error)
-        await self._save(settled.job, previous)
-        self._callers.release(job.id)
-
-    async def _cancelled(self, job: Job) -> None:
-        now = self._clock.seconds()
-        self.residency.forget()
-        if self._stopping:
-            if not job.sync:
-                return  # left running in the store: the next start re-queues it
-            await self._save(job.moved(JobState.FAILED, now, **STOPPED), job.state)
-            self._callers.answer_stopped(job.id)
-            return
-        why = LEFT_RUNNING if job.sync else CANCELLED_RUNNING
-        await self._save(job.moved(JobState.CANCELLED, now, last_error=why), job.state)
-        self._callers.release(job.id)
-
-    async def _save(self, job: Job, previous: JobState | None) -> None:
-        """Record ``job``'s new state (it left ``previous``) with what its
-        recorders write, in one transaction; then announce it."""
-        transition = self.transitions.begin(job, previous)
-        try:
-            await self._store.update(job, transition.write)
-        except Exception:
-            log.failure(
-                "Could not record job {job_id} as {state}", job_id=job.id, state=job.state.value
-            )
-            return
-        transition.stored()
-
     def _save_soon(self, job: Job, previous: JobState | None) -> None:
-        ensureDeferred(self._save(job, previous))
+        ensureDeferred(self.journal.save_or_keep(job, previous, self._clock.seconds()))
 
     # -- visibility -------------------------------------------------------------------
 

@@ -59,8 +59,15 @@ class Inventory:
         self.ollama_version: str | None = None
         #: ``None`` until the first poll ends.
         self.reachable: bool | None = None
+        #: Whether the last poll got any HTTP answer at all (an Ollama-alike
+        #: without ``/api/tags`` still answers, and can still run jobs).
+        self.answering: bool | None = None
         self.last_poll_at: float | None = None
         self.last_error: str | None = None
+
+    @property
+    def target(self) -> Target:
+        return self._target
 
     @property
     def degraded(self) -> bool:
@@ -116,6 +123,7 @@ class Inventory:
         except CancelledError:
             return  # foreman is stopping
         except Exception as e:  # any failure means: keep the last view
+            self.answering = isinstance(e, (UpstreamStatusError, ValueError))
             self._mark_unreachable(Failure(e))
             return
         # What is loaded and which version runs are good to know, but a
@@ -132,6 +140,7 @@ class Inventory:
         self.last_poll_at = self._clock.seconds()
         was_reachable = self.reachable
         self.reachable = True
+        self.answering = True
         self.last_error = None
         if was_reachable is False:
             log.info(
