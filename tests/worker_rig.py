@@ -34,6 +34,7 @@ from foreman.relay.forward import Relay
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
+from foreman.wire.clocks import Clocks
 from foreman.wire.priority import Priority
 
 #: The calls that generate (a job's own call, or a load); metadata calls are GETs.
@@ -107,7 +108,7 @@ class WorkerRig:
         endpoint: str = "chat",
         priority: Priority = Priority.INTERACTIVE,
     ) -> Deferred[Job]:
-        now = self.clock.seconds()
+        now = self.worker.clocks.wall()
         if endpoint == "chat":
             body: dict[str, Any] = {
                 "model": model,
@@ -170,6 +171,8 @@ def make_worker_rig(
     prepare: Callable[[WorkerRig], object] | None = None,
     policy: Policy | None = None,
     swap_grace: float = 0.25,
+    store_class: type[JobStore] = JobStore,
+    wall: Callable[[], float] | None = None,
     **sim_options: Any,
 ) -> WorkerRig:
     """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
@@ -188,7 +191,7 @@ def make_worker_rig(
     target = Target("http://ollama.test")
     relay = Relay(agent, target)
     inventory = Inventory(HTTPClient(agent), target, clock)
-    store = JobStore(database or tmp_path / "jobs.sqlite3", runner)
+    store = store_class(database or tmp_path / "jobs.sqlite3", runner)
     residency = Residency(relay, inventory, embed_model=embed_model)
     worker = Worker(
         store,
@@ -198,11 +201,12 @@ def make_worker_rig(
         clock,
         max_attempts=max_attempts,
         swap_grace=swap_grace,
+        clocks=Clocks(clock, wall),
     )
     rig = WorkerRig(clock, sim, agent, store, worker, inventory)
     if prepare is not None:
         prepare(rig)
-    recover_queue(store, worker, clock.seconds())
+    recover_queue(store, worker, worker.clocks.wall())
     inventory.refresh()
     rig.flush()
     return rig
