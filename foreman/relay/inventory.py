@@ -21,7 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from foreman.relay.upstream import Target
+from foreman.relay.upstream import (
+    Target,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    describe_failure,
+)
 from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
@@ -29,9 +34,7 @@ log = Logger()
 #: Metadata calls are quick; a poll that hangs this long is a failed poll.
 POLL_TIMEOUT = 10.0
 
-
-class UpstreamStatusError(Exception):
-    """The target answered a metadata call with an error status."""
+__all__ = ["POLL_TIMEOUT", "Inventory", "UpstreamStatusError"]
 
 
 class Inventory:
@@ -158,18 +161,27 @@ class Inventory:
         headers = Headers()
         if self._target.token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._target.token.encode()])
-        # treq only uses the reactor for the timeout's callLater.
+        # treq's own ``timeout=`` cancels the call just as this does, but
+        # then its failure cannot be told from any other cancel.
         clock: Any = self._clock
-        response = await self._http.get(
-            self._target.url(path), headers=headers, timeout=self._timeout, reactor=clock
-        )
+        requested = self._http.get(self._target.url(path), headers=headers, reactor=clock)
+        timer = self._clock.callLater(self._timeout, requested.cancel)
+        try:
+            response = await requested
+        except Exception:
+            if not timer.active():
+                raise UpstreamTimeout(self._timeout) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
         body: bytes = await response.content()
         if response.code != 200:
-            raise UpstreamStatusError(f"{path.decode()} answered {response.code}")
+            raise UpstreamStatusError(path, response.code)
         return body
 
     def _mark_unreachable(self, failure: Failure) -> None:
-        reason = failure.getErrorMessage() or repr(failure.value)
+        reason = describe_failure(failure)
         self.last_poll_at = self._clock.seconds()
         self.last_error = reason
         if self.reachable is not False:
