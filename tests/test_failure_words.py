@@ -164,7 +164,12 @@ _LEAVES = st.one_of(
         st.text(),
     ),
     st.builds(lambda kind, arg: kind(arg), st.sampled_from(_PLAIN_ERRORS), _ARGS),
-    st.builds(lambda kind: kind(), st.sampled_from(_PLAIN_ERRORS)),
+    st.builds(
+        lambda kind: kind(),
+        st.sampled_from(
+            [kind for kind in _PLAIN_ERRORS if kind is not error.ConnectingCancelledError]
+        ),
+    ),
     st.builds(
         lambda path, status: UpstreamStatusError(path, status),
         st.binary(max_size=30),
