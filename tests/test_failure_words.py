@@ -32,6 +32,8 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss, _DataLoss
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from foreman.queue.job import JobState
@@ -219,6 +221,39 @@ def test_a_hung_poll_leaves_words_in_healthz() -> None:
     stub.flush()
     assert inventory.degraded
     assert inventory.last_error == "no answer within 10 s"
+
+
+class _StallsAfterHeaders(Resource):
+    """Begins every reply, then sends nothing more."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disconnected = 0
+
+    def render(self, request: Any) -> int:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.write(b'{"models":[')
+        request.notifyFinish().addErrback(lambda _: setattr(self, "disconnected", 1))
+        return NOT_DONE_YET
+
+
+def test_a_metadata_reply_that_stalls_after_its_headers_is_bounded_too() -> None:
+    clock = Clock()
+    upstream = _StallsAfterHeaders()
+    stub = StubTreq(upstream)
+    inventory = Inventory(stub, Target("http://ollama.test"), clock, timeout=10.0)  # type: ignore[arg-type]
+    polled = inventory.refresh()
+    stub.flush()
+    clock.advance(9.9)
+    stub.flush()
+    assert not polled.called
+    clock.advance(0.1)
+    stub.flush()
+    assert polled.called
+    assert inventory.degraded and inventory.last_error == "no answer within 10 s"
+    assert upstream.disconnected, "the stalled connection must be closed"
 
 
 @implementer(IAgent)

@@ -17,8 +17,11 @@ from treq.client import HTTPClient
 from twisted.application.internet import TimerService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from foreman.relay.upstream import (
@@ -33,6 +36,8 @@ log = Logger()
 
 #: Metadata calls are quick; a poll that hangs this long is a failed poll.
 POLL_TIMEOUT = 10.0
+
+_DONE = Failure(ResponseDone())
 
 __all__ = ["POLL_TIMEOUT", "Inventory", "UpstreamStatusError"]
 
@@ -161,24 +166,41 @@ class Inventory:
         headers = Headers()
         if self._target.token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._target.token.encode()])
-        # treq's own ``timeout=`` cancels the call just as this does, but
-        # then its failure cannot be told from any other cancel.
+        # One deadline for the headers and the body. treq's own ``timeout=``
+        # covers only the headers (a reply that stalls after them would hold
+        # the poll, and a swap waiting on /api/ps, for ever), and its
+        # failure cannot be told from any other cancel.
         clock: Any = self._clock
-        requested = self._http.get(self._target.url(path), headers=headers, reactor=clock)
-        timer = self._clock.callLater(self._timeout, requested.cancel)
+        waiting: list[Deferred[Any]] = []
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            waiting[-1].cancel()
+
+        timer = self._clock.callLater(self._timeout, expire)
         try:
-            response = await requested
+            waiting.append(
+                self._http.get(
+                    self._target.url(path), headers=headers, reactor=clock, unbuffered=True
+                )
+            )
+            response = await waiting[-1]
+            body = _Body()
+            waiting.append(body.done)
+            response.deliverBody(body)
+            content: bytes = await body.done
         except Exception:
-            if not timer.active():
+            if expired:
                 raise UpstreamTimeout(self._timeout) from None
             raise
         finally:
             if timer.active():
                 timer.cancel()
-        body: bytes = await response.content()
         if response.code != 200:
             raise UpstreamStatusError(path, response.code)
-        return body
+        return content
 
     def _mark_unreachable(self, failure: Failure) -> None:
         reason = describe_failure(failure)
@@ -192,6 +214,29 @@ class Inventory:
                 reason=reason,
             )
         self.reachable = False
+
+
+class _Body(Protocol):
+    """A metadata reply's body; cancelling ``done`` closes its connection."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self._chunks: list[bytes] = []
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
 
 
 class _Poller(TimerService):
