@@ -235,6 +235,25 @@ def test_a_caller_holding_the_stream_back_is_not_ollamas_silence() -> None:
     assert result(attempt_d).outcome is Outcome.BROKEN
 
 
+def test_time_foreman_was_not_running_is_not_ollamas_silence() -> None:
+    rig = make_rig()
+    caller = Caller()
+    attempt_d = rig.relay_call(caller)
+    held = rig.held()
+    held.start()
+    held.send(line("before the Mac slept"))
+    rig.advance(STALL / 2)
+    # Ten minutes asleep: the reactor wakes to one sweep, far past its tick.
+    rig.clock.advance(10 * 60.0)
+    rig.advance(STALL - TICK)
+    assert not ended(attempt_d), "the time asleep was counted as silence"
+    held.send(line("after it woke"))
+    rig.advance(STALL - TICK)
+    assert not ended(attempt_d)
+    rig.advance(2 * TICK)
+    assert result(attempt_d).outcome is Outcome.BROKEN
+
+
 def test_a_stream_that_ends_in_time_is_delivered_and_the_timer_stops() -> None:
     rig = make_rig()
     caller = Caller()

@@ -14,6 +14,11 @@ timer per call, moved at every chunk, would cost a share of a small call. A
 call only notes that it heard something (one attribute set per chunk); the
 sweep turns that into a time. So a call is cut between its limit and its
 limit plus one tick after the last byte, never before.
+
+Only time foreman itself was running counts as silence: a sweep that comes
+much later than its tick (the Mac slept, the process was stopped, the clock
+was stepped) starts every call's silence afresh, so a stream that survives a
+sleep is not cut for it the moment the Mac wakes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ DEFAULT_LOAD_TIMEOUT = 600.0
 DEFAULT_STALL_TIMEOUT = 300.0
 #: The sweep runs at least this often, and four times per shortest limit.
 MAX_TICK = 1.0
+#: A sweep this many ticks late means foreman was not running meanwhile.
+LATE_TICKS = 4
 
 
 @attrs.frozen
@@ -110,6 +117,7 @@ class InFlightCalls:
         self.tick = min(MAX_TICK, min(limits) / 4) if limits else None
         self._calls: dict[InFlight, None] = {}
         self._sweeper: LoopingCall | None = None
+        self._last_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -120,6 +128,7 @@ class InFlightCalls:
         if self._sweeper is None and self._clock is not None and self.tick is not None:
             self._sweeper = LoopingCall(self._sweep)
             self._sweeper.clock = self._clock
+            self._last_sweep = self._clock.seconds()
             self._sweeper.start(self.tick, now=False)
         return call
 
@@ -137,10 +146,12 @@ class InFlightCalls:
         return done
 
     def _sweep(self) -> None:
-        assert self._clock is not None
+        assert self._clock is not None and self.tick is not None
         now = self._clock.seconds()
+        elapsed, self._last_sweep = now - self._last_sweep, now
+        awake = 0 <= elapsed <= LATE_TICKS * self.tick
         for call in list(self._calls):
-            if call.heard or call.paused:
+            if call.heard or call.paused or not awake:
                 call.heard = False
                 call.quiet_since = now
                 continue
