@@ -18,6 +18,7 @@ from foreman.http.listen_address import is_loopback_only
 from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT
 from foreman.queue.outage import DEFAULT_CALLER_WAIT
+from foreman.relay.inflight import DEFAULT_LOAD_TIMEOUT, DEFAULT_STALL_TIMEOUT
 
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -70,6 +71,10 @@ class Config:
     data_dir: Path = attrs.field(factory=default_data_dir)
     poll_interval: float = DEFAULT_POLL_INTERVAL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: How long Ollama may take to begin a reply (its headers): a cold load.
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT
+    #: How long a reply that has begun may send nothing.
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_format: LogFormat = LogFormat.TEXT
     #: twistd's own ``--logfile`` (JSON lines go there too); ``None``: stdout.

@@ -75,7 +75,21 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "connect-timeout",
         "FOREMAN_CONNECT_TIMEOUT",
         f"{DEFAULT_CONNECT_TIMEOUT:g}s",
-        "Timeout for opening a connection to the target (responses have none).",
+        "Timeout for opening a connection to the target.",
+    ),
+    (
+        "load-timeout",
+        "FOREMAN_LOAD_TIMEOUT",
+        "10m",
+        "How long Ollama may take to begin a reply (a cold model load, a long prompt) "
+        "before foreman stops the call.",
+    ),
+    (
+        "stall-timeout",
+        "FOREMAN_STALL_TIMEOUT",
+        "5m",
+        "How long a reply from Ollama that has begun may send nothing before foreman "
+        "stops the call.",
     ),
     (
         "max-body-size",
@@ -269,6 +283,8 @@ class ForemanOptions(usage.Options):
         for name, key in (
             ("poll-interval", "poll_interval"),
             ("connect-timeout", "connect_timeout"),
+            ("load-timeout", "load_timeout"),
+            ("stall-timeout", "stall_timeout"),
             ("max-wait", "max_wait"),
             ("batch-max-wait", "batch_max_wait"),
             ("outage-wait", "outage_wait"),

@@ -232,7 +232,13 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
     target = Target(base_url, None if simulated else config.ollama_token)
     agent, pool = make_agent(reactor, config.connect_timeout)
     _PoolService(pool).setServiceParent(root)
-    relay = Relay(agent, target)
+    relay = Relay(
+        agent,
+        target,
+        clock=reactor,
+        load_timeout=config.load_timeout,
+        stall_timeout=config.stall_timeout,
+    )
     inventory = Inventory(HTTPClient(agent), target, reactor)
     inventory.poller(config.poll_interval).setServiceParent(root)
 

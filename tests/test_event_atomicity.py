@@ -37,10 +37,10 @@ from foreman.queue.runners import inline_runner
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Record
 from foreman.wire.signature import verify
-from tests.test_job_worker import fired, job_for
+from tests.test_job_worker import job_for
 from tests.test_webhooks import Outcomes
 from tests.webhook_receiver import WebhookReceiver
-from tests.worker_rig import WorkerRig, make_worker_rig
+from tests.worker_rig import WorkerRig, fired, make_worker_rig
 
 SECRET = "atomic secret"
 #: The restarted outbox's clock: every stored event is due, no attempt times out.

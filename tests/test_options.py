@@ -224,3 +224,16 @@ def test_bad_scheduling_and_front_door_settings_are_usage_errors(
 ) -> None:
     with pytest.raises(usage.UsageError, match=complaint):
         parse(args)
+
+
+def test_limits_on_ollamas_silence() -> None:
+    config = parse([])
+    assert (config.load_timeout, config.stall_timeout) == (600.0, 300.0)
+    config = parse(["--load-timeout", "15m"], {"FOREMAN_STALL_TIMEOUT": "90s"})
+    assert (config.load_timeout, config.stall_timeout) == (900.0, 90.0)
+    assert parse(["--stall-timeout", "2"], {"FOREMAN_STALL_TIMEOUT": "90s"}).stall_timeout == 2.0
+    for option in ("--load-timeout", "--stall-timeout"):
+        with pytest.raises(usage.UsageError, match=f"{option} must be a positive"):
+            parse([option, "0"])
+        with pytest.raises(usage.UsageError, match=option):
+            parse([option, "a while"])

@@ -14,10 +14,11 @@ from typing import Any
 import attrs
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
@@ -65,6 +66,9 @@ class FlakyAgent:
         self.down = False
         self.refuse_generations = False
         self.refused = 0
+        #: Calls to URLs for which this says yes are accepted and never
+        #: answered, as by a target stopped with SIGSTOP.
+        self.hangs: Callable[[bytes], bool] = lambda uri: False
 
     def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Any:
         path = b"/" + uri.split(b"/", 3)[-1] if uri.count(b"/") >= 3 else uri
@@ -72,7 +76,15 @@ class FlakyAgent:
         if self.down or (self.refuse_generations and generation):
             self.refused += 1
             return fail(ConnectionRefusedError("the target is down"))
+        if self.hangs(uri):
+            return Deferred(_cancelled_awaiting_reply)
         return self.inner.request(method, uri, headers, body)
+
+
+def _cancelled_awaiting_reply(hung: Deferred[Any]) -> None:
+    # What twisted.web's Agent reports for a call cancelled while it waits
+    # for the reply's headers.
+    hung.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
 
 @attrs.define
@@ -173,11 +185,13 @@ def make_worker_rig(
     swap_grace: float = 0.25,
     store_class: type[JobStore] = JobStore,
     wall: Callable[[], float] | None = None,
+    relay_limits: dict[str, float] | None = None,
     **sim_options: Any,
 ) -> WorkerRig:
     """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
     recovered as foreman's start-up does, after ``prepare(rig)`` (to add what
-    should record or hear recovery's transitions)."""
+    should record or hear recovery's transitions). With ``relay_limits``
+    (``load_timeout``, ``stall_timeout``) the relay times Ollama's silence."""
     clock = Clock()
     clock.advance(start_at)
     sim_options.setdefault("check_host", False)
@@ -189,7 +203,11 @@ def make_worker_rig(
     sim = SimulatedOllama(clock, **sim_options)
     agent = FlakyAgent(RequestTraversalAgent(sim.resource()))
     target = Target("http://ollama.test")
-    relay = Relay(agent, target)
+    relay = (
+        Relay(agent, target)
+        if relay_limits is None
+        else Relay(agent, target, clock=clock, **relay_limits)
+    )
     inventory = Inventory(HTTPClient(agent), target, clock)
     store = store_class(database or tmp_path / "jobs.sqlite3", runner)
     residency = Residency(relay, inventory, embed_model=embed_model)

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from foreman.queue.job import Job
 from foreman.relay.forward import Attempt, Outcome, Relay
 from foreman.relay.inventory import Inventory, UpstreamStatusError
-from foreman.relay.upstream import unreachable_message
+from foreman.relay.upstream import describe_failure, unreachable_message
 from foreman.wire import gojson
 from foreman.wire.durations import FOREVER, DurationError, parse_keep_alive
 from foreman.wire.model_names import canonical_model_name
@@ -114,13 +114,13 @@ class Residency:
             if not self._unmanaged:
                 log.warn(
                     "The target cannot list loaded models ({error}); foreman leaves loading to it",
-                    error=e,
+                    error=describe_failure(e),
                 )
             self._unmanaged = True
             self.worker_model = wanted
             return None
         except Exception as e:
-            reason = str(e) or type(e).__name__
+            reason = describe_failure(e)
             return Attempt(
                 Outcome.UNREACHABLE, None, unreachable_message(self._relay.target, reason)
             )

@@ -11,6 +11,11 @@ A caller that goes away cancels the upstream call: while Ollama has not
 answered yet (a model is loading) through the Deferred's canceller, and
 mid-body by stopping the upstream transport. Closing the connection is how
 Ollama learns to stop generating.
+
+foreman closes it too when Ollama stays silent too long, or when every call
+must stop (:mod:`foreman.relay.inflight`). A call that has written nothing
+to its caller yet then ends ``UNREACHABLE``, in words; a stream already
+relaying ends with its dialect's broken-stream error.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,12 +36,22 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
+from zope.interface import implementer
 
 from foreman.http.errors import answer_with_error, error_line
+from foreman.relay.inflight import (
+    DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
+    Cut,
+    InFlight,
+    InFlightCalls,
+)
 from foreman.relay.upstream import (
     DROPPED_RESPONSE_HEADERS,
     BytesBodyProducer,
+    ReplyCutShort,
     Target,
+    describe_failure,
     outgoing_headers,
     unreachable_message,
 )
@@ -49,6 +64,10 @@ NDJSON = b"application/x-ndjson"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
 _DONE = Failure(ResponseDone())
+
+#: What a call cut by :meth:`Relay.cut_all` tells a caller it has sent nothing yet.
+CUT_STATUS = 503
+CUT_RETRY_AFTER = 5
 
 
 class Outcome(enum.Enum):
@@ -74,6 +93,8 @@ class Attempt:
     body: bytes | None = None
     #: The last line of a relayed stream (Ollama's final, with its metrics).
     last_line: bytes | None = None
+    #: Seconds a caller should wait before trying again, when foreman knows.
+    retry_after: int | None = None
 
 
 #: Told of every delivered reply: (path, whole body or last streamed line).
@@ -81,12 +102,47 @@ ReplyObserver = Callable[[bytes, bytes], None]
 
 
 class Relay:
-    """Relays calls to one target through one Agent."""
+    """Relays calls to one target through one Agent.
 
-    def __init__(self, agent: IAgent, target: Target) -> None:
+    With a ``clock``, Ollama's silence is limited: ``load_timeout`` before
+    its reply begins, ``stall_timeout`` once it has (``None``: no limit).
+    Without one, nothing is timed.
+    """
+
+    def __init__(
+        self,
+        agent: IAgent,
+        target: Target,
+        *,
+        clock: IReactorTime | None = None,
+        load_timeout: float | None = DEFAULT_LOAD_TIMEOUT,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+    ) -> None:
         self._agent = agent
         self.target = target
         self._observers: list[ReplyObserver] = []
+        self._calls = InFlightCalls(
+            target, clock, load_timeout=load_timeout, stall_timeout=stall_timeout
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls to Ollama are under way."""
+        return len(self._calls)
+
+    def cut_all(self, message: str) -> int:
+        """Stop every call in flight now (foreman is stopping); how many were.
+
+        Each upstream connection is closed. A stream already relaying ends
+        with its dialect's broken-stream error saying ``message`` (``BROKEN``);
+        a call that has written nothing yet ends ``UNREACHABLE`` with status
+        503 and a ``retry_after``, which :meth:`forward` passes on.
+        """
+        cut = Cut(message, CUT_STATUS, CUT_RETRY_AFTER)
+        cut_off = self._calls.cut_all(cut)
+        if cut_off:
+            log.info("Cut {count} call(s) to Ollama in flight: {why}", count=cut_off, why=message)
+        return cut_off
 
     def observe(self, observer: ReplyObserver) -> None:
         """Call ``observer`` with every delivered reply (for metrics)."""
@@ -112,7 +168,8 @@ class Relay:
         path: bytes,
         body: IBodyProducer | None,
     ) -> Deferred[None]:
-        """Answer ``request`` with Ollama's reply to the same call, or a 502.
+        """Answer ``request`` with Ollama's reply to the same call, or an error
+        of foreman's own (502; 503 with ``Retry-After`` when the call was cut).
 
         Never fails, except with :class:`CancelledError` when the caller is
         gone (which Klein expects and ignores).
@@ -120,7 +177,10 @@ class Relay:
 
         def answer(attempt: Attempt) -> None:
             if attempt.outcome is Outcome.UNREACHABLE:
-                answer_with_error(request, 502, attempt.error or "")
+                headers = None
+                if attempt.retry_after is not None:
+                    headers = {b"Retry-After": b"%d" % attempt.retry_after}
+                answer_with_error(request, attempt.status or 502, attempt.error or "", headers)
 
         return self.relay(request, method, path, body).addCallback(answer)
 
@@ -137,19 +197,26 @@ class Relay:
         of this method may try again or answer in its own words.
         """
         headers = outgoing_headers(request.requestHeaders, self.target)
+        call = self._calls.begin()
         sent = self._agent.request(method, self.target.url(path), headers, body)
-        relayed: Deferred[Attempt] = sent.addCallback(self._relay_response, request)
-        relayed.addErrback(self._unreachable)
+        # Before the reply, cancelling the request closes its connection.
+        call.stop_with(sent.cancel)
+        relayed: Deferred[Attempt] = sent.addCallback(self._relay_response, request, call)
+        relayed.addErrback(self._unreachable, call)
+        relayed.addBoth(self._ended, call)
         return relayed.addCallback(self._delivered(path))
 
     def fetch(self, method: bytes, path: bytes, body: bytes | None = None) -> Deferred[Attempt]:
         """Make a call of foreman's own and keep the whole reply."""
         headers = outgoing_headers(Headers({b"Content-Type": [b"application/json"]}), self.target)
         producer = None if body is None else BytesBodyProducer(body)
+        call = self._calls.begin()
         sent = self._agent.request(method, self.target.url(path), headers, producer)
+        call.stop_with(sent.cancel)
 
         def collect(response: IResponse) -> Deferred[Attempt]:
-            whole = _WholeBody()
+            whole = _WholeBody(call)
+            call.answered(whole.stop)
             response.deliverBody(whole)
 
             def judge(content: bytes | None) -> Attempt:
@@ -158,10 +225,17 @@ class Relay:
             return whole.finished.addCallback(judge)
 
         fetched: Deferred[Attempt] = sent.addCallback(collect)
-        fetched.addErrback(self._unreachable)
+        fetched.addErrback(self._unreachable, call)
+        fetched.addBoth(self._ended, call)
         return fetched.addCallback(self._delivered(path))
 
-    def _relay_response(self, response: IResponse, request: IRequest) -> Deferred[Attempt]:
+    def _ended(self, result: Any, call: InFlight) -> Any:
+        self._calls.end(call)
+        return result
+
+    def _relay_response(
+        self, response: IResponse, request: IRequest, call: InFlight
+    ) -> Deferred[Attempt]:
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         is_ndjson = content_type.split(b";", 1)[0].strip().lower() == NDJSON
         # Ollama streams NDJSON, chunked; an Ollama-alike that streams under
@@ -172,7 +246,8 @@ class Relay:
             # Pass the headers on as soon as Ollama sent them, not with the
             # first line: the caller learns at once that the model is ready.
             request.write(b"")
-            streaming = _LineRelay(request, self.target)
+            streaming = _LineRelay(request, self.target, call)
+            call.answered(streaming.stop)
             response.deliverBody(streaming)
             return streaming.finished.addCallback(
                 lambda broke: (
@@ -181,7 +256,8 @@ class Relay:
                     else attrs.evolve(_judged(response.code, b""), last_line=streaming.last_line)
                 )
             )
-        whole = _WholeBody()
+        whole = _WholeBody(call)
+        call.answered(whole.stop)
         response.deliverBody(whole)
 
         def deliver(content: bytes | None) -> Attempt:
@@ -195,21 +271,20 @@ class Relay:
 
         return whole.finished.addCallback(deliver)
 
-    def _unreachable(self, failure: Failure) -> Attempt:
+    def _unreachable(self, failure: Failure, call: InFlight) -> Attempt:
+        cut = call.cut
+        if cut is not None:
+            # foreman closed the connection itself; nothing reached the caller.
+            return Attempt(
+                Outcome.UNREACHABLE, cut.status, cut.message, retry_after=cut.retry_after
+            )
         if _is_cancellation(failure) or failure.check(CancelledError):
             raise CancelledError()
-        if failure.check(ConnectError, TimeoutError):
-            reason = failure.getErrorMessage()
-        elif failure.check(_BodyFailed):
-            reason = "the reply was cut short"
-        else:
+        reason = describe_failure(failure)
+        if not failure.check(ConnectError, ReplyCutShort):
             # ResponseNeverReceived, RequestTransmissionFailed and the like:
             # Ollama went away before answering (crashed, restarted, killed).
-            log.info(
-                "Upstream call failed before a reply: {why}",
-                why=failure.getErrorMessage() or repr(failure.value),
-            )
-            reason = "the connection closed before a reply"
+            log.info("Upstream call failed before a reply: {why}", why=reason)
         return Attempt(Outcome.UNREACHABLE, None, unreachable_message(self.target, reason))
 
 
@@ -250,47 +325,61 @@ def _is_cancellation(failure: Failure) -> bool:
     )
 
 
-class _BodyFailed(Exception):
-    """The upstream body ended early, before anything reached the caller."""
-
-
 class _CancellableBodyReader(Protocol):
-    """Shared plumbing: a ``finished`` Deferred whose cancel aborts upstream."""
+    """Shared plumbing: a ``finished`` Deferred whose cancel aborts upstream,
+    and a note to the call's record each time something arrives."""
 
     transport: IPushProducer  # type: ignore[assignment]
 
-    def __init__(self) -> None:
+    def __init__(self, call: InFlight) -> None:
         self.finished: Deferred[Any] = Deferred(self._cancel)
         self._cancelled = False
+        self._call = call
 
     def _cancel(self, _: Deferred[Any]) -> None:
         self._cancelled = True
+        self.stop()
+
+    def stop(self) -> None:
+        """Close the upstream connection; ``connectionLost`` follows."""
         if self.transport is not None:
             self.transport.stopProducing()
 
 
 class _WholeBody(_CancellableBodyReader):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, call: InFlight) -> None:
+        super().__init__(call)
         self._chunks: list[bytes] = []
 
     def dataReceived(self, data: bytes) -> None:
+        self._call.heard = True
         self._chunks.append(data)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         if self._cancelled or self.finished.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # A body of unknown length ends with the connection: cut by foreman,
+        # it is not whole, whatever the parser thinks.
+        whole = reason.check(ResponseDone) or (
+            reason.check(PotentialDataLoss) and self._call.cut is None
+        )
+        if whole:
             self.finished.callback(b"".join(self._chunks))
         else:
-            self.finished.errback(_BodyFailed(reason.getErrorMessage()))
+            self.finished.errback(ReplyCutShort())
 
 
+@implementer(IPushProducer)
 class _LineRelay(_CancellableBodyReader):
-    """Writes each complete NDJSON line to the caller as soon as it arrives."""
+    """Writes each complete NDJSON line to the caller as soon as it arrives.
 
-    def __init__(self, request: IRequest, target: Target) -> None:
-        super().__init__()
+    It is the producer of the caller's response, standing in for the
+    upstream socket, so that the silence of a stream held back by a slow
+    caller is not counted against Ollama.
+    """
+
+    def __init__(self, request: IRequest, target: Target, call: InFlight) -> None:
+        super().__init__(call)
         # IRequest omits the consumer half that twisted.web's Request has.
         self._request: Any = request
         self._target = target
@@ -304,10 +393,24 @@ class _LineRelay(_CancellableBodyReader):
 
     def connectionMade(self) -> None:
         # Backpressure: the caller's socket pauses the upstream socket.
-        self._request.registerProducer(self.transport, True)
+        self._request.registerProducer(self, True)
         self._registered = True
 
+    def pauseProducing(self) -> None:
+        self._call.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._call.paused = False
+        self._call.heard = True
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The caller hung up.
+        self.transport.stopProducing()
+
     def dataReceived(self, data: bytes) -> None:
+        self._call.heard = True
         if self._partial:
             data = self._partial + data
         end = data.rfind(b"\n") + 1
@@ -341,8 +444,12 @@ class _LineRelay(_CancellableBodyReader):
             return
         # Status 200 is long gone: the only honest signal left is one final
         # error line, which every Ollama client understands.
-        log.info("Upstream stream broke: {why}", why=reason.getErrorMessage() or repr(reason.value))
-        message = unreachable_message(self._target, "the stream broke before it was done")
+        cut = self._call.cut
+        if cut is not None:
+            message = cut.message
+        else:
+            log.info("Upstream stream broke: {why}", why=describe_failure(reason))
+            message = unreachable_message(self._target, "the stream broke before it was done")
         ending = error_line(message, self._request.path)
         if ending.startswith((b"data:", b"event:")) and not self._ended_event:
             # Close the half-sent event first, or the SSE parser would fold

@@ -17,11 +17,19 @@ from treq.client import HTTPClient
 from twisted.application.internet import TimerService
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from foreman.relay.upstream import Target
+from foreman.relay.upstream import (
+    Target,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    describe_failure,
+)
 from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
@@ -29,9 +37,9 @@ log = Logger()
 #: Metadata calls are quick; a poll that hangs this long is a failed poll.
 POLL_TIMEOUT = 10.0
 
+_DONE = Failure(ResponseDone())
 
-class UpstreamStatusError(Exception):
-    """The target answered a metadata call with an error status."""
+__all__ = ["POLL_TIMEOUT", "Inventory", "UpstreamStatusError"]
 
 
 class Inventory:
@@ -167,18 +175,44 @@ class Inventory:
         headers = Headers()
         if self._target.token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._target.token.encode()])
-        # treq only uses the reactor for the timeout's callLater.
+        # One deadline for the headers and the body. treq's own ``timeout=``
+        # covers only the headers (a reply that stalls after them would hold
+        # the poll, and a swap waiting on /api/ps, for ever), and its
+        # failure cannot be told from any other cancel.
         clock: Any = self._clock
-        response = await self._http.get(
-            self._target.url(path), headers=headers, timeout=self._timeout, reactor=clock
-        )
-        body: bytes = await response.content()
+        waiting: list[Deferred[Any]] = []
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            waiting[-1].cancel()
+
+        timer = self._clock.callLater(self._timeout, expire)
+        try:
+            waiting.append(
+                self._http.get(
+                    self._target.url(path), headers=headers, reactor=clock, unbuffered=True
+                )
+            )
+            response = await waiting[-1]
+            body = _Body()
+            waiting.append(body.done)
+            response.deliverBody(body)
+            content: bytes = await body.done
+        except Exception:
+            if expired:
+                raise UpstreamTimeout(self._timeout) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
         if response.code != 200:
-            raise UpstreamStatusError(f"{path.decode()} answered {response.code}")
-        return body
+            raise UpstreamStatusError(path, response.code)
+        return content
 
     def _mark_unreachable(self, failure: Failure) -> None:
-        reason = failure.getErrorMessage() or repr(failure.value)
+        reason = describe_failure(failure)
         self.last_poll_at = self._clock.seconds()
         self.last_error = reason
         if self.reachable is not False:
@@ -189,6 +223,29 @@ class Inventory:
                 reason=reason,
             )
         self.reachable = False
+
+
+class _Body(Protocol):
+    """A metadata reply's body; cancelling ``done`` closes its connection."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self._chunks: list[bytes] = []
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
 
 
 class _Poller(TimerService):
