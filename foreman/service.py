@@ -12,7 +12,7 @@ import attrs
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import ILogObserver, Logger
@@ -28,6 +28,7 @@ from foreman.http.site import ForemanSite
 from foreman.jobs.api import JobsAPI
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
+from foreman.ops.drain import Drain
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.open_files import raise_open_files_limit
@@ -93,13 +94,59 @@ class _PoolService(Service):
 
 
 class ForemanService(MultiService):
-    """The root service; also installs the chosen log format under twistd."""
+    """The root service; also installs the chosen log format under twistd.
+
+    A stop drains first (:mod:`foreman.ops.drain`): the doors close (the
+    listening ports, :meth:`add_door`), what runs may finish or is cut, and
+    only then do foreman's parts stop.
+    """
 
     def __init__(self, log_observer: ILogObserver | None = None) -> None:
         super().__init__()
         self._log_observer = log_observer
         #: The address the simulated Ollama listens on, when one runs.
         self.simulated_url: str | None = None
+        #: Where callers come in; closed first on a stop.
+        self._doors: list[Service] = []
+        self.drain: Drain | None = None
+        self._stopped: Deferred[None] | None = None
+
+    def add_door(self, door: Service) -> None:
+        self._doors.append(door)
+        if self.running:
+            door.startService()
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopped = None
+        for door in self._doors:
+            door.startService()
+
+    def stopService(self) -> Deferred[None]:
+        if self._stopped is None:
+            self._stopped = ensureDeferred(self._stop())
+        # Each caller gets its own Deferred, fired when the one stop is over.
+        stopped: Deferred[None] = Deferred()
+
+        def tell(result: object) -> object:
+            stopped.callback(None)
+            return result
+
+        self._stopped.addBoth(tell)
+        return stopped
+
+    async def _stop(self) -> None:
+        for door in self._doors:
+            try:
+                await maybeDeferred(door.stopService)
+            except Exception:
+                log.failure("Could not close {door}", door=door)
+        if self.drain is not None:
+            try:
+                await self.drain.run()
+            except Exception:
+                log.failure("The drain failed; stopping regardless")
+        await super().stopService()
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd starts its log observer after makeService, and takes it from
@@ -290,6 +337,9 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         reactor=reactor,
     )
     metrics.watch_connections(site.connections)
+    root.drain = Drain(
+        site, relay, queue.worker if queue else None, reactor, limit=config.drain_timeout
+    )
     log.info(
         "Accepting up to {cap} client connections",
         cap=site.connections.limit,
@@ -314,7 +364,7 @@ def make_service(config: Config, reactor: Any = None) -> ForemanService:
         reactor = global_reactor
     foreman = build_foreman(config, reactor)
     listening = StreamServerEndpointService(serverFromString(reactor, config.listen), foreman.site)
-    listening.setServiceParent(foreman.root)
+    foreman.root.add_door(listening)
     log.info(
         "foreman listening on {listen}, relaying to {url}{auth}",
         listen=config.listen,

@@ -95,6 +95,9 @@ async def start_foreman(reactor: Any, tmp_path: Path) -> AsyncIterator[StartFore
             "ollama_url": ollama_url,
             "listen": "tcp:0:interface=127.0.0.1",
             "data_dir": tmp_path / "data",
+            # A test that ends with calls still open should not wait out the
+            # daemon's 20 s drain at teardown; drain tests set their own.
+            "drain_timeout": 1.0,
         }
         settings.update(overrides)
         foreman = build_foreman(Config(**settings), reactor)

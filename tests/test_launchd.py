@@ -127,6 +127,8 @@ def test_supervision_keys(machine: Machine, capsys: pytest.CaptureFixture[str]) 
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ThrottleInterval"] == 10
+    # launchd's SIGKILL comes after foreman's drain (20 s by default) has had its time.
+    assert plist["ExitTimeOut"] == 30
     assert plist["ProcessType"] == "Background"
     assert plist["SoftResourceLimits"] == {"NumberOfFiles": 4096}
     assert plist["HardResourceLimits"] == {"NumberOfFiles": 10240}
@@ -428,3 +430,11 @@ def test_module_runs_as_a_command(tmp_path: Path) -> None:
     assert plist["ProgramArguments"][0] == str(Path(sys.executable).absolute().parent / "twistd")
     assert plist["WorkingDirectory"] == str(tmp_path / "Library/Application Support/foreman")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exit_timeout_follows_the_drain_asked_for(
+    machine: Machine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plist = printed(machine, capsys, "--drain-timeout", "2m")
+    assert "--drain-timeout=2m" in foreman_args(plist)
+    assert plist["ExitTimeOut"] == 130

@@ -152,6 +152,9 @@ class ForemanChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def requestDone(self, request: Any) -> None:
+        if self.site.draining:
+            # foreman is stopping: the answer goes out, then the connection closes.
+            self.persistent = False
         super().requestDone(request)
         if not self.requests:
             self.idle_since = self._now()

@@ -54,6 +54,25 @@ class Connections:
     def closed(self, channel: Channel) -> None:
         self._open.discard(channel)
 
+    @property
+    def busy(self) -> int:
+        """Connections with a request arriving or in progress."""
+        return sum(1 for channel in self._open if channel.idle_since is None)
+
+    def close_idle(self) -> int:
+        """Close every connection with no request arriving or in progress."""
+        idle = [channel for channel in self._open if channel.idle_since is not None]
+        for channel in idle:
+            self._open.discard(channel)
+            channel.loseConnection()
+        return len(idle)
+
+    def close_all(self) -> None:
+        """Close every connection, once what was written to it has gone out."""
+        for channel in list(self._open):
+            self._open.discard(channel)
+            channel.loseConnection()
+
     def make_room(self) -> bool:
         """Whether one more connection may open, closing an idle one if needed."""
         if len(self._open) < self.limit:

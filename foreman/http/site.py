@@ -22,6 +22,12 @@ from foreman.http.channel import Arrivals, ForemanChannel, write_early_answer
 from foreman.http.connections import Connections, TooManyConnections
 from foreman.http.cors import CorsGate, OriginPolicy, Verdict
 from foreman.http.dialects import dialect_of
+from foreman.http.errors import write_json_error
+
+#: What a caller hears when foreman stops before its call could run or finish.
+STOPPING_MESSAGE = "foreman is stopping; try again shortly"
+#: launchd brings foreman back within its ThrottleInterval (10 s) or sooner.
+STOPPING_RETRY_AFTER = 5
 
 
 class RequestObserver(Protocol):
@@ -145,6 +151,24 @@ class ForemanRequest(server.Request):
             self._drain_deadline.cancel()
         super().connectionLost(reason)
 
+    # -- a stop in progress ---------------------------------------------
+
+    def process(self) -> None:
+        site = cast(ForemanSite, self.channel.site)  # type: ignore[attr-defined]
+        if site.draining:
+            # A request on a kept-alive connection while foreman stops:
+            # refused in the caller's dialect, and the connection closes.
+            self.site = site
+            self.setHeader(b"Connection", b"close")
+            body = write_json_error(
+                self, 503, STOPPING_MESSAGE, {b"Retry-After": b"%d" % STOPPING_RETRY_AFTER}
+            )
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return
+        super().process()
+
     # -- access log -----------------------------------------------------
 
     def _log_access(self, result: object) -> None:
@@ -217,12 +241,25 @@ class ForemanSite(server.Site):
         tick = min(1.0, header_timeout / 4, body_timeout / 4)
         self.arrivals = Arrivals(self.reactor, tick)
         self.connections = Connections(max_connections)
+        #: Stopping: requests get 503, connections close once answered.
+        self.draining = False
         #: Told of every finished request, when ``/metrics`` is served.
         self.metrics = metrics
         #: Which browser origins may call (``None``: CORS is not answered).
         self.cors = cors
         # The version of twisted.web is nobody's business.
         self.displayTracebacks = False
+
+    def drain(self) -> None:
+        """foreman is stopping: refuse new requests, close idle connections, and
+        close the others once their answer is out."""
+        self.draining = True
+        self.connections.close_idle()
+
+    @property
+    def busy(self) -> int:
+        """Connections with a request arriving or in progress."""
+        return self.connections.busy
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.connections.make_room():

@@ -39,11 +39,13 @@ from typing import Any
 import attrs
 from twisted.python import usage
 
+from foreman.config import Config
 from foreman.ops.launchd_plist import (
     DEFAULT_LABEL,
     LaunchdError,
     Layout,
     build_plist,
+    exit_timeout,
     layout,
     render,
 )
@@ -161,7 +163,7 @@ def foreman_arguments(args: argparse.Namespace, host: Host) -> list[str]:
     return result
 
 
-def check_options(foreman_args: Sequence[str]) -> None:
+def check_options(foreman_args: Sequence[str]) -> Config:
     """Refuse now what ``twistd foreman`` would refuse at every start under launchd
     (without this shell's environment, which launchd does not pass on)."""
     from foreman.config import StartupRefused, check_exposure
@@ -180,6 +182,7 @@ def check_options(foreman_args: Sequence[str]) -> None:
             "pass --token-file FILE, listen on loopback, or pass --allow-unauthenticated",
             2,
         ) from None
+    return options.config
 
 
 def plan(args: argparse.Namespace, host: Host) -> tuple[Layout, dict[str, Any]]:
@@ -197,7 +200,9 @@ def plan(args: argparse.Namespace, host: Host) -> tuple[Layout, dict[str, Any]]:
     where = layout(args.launchd_label, host.home, absolute(data_dir, host) if data_dir else None)
     plist = build_plist(where, find_twistd(host.executable), foreman_arguments(args, host))
     arguments = plist["ProgramArguments"]
-    check_options(arguments[arguments.index("foreman") + 1 :])
+    config = check_options(arguments[arguments.index("foreman") + 1 :])
+    # launchd waits this long after SIGTERM: room for the drain asked for.
+    plist["ExitTimeOut"] = exit_timeout(config.drain_timeout)
     return where, plist
 
 

@@ -8,6 +8,7 @@ any platform) can check every key and that the plist round-trips through
 
 from __future__ import annotations
 
+import math
 import plistlib
 import re
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,13 @@ from typing import Any
 
 import attrs
 
+from foreman.config import DEFAULT_DRAIN_TIMEOUT
+
 DEFAULT_LABEL = "local.foreman"
 THROTTLE_INTERVAL = 10
+#: launchd waits ``ExitTimeOut`` seconds after SIGTERM before SIGKILL: foreman's
+#: drain (``--drain-timeout``) plus this much for its parts to stop.
+EXIT_MARGIN = 10
 #: Open files. A launchd agent otherwise starts with a soft limit of 256;
 #: foreman raises its soft limit to the hard one at start anyway, and 10240
 #: is macOS's per-process ceiling (``kern.maxfilesperproc``'s default).
@@ -72,7 +78,17 @@ def layout(label: str, home: Path, data_dir: Path | None = None) -> Layout:
     )
 
 
-def build_plist(where: Layout, twistd: Path, foreman_args: Sequence[str]) -> dict[str, Any]:
+def exit_timeout(drain_timeout: float) -> int:
+    """The plist's ``ExitTimeOut`` for a foreman draining for ``drain_timeout``."""
+    return math.ceil(drain_timeout) + EXIT_MARGIN
+
+
+def build_plist(
+    where: Layout,
+    twistd: Path,
+    foreman_args: Sequence[str],
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> dict[str, Any]:
     """The agent's property list; every path in it is absolute."""
     return {
         "Label": where.label,
@@ -88,6 +104,7 @@ def build_plist(where: Layout, twistd: Path, foreman_args: Sequence[str]) -> dic
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": THROTTLE_INTERVAL,
+        "ExitTimeOut": exit_timeout(drain_timeout),
         "ProcessType": "Background",
         "SoftResourceLimits": {"NumberOfFiles": SOFT_OPEN_FILES},
         "HardResourceLimits": {"NumberOfFiles": HARD_OPEN_FILES},

@@ -15,10 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from foreman.http.errors import answer_with_error, error_line
-
-#: What a caller hears when foreman stops before its job could run or finish.
-STOPPING = "foreman is stopping; try again shortly"
-STOPPING_RETRY_AFTER = 5
+from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
 
 
 @attrs.define
@@ -73,10 +70,10 @@ class Callers:
             return
         request: Any = caller.request
         if not getattr(request, "startedWriting", False):
-            self.answer(job_id, 503, STOPPING, STOPPING_RETRY_AFTER)
+            self.answer(job_id, 503, STOPPING_MESSAGE, STOPPING_RETRY_AFTER)
             return
         if not getattr(request, "finished", False) and getattr(request, "channel", None):
-            ending = error_line(STOPPING, request.path or b"")
+            ending = error_line(STOPPING_MESSAGE, request.path or b"")
             if ending.startswith((b"data:", b"event:")):
                 ending = b"\n" + ending  # in case an event was half-sent
             request.write(ending)

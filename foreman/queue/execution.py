@@ -150,11 +150,13 @@ class Execution:
             # The caller left as the step ended: whatever the step saw (a
             # stream cut off by the hang-up), the job was cancelled.
             raise CancelledError()
+        if crew.stopping() and attempt.outcome in (Outcome.UNREACHABLE, Outcome.BROKEN):
+            # Cut by the stop: a stream already ended with its dialect's error.
+            crew.residency.forget()
+            await self._stopped(told=attempt.outcome is Outcome.BROKEN)
+            return
         if attempt.outcome is Outcome.UNREACHABLE:
             crew.residency.forget()
-            if crew.stopping():
-                await self._stopped()  # cut by the stop
-                return
             answers = await self._target_answers()
             if self._abandoned:
                 raise CancelledError()  # the caller left while the target was asked
@@ -199,9 +201,10 @@ class Execution:
         await crew.journal.save_or_keep(back, self.job.state, crew.clocks.now())
         crew.enqueue(back)
 
-    async def _stopped(self) -> None:
-        """The stop cut the run: a caller is told so; an asynchronous job waits
-        in the store for the next start, its attempt given back."""
+    async def _stopped(self, *, told: bool = False) -> None:
+        """The stop cut the run: a caller is told so (unless ``told`` already);
+        an asynchronous job waits in the store for the next start, its attempt
+        given back."""
         crew = self._crew
         job = self.job
         if not job.sync:
@@ -212,7 +215,10 @@ class Execution:
             return
         failed = job.moved(JobState.FAILED, crew.clocks.wall(), **STOPPED)
         await crew.journal.save_or_keep(failed, job.state, crew.clocks.now())
-        crew.callers.answer_stopped(job.id)
+        if told:
+            crew.callers.release(job.id)
+        else:
+            crew.callers.answer_stopped(job.id)
 
     async def _cancelled(self) -> None:
         crew = self._crew

@@ -39,8 +39,9 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from foreman.http.errors import SERVER_BUSY, answer_with_error
+from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
 from foreman.queue.alarm import Alarm
-from foreman.queue.callers import STOPPING, Callers
+from foreman.queue.callers import Callers
 from foreman.queue.execution import Crew, Execution
 from foreman.queue.grace import SwapGrace
 from foreman.queue.job import Job, JobState
@@ -149,7 +150,8 @@ class Worker(Service):
 
     async def _run_sync(self, call: GenerationCall, request: IRequest) -> None:
         if self.draining:
-            answer_with_error(request, 503, STOPPING, {b"Retry-After": b"%d" % RETRY_AFTER})
+            retry = {b"Retry-After": b"%d" % STOPPING_RETRY_AFTER}
+            answer_with_error(request, 503, STOPPING_MESSAGE, retry)
             return
         stamp = self.clocks.wall()
         job = Job(
