@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -32,6 +33,7 @@ from foreman.ops.drain import Drain
 from foreman.ops.logging import json_observer
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.open_files import raise_open_files_limit
+from foreman.ops.reactor_clock import use_monotonic_clock
 from foreman.ops.timeline import Timeline
 from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
@@ -159,7 +161,9 @@ class ForemanService(MultiService):
 def _start_simulator(reactor: Any, root: ForemanService) -> str:
     from foreman.testing import SimulatedOllama
 
-    simulator = SimulatedOllama(reactor, tokens_per_second=25.0)
+    # Its stamps (a reply's created_at, /api/ps's expires_at) are read by
+    # people; its timers run on the reactor, monotonic under twistd.
+    simulator = SimulatedOllama(reactor, tokens_per_second=25.0, wall=time.time)
     port = reactor.listenTCP(0, simulator.site(reactor), interface="127.0.0.1")
     _ListeningPortService(port).setServiceParent(root)
     url = f"http://127.0.0.1:{port.getHost().port}"
@@ -188,7 +192,7 @@ def build_queue(
     clocks = Clocks.real(reactor)
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
     store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
-    outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret)
+    outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret, clocks=clocks)
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
     )
@@ -286,7 +290,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         load_timeout=config.load_timeout,
         stall_timeout=config.stall_timeout,
     )
-    inventory = Inventory(HTTPClient(agent), target, reactor)
+    inventory = Inventory(HTTPClient(agent), target, reactor, wall=time.time)
     inventory.poller(config.poll_interval).setServiceParent(root)
 
     queue: Queue | None = None
@@ -362,6 +366,13 @@ def make_service(config: Config, reactor: Any = None) -> ForemanService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        # Before anything is built: every timer foreman sets keeps its pace
+        # when the wall clock is stepped (ADR-0023).
+        if use_monotonic_clock(reactor):
+            log.info(
+                "Timers run on the monotonic clock: a step of the wall clock "
+                "(NTP, a manual change) does not move them"
+            )
     foreman = build_foreman(config, reactor)
     listening = StreamServerEndpointService(serverFromString(reactor, config.listen), foreman.site)
     foreman.root.add_door(listening)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from treq.client import HTTPClient
+from twisted.internet.task import deferLater
 from twisted.web.http_headers import Headers
 
 from tests.daemons import TWISTD, Daemon, clean_environment, spawn, stop, wait_until_up
+from tests.webhook_receiver import WebhookReceiver
 
 
 @pytest_twisted.async_yield_fixture
@@ -120,3 +125,60 @@ async def test_json_lines_go_to_twistds_logfile(
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert any(r.get("path") == "/api/version" and r.get("status") == 200 for r in records)
     assert "foreman.access" not in daemon.log.read_text()  # nothing on standard output
+
+
+def near_now(stamp: str) -> bool:
+    """Whether an RFC 3339 stamp in UTC is within two minutes of now."""
+    moment = datetime.fromisoformat(stamp[:19]).replace(tzinfo=UTC)
+    return abs(moment.timestamp() - time.time()) < 120
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_timers_run_on_the_monotonic_clock_and_stamps_on_the_wall(
+    tmp_path: Path,
+    daemons: list[Daemon],
+    http: HTTPClient,
+    reactor: Any,
+    receiver: WebhookReceiver,
+) -> None:
+    # The reactor's seconds() now count from an arbitrary start (boot): any
+    # stamp still read from it would say 1970.
+    daemon = spawn(tmp_path, "--upstream", "sim", "--log-format", "json")
+    daemons.append(daemon)
+    await wait_until_up(daemon, http, reactor)
+
+    health = await (await http.get(daemon.url + "/healthz")).json()
+    assert near_now(health["upstream"]["last_poll_at"]), health
+    submitted = await http.post(
+        daemon.url + "/jobs",
+        json={
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "what day is it"}],
+            "state_webhook_url": receiver.url(),
+        },
+    )
+    assert submitted.code == 202
+    job_id = (await submitted.json())["job_id"]
+    view: dict[str, Any] = {}
+    for _ in range(100):
+        view = await (await http.get(f"{daemon.url}/jobs/{job_id}")).json()
+        if view["state"] == "done":
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    assert view["state"] == "done", view
+    for name in ("created_at", "started_at", "finished_at"):
+        assert near_now(view[name]), view
+    # The simulated Ollama's own stamps, relayed as they are.
+    assert near_now(view["result"]["created_at"]), view["result"]
+    await receiver.arrived(4)
+    events = [json.loads(each.body) for each in receiver.received]
+    assert sorted(event["state"] for event in events) == ["done", "loading", "queued", "working"]
+    assert all(near_now(event["timestamp"]) for event in events), events
+
+    assert stop(daemon) in (0, -signal.SIGTERM)
+    records = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.strip()]
+    said = [r for r in records if "monotonic clock" in r.get("message", "")]
+    assert len(said) == 1, records
+    assert near_now(said[0]["time"])
+    assert "Traceback" not in daemon.log.read_text()

@@ -29,6 +29,7 @@ from zope.interface import implementer
 import foreman
 from foreman.jobs.outbox import StoredEvent, WebhookOutbox, store_event
 from foreman.queue.store import JobStore
+from foreman.wire.clocks import Clocks
 from foreman.wire.signature import sign, verify
 from tests.webhook_receiver import OK, WAIT_LIMIT, Answer, Behaviour, Hang, Trickle, WebhookReceiver
 
@@ -663,3 +664,89 @@ async def test_a_stored_event_never_scheduled_is_sent_by_the_next_start(
 
 def request_bodies(receiver: WebhookReceiver) -> list[bytes]:
     return [request.body for request in receiver.received]
+
+
+# -- a step of the wall clock (ADR-0023) -----------------------------------------------
+
+
+class SteppedWall:
+    """A wall clock that runs with the simulated reactor until it is stepped."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self._clock.seconds() + self.offset
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+STEPS = pytest.mark.parametrize("step", [-3600.0, 86400.0], ids=["back-an-hour", "forward-a-day"])
+
+
+@STEPS
+@pytest_twisted.ensureDeferred
+async def test_a_retry_keeps_its_backoff_when_the_wall_clock_steps(
+    store: JobStore,
+    receivers: MakeReceiver,
+    start_outbox: StartOutbox,
+    outcomes: Outcomes,
+    clock: Clock,
+    step: float,
+) -> None:
+    receiver = receivers(Answer(500), Answer(500))
+    wall = SteppedWall(clock)
+    outbox = start_outbox(store, clocks=Clocks(clock, wall))
+    await outbox.deliver(JOB, receiver.url(), event_body())
+    assert (await outcomes.nth(1))["outcome"] == "retrying"
+
+    wall.step(step)
+    # A new event is due at once, and stamped by the wall clock.
+    await outbox.deliver("job-b", receiver.url(), event_body("job-b"))
+    assert (await outcomes.nth(2))["outcome"] == "retrying"
+    first, second = await rows(store)
+    assert first["next_at"] == NOW + 1.0
+    assert (second["created_at"], second["next_at"]) == (NOW + step, NOW + step + 1.0)
+    # The retries wait their backoff on the reactor's clock, step or not.
+    assert timers(clock) == [1.0, 1.0]
+    clock.advance(0.9)
+    assert len(receiver.received) == 2
+    clock.advance(0.1)
+    assert (await outcomes.nth(3))["outcome"] == "delivered"
+    assert (await outcomes.nth(4))["outcome"] == "delivered"
+    assert len(receiver.received) == 4
+    assert await rows(store) == []
+
+
+@STEPS
+@pytest_twisted.ensureDeferred
+async def test_a_row_loaded_after_a_step_waits_no_longer_than_its_backoff(
+    open_store: OpenStore,
+    receivers: MakeReceiver,
+    start_outbox: StartOutbox,
+    outcomes: Outcomes,
+    clock: Clock,
+    step: float,
+) -> None:
+    receiver = receivers(Answer(500))
+    wall = SteppedWall(clock)
+    store = await open_store()
+    outbox = start_outbox(store, clocks=Clocks(clock, wall))
+    await outbox.deliver(JOB, receiver.url(), event_body())
+    assert (await outcomes.nth(1))["outcome"] == "retrying"
+    await outbox.stopService()
+    await store.close()
+
+    # Stepped while foreman was stopped: the stored next_at is an hour
+    # ahead of the wall clock, or a day behind it.
+    wall.step(step)
+    reopened = await open_store()
+    start_outbox(reopened, clocks=Clocks(clock, wall))
+    if step < 0:
+        assert timers(clock) == [1.0]  # the backoff that set it, not an hour
+        clock.advance(1.0)
+    delivered = await outcomes.nth(2)
+    assert (delivered["outcome"], delivered["attempt"]) == ("delivered", 2)
+    assert await rows(reopened) == []

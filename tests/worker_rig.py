@@ -191,7 +191,9 @@ def make_worker_rig(
     """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
     recovered as foreman's start-up does, after ``prepare(rig)`` (to add what
     should record or hear recovery's transitions). With ``relay_limits``
-    (``load_timeout``, ``stall_timeout``) the relay times Ollama's silence."""
+    (``load_timeout``, ``stall_timeout``) the relay times Ollama's silence.
+    With ``wall``, the worker and the inventory stamp with it, and schedule on
+    the ``Clock``: a test can step the wall clock alone."""
     clock = Clock()
     clock.advance(start_at)
     sim_options.setdefault("check_host", False)
@@ -208,7 +210,7 @@ def make_worker_rig(
         if relay_limits is None
         else Relay(agent, target, clock=clock, **relay_limits)
     )
-    inventory = Inventory(HTTPClient(agent), target, clock)
+    inventory = Inventory(HTTPClient(agent), target, clock, wall=wall)
     store = store_class(database or tmp_path / "jobs.sqlite3", runner)
     residency = Residency(relay, inventory, embed_model=embed_model)
     worker = Worker(

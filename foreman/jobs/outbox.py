@@ -14,6 +14,16 @@ job: ``GET /jobs/{id}`` stays the truth when a receiver misses events.
 Timers (backoff and the per-attempt timeout) run on an injected clock, the
 HTTP on the reactor, so tests drive the schedule in simulated time over real
 sockets.
+
+**Two clocks** (:mod:`foreman.wire.clocks`, ADR-0023). A delivery's
+``next_at`` in the table is a wall-clock stamp: it outlives the process and
+is read by people. The waits are delays on the reactor's clock (monotonic in
+the daemon): a failed attempt waits its backoff from the moment it failed,
+and a row loaded at start-up (or handed over by :meth:`WebhookOutbox.schedule`)
+waits until its ``next_at``, turned into a delay once and never longer than
+the backoff that set it. Within a process a step of the wall clock changes
+no wait; across a restart, one stepped back cannot hold a retry longer than
+its backoff.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from foreman.jobs.delivery import (
 )
 from foreman.queue.store import JobStore
 from foreman.relay.upstream import BytesBodyProducer
+from foreman.wire.clocks import Clocks
 from foreman.wire.signature import sign
 
 log = Logger()
@@ -62,6 +73,7 @@ class _Delivery:
     url: str
     body: bytes
     attempt: int
+    #: When the next attempt is due, on the wall clock (as the table keeps it).
     next_at: float
     last_error: str | None = None
     #: Set by ``stopService``: whatever the run's await returns, it stops there.
@@ -112,9 +124,14 @@ class WebhookOutbox(Service):
         jitter: Callable[[], float] = random.random,
         agent: IAgent | None = None,
         clock: IReactorTime | None = None,
+        clocks: Clocks | None = None,
     ) -> None:
         self._store = store
+        #: Timers: backoff waits and each attempt's timeout.
         self._clock: IReactorTime = reactor if clock is None else clock
+        #: Stamps (``next_at``, ``created_at``) on ``clocks``' wall clock;
+        #: without one, on ``clock`` (tests).
+        self._clocks = Clocks(self._clock) if clocks is None else clocks
         self._secret = secret
         self._max_retries = max_retries
         self._base_delay = base_delay
@@ -169,7 +186,7 @@ class WebhookOutbox(Service):
         Fires once the row is stored; never fails. Outside a running service
         the row just waits for ``startService``.
         """
-        now = self._clock.seconds()
+        now = self._clocks.wall()
 
         def not_stored(failure: Failure) -> None:
             # Delivery trouble never reaches the caller.
@@ -209,8 +226,12 @@ class WebhookOutbox(Service):
             log.failure("Webhook {delivery_id} stopped", result, delivery_id=delivery.id)
 
     async def _run(self, delivery: _Delivery) -> None:
+        # A stamp turned into a delay once, on arrival; from then on the
+        # waits are the reactor's (``due``), whatever the wall clock does.
+        wait = self._clocks.delay_until(delivery.next_at, at_most=self._longest_wait(delivery))
+        due = self._clock.seconds() + wait
         while True:
-            wait = delivery.next_at - self._clock.seconds()
+            wait = due - self._clock.seconds()
             if wait > 0:
                 await deferLater(self._clock, wait)
             failure: Failure | None = None
@@ -235,7 +256,8 @@ class WebhookOutbox(Service):
                 self._log(delivery, "dropped", message, LogLevel.warn, error=delivery.last_error)
                 return
             delay = self.backoff(delivery.attempt)
-            delivery.next_at = self._clock.seconds() + delay
+            due = self._clock.seconds() + delay
+            delivery.next_at = self._clocks.wall() + delay
             await self._write(delivery, forget=False)
             message = "Webhook {delivery_id} for job {job_id} failed; retrying in {delay:.1f} s"
             self._log(delivery, "retrying", message, error=delivery.last_error, delay=delay)
@@ -263,12 +285,22 @@ class WebhookOutbox(Service):
             **fields,
         )
 
+    def _longest_wait(self, delivery: _Delivery) -> float:
+        """The longest wait the rule that set ``delivery.next_at`` gives: none
+        before a first attempt (an event is due when stored), else the backoff
+        after its failed attempts at the top of its jitter."""
+        if delivery.attempt == 0:
+            return 0.0
+        return self._nominal(delivery.attempt)
+
+    def _nominal(self, attempts: int) -> float:
+        return min(self._max_delay, self._base_delay * 2.0 ** (attempts - 1))
+
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after ``attempts`` failed attempts: exponential, capped,
         with "equal jitter" (half fixed, half random) so a receiver that comes back
         is not hit by every waiting event at once, yet no retry comes early."""
-        nominal = min(self._max_delay, self._base_delay * 2.0 ** (attempts - 1))
-        return nominal * (0.5 + self._jitter() / 2)
+        return self._nominal(attempts) * (0.5 + self._jitter() / 2)
 
     def _attempt(self, delivery: _Delivery) -> Deferred[None]:
         """One POST; fires when a 2xx answer has been read, fails otherwise."""

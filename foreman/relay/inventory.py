@@ -30,6 +30,7 @@ from foreman.relay.upstream import (
     UpstreamTimeout,
     describe_failure,
 )
+from foreman.wire.clocks import WallClock
 from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
@@ -52,10 +53,14 @@ class Inventory:
         clock: IReactorTime,
         *,
         timeout: float = POLL_TIMEOUT,
+        wall: WallClock | None = None,
     ) -> None:
         self._http = http
         self._target = target
+        #: Polls and timeouts run on it (the reactor's clock: monotonic in the daemon).
         self._clock = clock
+        #: Stamps ``last_poll_at`` (shown in ``/healthz``); the clock's by default.
+        self._wall: WallClock = clock.seconds if wall is None else wall
         self._timeout = timeout
         self._in_flight: Deferred[None] | None = None
         self._recovery_listeners: list[Callable[[], object]] = []
@@ -70,6 +75,7 @@ class Inventory:
         #: Whether the last poll got any HTTP answer at all (an Ollama-alike
         #: without ``/api/tags`` still answers, and can still run jobs).
         self.answering: bool | None = None
+        #: When the last poll ended, on the wall clock (seconds since the epoch).
         self.last_poll_at: float | None = None
         self.last_error: str | None = None
 
@@ -145,7 +151,7 @@ class Inventory:
         self.resident = tuple(_names(_field(ps, "models")))
         found_version = _field(version, "version")
         self.ollama_version = found_version if isinstance(found_version, str) else None
-        self.last_poll_at = self._clock.seconds()
+        self.last_poll_at = self._wall()
         was_reachable = self.reachable
         self.reachable = True
         self.answering = True
@@ -213,7 +219,7 @@ class Inventory:
 
     def _mark_unreachable(self, failure: Failure) -> None:
         reason = describe_failure(failure)
-        self.last_poll_at = self._clock.seconds()
+        self.last_poll_at = self._wall()
         self.last_error = reason
         if self.reachable is not False:
             log.warn(

@@ -58,7 +58,12 @@ class InferenceCall:
         self.over = False
 
     def now(self) -> float:
+        """The simulator's clock: for waits and durations."""
         return self.sim.clock.seconds()
+
+    def wall(self) -> float:
+        """Seconds since the epoch: for the ``created_at`` of a reply."""
+        return self.sim.wall()
 
     # --- waiting for a runner, then a slot -------------------------------------
 

@@ -88,7 +88,7 @@ def chat(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
                 200,
                 {
                     "model": name,
-                    "created_at": rfc3339(sim.clock.seconds()),
+                    "created_at": rfc3339(sim.wall()),
                     "message": {"role": "assistant", "content": ""},
                     "done": True,
                     "done_reason": "unload",
@@ -130,7 +130,7 @@ def chat(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
                 200,
                 {
                     "model": name,
-                    "created_at": rfc3339(call.now()),
+                    "created_at": rfc3339(call.wall()),
                     "message": {"role": "assistant", "content": ""},
                     "done": True,
                     "done_reason": "load",
@@ -168,13 +168,13 @@ def _chat_events(
             message["tool_calls"] = list(piece.tool_calls)
         yield {
             "model": call.name,
-            "created_at": rfc3339(call.now()),
+            "created_at": rfc3339(call.wall()),
             "message": message,
             "done": False,
         }
     yield {
         "model": call.name,
-        "created_at": rfc3339(call.now()),
+        "created_at": rfc3339(call.wall()),
         "message": {"role": "assistant", "content": ""},
         "done": True,
         "done_reason": plan.done_reason,
@@ -215,7 +215,7 @@ def generate(sim: SimulatedOllama, request: Request, body: bytes, param: str) ->
                 200,
                 {
                     "model": name,
-                    "created_at": rfc3339(sim.clock.seconds()),
+                    "created_at": rfc3339(sim.wall()),
                     "response": "",
                     "done": True,
                     "done_reason": "unload",
@@ -252,7 +252,7 @@ def generate(sim: SimulatedOllama, request: Request, body: bytes, param: str) ->
                 200,
                 {
                     "model": name,
-                    "created_at": rfc3339(call.now()),
+                    "created_at": rfc3339(call.wall()),
                     "response": "",
                     "done": True,
                     "done_reason": "load",
@@ -280,7 +280,7 @@ def _generate_events(
         produced += 1
         chunk: Chunk = {
             "model": call.name,
-            "created_at": rfc3339(call.now()),
+            "created_at": rfc3339(call.wall()),
             "response": piece.text if piece.kind == "content" else "",
         }
         if piece.kind == "thinking":
@@ -289,7 +289,7 @@ def _generate_events(
         yield chunk
     final: Chunk = {
         "model": call.name,
-        "created_at": rfc3339(call.now()),
+        "created_at": rfc3339(call.wall()),
         "response": "",
         "done": True,
         "done_reason": plan.done_reason,

@@ -74,7 +74,7 @@ def _manifest_path(name: str) -> str:
 
 def _library_model(sim: SimulatedOllama, name: str) -> SimModel:
     """What a pull of ``name`` installs."""
-    now = sim.clock.seconds()
+    now = sim.wall()
     short = display_shortest(name)
     for known in (*sim.library.all(), *DEFAULT_MODELS):
         if known.key == canonical_model_name(short):
@@ -193,9 +193,7 @@ def create(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> b
         overrides = _info_overrides(req.get("info"))
     except RequestError as e:
         return error_body(request, e.status, e.message, b"application/json")
-    model = attrs.evolve(
-        base, name=display_shortest(name), modified_at=sim.clock.seconds(), **overrides
-    )
+    model = attrs.evolve(base, name=display_shortest(name), modified_at=sim.wall(), **overrides)
     statuses += [{"status": f"using existing layer {digest}"} for digest, _ in _layers(base)[:2]]
     for field in ("template", "system", "license", "parameters", "messages"):
         if req.get(field):
@@ -249,9 +247,7 @@ def copy(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> byt
     model = sim.library.get(source)
     if model is None:
         return error_body(request, 404, f"model {go_quote(source)} not found")
-    sim.library.add(
-        attrs.evolve(model, name=display_shortest(destination), modified_at=sim.clock.seconds())
-    )
+    sim.library.add(attrs.evolve(model, name=display_shortest(destination), modified_at=sim.wall()))
     return empty_body(request)
 
 

@@ -380,7 +380,7 @@ def chat_completions(native: NativeHandler) -> NativeHandler:
             return refuse(request, e)
         writer = ChatWriter(
             request,
-            sim.clock.seconds,
+            sim.wall,
             f"chatcmpl-{random_int(sim, 999)}",
             bool(req.get("stream")),
             bool((req.get("stream_options") or {}).get("include_usage")),
@@ -401,7 +401,7 @@ def completions(native: NativeHandler) -> NativeHandler:
             return refuse(request, e)
         writer = CompletionWriter(
             request,
-            sim.clock.seconds,
+            sim.wall,
             f"cmpl-{random_int(sim, 999)}",
             bool(req.get("stream")),
             bool((req.get("stream_options") or {}).get("include_usage")),

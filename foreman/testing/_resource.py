@@ -36,7 +36,7 @@ from foreman.testing._models import (
 )
 from foreman.testing._requests import SHOW, RequestError, decode
 from foreman.testing._simulator import RecordedRequest
-from foreman.wire.gojson import rfc3339_ns
+from foreman.wire.gojson import rfc3339_ns, to_ns
 
 if TYPE_CHECKING:
     from foreman.testing._simulator import SimulatedOllama
@@ -60,10 +60,12 @@ def _tags(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> by
 
 def _ps(sim: SimulatedOllama, request: Request, body: bytes, param: str) -> bytes:
     now = sim.clock.seconds()
+    # Expiry runs on the simulator's clock; shown, it is a calendar time.
+    to_wall_ns = to_ns(sim.wall()) - to_ns(now)
     entries = []
     for runner in sim.residency.runners():
         name = display_shortest(runner.model.name)
-        expires_ns = runner.expiry_ns(now)
+        expires_ns = runner.expiry_ns(now) + to_wall_ns
         entries.append(
             (
                 expires_ns // 1_000_000_000,

@@ -165,7 +165,7 @@ class ResponsesWriter(OpenAIWriter):
             "id": self.id,
             "object": "response",
             "created_at": unix_seconds(created_at) if created_at else 0,
-            "completed_at": int(self.sim.clock.seconds()),
+            "completed_at": int(self.sim.wall()),
             "status": "completed",
             "incomplete_details": None,
             "model": req.get("model", ""),
@@ -232,7 +232,7 @@ class ResponsesWriter(OpenAIWriter):
         return {
             "id": self.id,
             "object": "response",
-            "created_at": int(self.sim.clock.seconds()),
+            "created_at": int(self.sim.wall()),
             "completed_at": None,
             "status": status,
             "incomplete_details": None,
@@ -440,7 +440,7 @@ class ResponsesWriter(OpenAIWriter):
             "output_tokens_details": {"reasoning_tokens": 0},
         }
         response = self._response_object("completed", output, usage)
-        response["completed_at"] = int(self.sim.clock.seconds())
+        response["completed_at"] = int(self.sim.wall())
         events.append(self._event("response.completed", {"response": response}))
         return events
 

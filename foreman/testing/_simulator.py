@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,7 +48,11 @@ class SimulatedOllama:
 
     All time — load latency, token pacing, keep-alive expiry — runs on
     ``clock`` (default: the global reactor), so tests can drive it with
-    ``twisted.internet.task.Clock``. Serve it with :meth:`resource` (any
+    ``twisted.internet.task.Clock``. The calendar times it answers with (a
+    reply's ``created_at``, ``/api/ps``'s ``expires_at``, a pulled model's
+    ``modified_at``) are read from ``wall`` (default: ``clock``'s seconds),
+    for a clock that is not a calendar (foreman's daemon runs its reactor
+    on a monotonic clock). Serve it with :meth:`resource` (any
     ``twisted.web`` site, ``treq.testing.StubTreq``) or :meth:`listen`.
     """
 
@@ -70,6 +74,7 @@ class SimulatedOllama:
         max_recorded_requests: int = 10_000,
         shared_bandwidth: bool = False,
         memory_bytes: int | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -77,6 +82,8 @@ class SimulatedOllama:
             clock = reactor
         assert clock is not None
         self.clock: IReactorTime = clock
+        #: Seconds since the epoch, for the calendar times in its answers.
+        self.wall: Callable[[], float] = clock.seconds if wall is None else wall
         #: 0 = as fast as the transport accepts; otherwise tokens per simulated second.
         self.tokens_per_second = tokens_per_second
         #: With pacing on, all generations in progress (any model) share
