@@ -46,7 +46,8 @@ from foreman.queue.execution import Crew, Execution
 from foreman.queue.grace import SwapGrace
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
-from foreman.queue.outage import DEFAULT_CALLER_WAIT, RETRY_AFTER, Outage
+from foreman.queue.outage import DEFAULT_CALLER_WAIT, Outage
+from foreman.queue.pauses import Pauses
 from foreman.queue.residency import Residency
 from foreman.queue.scheduler import QueueFull, Scheduler
 from foreman.queue.settlement import CANCELLED_QUEUED, LEFT_QUEUED, STOPPED, Retries
@@ -125,6 +126,15 @@ class Worker(Service):
             outage=self.outage,
             enqueue=self._enqueue,
             stopping=lambda: self._stopping,
+        )
+        self._pauses = Pauses(
+            self.journal,
+            self.outage,
+            scheduler,
+            self._callers,
+            self.clocks,
+            sleep=lambda until: self._sleep(until=until),
+            save_soon=self._save_soon,
         )
         residency.inventory.on_reachable(self._wake)
 
@@ -298,13 +308,9 @@ class Worker(Service):
     @property
     def paused(self) -> str | None:
         """Why the worker takes no jobs now, in a sentence; ``None`` if it does."""
-        if self.journal.troubled:
-            return f"the store cannot be written: {self.journal.error}"
-        if self.outage.active:
-            return f"Ollama does not answer: {self.outage.reason}"
         if self.draining:
             return "foreman is stopping"
-        return None
+        return self._pauses.reason
 
     def _refuse_busy(self, request: IRequest) -> None:
         retry = b"%d" % self.retry_after()
@@ -400,11 +406,7 @@ class Worker(Service):
     async def _turn(self) -> None:
         """Start the next job, or wait until there may be one."""
         now = self._clock.seconds()
-        if self.journal.troubled:
-            await self._wait_for_store(now)
-            return
-        if self._target_away(now):
-            await self._wait_for_target(now)
+        if await self._pauses.hold(now):
             return
         job = self.scheduler.pick(self.residency.worker_model, now)
         if job is None:
@@ -434,51 +436,6 @@ class Worker(Service):
 
     def _wake(self) -> None:
         self._alarm.wake()
-
-    # -- pauses ------------------------------------------------------------------------
-
-    async def _wait_for_store(self, now: float) -> None:
-        if now >= self.journal.next_try_at:
-            if await self.journal.recover(now):
-                return
-            self.journal.schedule_retry(self._clock.seconds())
-        await self._sleep(until=self.journal.next_try_at)
-
-    def _target_away(self, now: float) -> bool:
-        """Whether the worker waits for the target (starting or ending an outage)."""
-        silent = self.outage.target_silent
-        if silent and not self.outage.active:
-            self.outage.begin(now)
-        elif not silent and self.outage.active:
-            self.outage.end(now)
-        return self.outage.active
-
-    async def _wait_for_target(self, now: float) -> None:
-        self._refuse_waiting_callers(now)
-        if now >= self.outage.next_probe_at:
-            if await self.outage.probe(now):
-                self.outage.end(self._clock.seconds())
-                return
-            now = self._clock.seconds()
-            self._refuse_waiting_callers(now)
-        wake_at = self.outage.next_probe_at
-        for job in self.scheduler.jobs():
-            if job.sync:
-                wake_at = min(wake_at, self.outage.caller_deadline(self.scheduler.arrival(job)))
-        await self._sleep(until=wake_at)
-
-    def _refuse_waiting_callers(self, now: float) -> None:
-        """Sync callers whose wait for the target is over get ``503``."""
-        for job in list(self.scheduler.jobs()):
-            if job.sync and now >= self.outage.caller_deadline(self.scheduler.arrival(job)):
-                message = self.outage.refusal()
-                self.scheduler.remove(job.id)
-                self.outage.callers_refused += 1
-                failed = job.moved(
-                    JobState.FAILED, self.clocks.wall(), last_error=message, error_status=503
-                )
-                self._save_soon(failed, job.state)
-                self._callers.answer(job.id, 503, message, RETRY_AFTER)
 
     # -- one job -----------------------------------------------------------------------
 
