@@ -21,16 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail
-from twisted.web.iweb import IRequest
-from twisted.web.test.requesthelper import DummyRequest
 
 from foreman.ops.health import health_report
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
 from foreman.queue.store import Also, JobStore
-from foreman.relay.generation import GenerationCall
 from foreman.relay.upstream import Target
-from tests.worker_rig import WorkerRig, fired, make_worker_rig
+from tests.worker_rig import WorkerRig, fired, make_worker_rig, sync_call
 
 FULL = "database or disk is full"
 
@@ -78,15 +75,6 @@ def assert_nothing_stranded(rig: WorkerRig) -> None:
         running = worker.current is not None and worker.current.id == job.id
         held = worker.journal.holds(job.id) is not None
         assert job.id in worker.scheduler or running or held, f"{job.id} ({job.state}) is nowhere"
-
-
-def sync_call(rig: WorkerRig, marker: str) -> tuple[Deferred[None], DummyRequest]:
-    message = {"role": "user", "content": marker}
-    # Whole replies: DummyRequest cannot take a streamed one (a push producer).
-    body = json.dumps({"model": "llama3.2", "messages": [message], "stream": False})
-    request = DummyRequest([b"api", b"chat"])
-    call = GenerationCall("chat", "llama3.2", body.encode(), False)
-    return rig.worker.run(call, cast(IRequest, request)), request
 
 
 def test_a_refused_start_leaves_the_job_queued_and_the_worker_paused(tmp_path: Path) -> None:
@@ -257,4 +245,24 @@ def test_store_and_worker_never_disagree(
     for waiting in callers:
         assert waiting.called
         waiting.addErrback(lambda _: None)
+    rig.stop()
+
+
+def test_metrics_show_the_pause_and_the_refused_writes(tmp_path: Path) -> None:
+    from foreman.ops.metrics import ForemanMetrics
+
+    rig, store = make_rig(tmp_path)
+    fired(rig.submit("llama3.2", "count me"))
+    store.refusing = True
+    rig.worker.startService()
+    rig.flush()
+    metrics = ForemanMetrics()
+    metrics.watch(inventory=rig.inventory, worker=rig.worker)
+    text = metrics.render().decode()
+    assert 'foreman_worker_paused{reason="store_unwritable"} 1.0' in text
+    assert 'foreman_worker_paused{reason="ollama_unreachable"} 0.0' in text
+    assert "foreman_store_write_failures_total 1.0" in text
+    store.refusing = False
+    rig.run_until(rig.all_finished)
+    assert 'foreman_worker_paused{reason="store_unwritable"} 0.0' in metrics.render().decode()
     rig.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -9,12 +10,13 @@ import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
+from foreman.ops.metrics import ForemanMetrics
 from foreman.queue.alarm import Alarm
 from foreman.queue.job import JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
 from foreman.wire.priority import Priority
-from tests.worker_rig import fired, make_worker_rig
+from tests.worker_rig import fired, make_worker_rig, sync_call
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
 
@@ -156,6 +158,11 @@ def test_an_outage_of_any_length_spends_no_attempt(tmp_path: Path) -> None:
     assert [job.attempt for job in jobs] == [0, 0]
     assert "cannot reach Ollama" in (jobs[0].last_error or "")
     assert rig.worker.paused is not None and "does not answer" in rig.worker.paused
+    metrics = ForemanMetrics()
+    metrics.watch(inventory=rig.inventory, worker=rig.worker)
+    text = metrics.render().decode()
+    assert 'foreman_worker_paused{reason="ollama_unreachable"} 1.0' in text
+    assert "foreman_ollama_outages_total 1.0" in text
     # Asked again with backoff, at most every 5 s: three GETs a probe.
     assert rig.agent.refused - refused_before <= 3 * (3600 / 5 + 1)
     rig.agent.down = False
@@ -167,6 +174,39 @@ def test_an_outage_of_any_length_spends_no_attempt(tmp_path: Path) -> None:
     assert rig.generation_markers() == ["before", "during"]  # in order, once each
     assert not rig.worker.outage.active and rig.worker.paused is None
     assert first.id == jobs[0].id
+    rig.stop()
+
+
+def test_a_caller_waits_out_a_short_outage_and_hears_503_after_a_long_one(
+    tmp_path: Path,
+) -> None:
+    rig = make_worker_rig(tmp_path, caller_wait=30.0)
+    rig.agent.down = True
+    rig.worker.startService()
+    patient, patient_request = sync_call(rig, "back soon")
+    rig.clock.pump([1.0] * 20)
+    rig.flush()
+    assert not patient.called  # still waiting, 20 s in
+    rig.agent.down = False
+    rig.run_until(lambda: patient.called, limit=10)
+    assert patient_request.responseCode in (None, 200)
+    assert b'"done":true' in b"".join(patient_request.written)
+
+    rig.agent.down = True
+    rig.clock.advance(31)  # the next poll finds it gone
+    rig.inventory.refresh()
+    rig.flush()
+    late, late_request = sync_call(rig, "too long")
+    taken = rig.run_until(lambda: late.called, limit=60)
+    assert 29 <= taken <= 31
+    assert late_request.responseCode == 503
+    assert late_request.responseHeaders.getRawHeaders(b"retry-after") == [b"5"]
+    error = json.loads(b"".join(late_request.written))["error"]
+    assert error.startswith("foreman: cannot reach Ollama at http://ollama.test")
+    assert "waited 30 s" in error
+    (job,) = [job for job in rig.jobs() if job.state is JobState.FAILED]
+    assert (job.error_status, job.attempt) == (503, 0)
+    assert rig.worker.outage.callers_refused == 1
     rig.stop()
 
 

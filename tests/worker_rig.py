@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from treq.client import HTTPClient
@@ -19,7 +19,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IRequest
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from foreman.queue.job import Job, JobState
@@ -32,6 +33,7 @@ from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
+from foreman.relay.generation import GenerationCall
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
@@ -50,6 +52,19 @@ def fired(deferred: Deferred[Any]) -> Any:
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]
+
+
+def sync_call(
+    rig: WorkerRig, marker: str, model: str = "llama3.2"
+) -> tuple[Deferred[None], DummyRequest]:
+    """A caller waiting on a native chat call (a whole reply: DummyRequest
+    cannot take a streamed one, which needs a push producer)."""
+    message = {"role": "user", "content": marker}
+    body = json.dumps({"model": model, "messages": [message], "stream": False})
+    request = DummyRequest([b"api", b"chat"])
+    request.path = request.uri = b"/api/chat"
+    call = GenerationCall("chat", model, body.encode(), False)
+    return rig.worker.run(call, cast(IRequest, request)), request
 
 
 @implementer(IAgent)
@@ -183,6 +198,7 @@ def make_worker_rig(
     prepare: Callable[[WorkerRig], object] | None = None,
     policy: Policy | None = None,
     swap_grace: float = 0.25,
+    caller_wait: float = 30.0,
     store_class: type[JobStore] = JobStore,
     wall: Callable[[], float] | None = None,
     relay_limits: dict[str, float] | None = None,
@@ -222,6 +238,7 @@ def make_worker_rig(
         max_attempts=max_attempts,
         swap_grace=swap_grace,
         clocks=Clocks(clock, wall),
+        caller_wait=caller_wait,
     )
     rig = WorkerRig(clock, sim, agent, store, worker, inventory)
     if prepare is not None:
@@ -232,4 +249,4 @@ def make_worker_rig(
     return rig
 
 
-__all__ = ["DEFAULT_MODELS", "JobState", "WorkerRig", "fired", "make_worker_rig"]
+__all__ = ["DEFAULT_MODELS", "JobState", "WorkerRig", "fired", "make_worker_rig", "sync_call"]

@@ -327,6 +327,7 @@ class _StateCollector(Collector):
         for state, count in self._finished.items():
             finished.add_metric([state.value], float(count))
         yield finished
+        yield from self._faults(worker)
         residency = worker.residency
         loads = CounterMetricFamily(
             "foreman_model_loads", "Worker-model loads foreman asked the target for (swaps)."
@@ -338,6 +339,38 @@ class _StateCollector(Collector):
         )
         unloads.add_metric([], float(residency.unloads))
         yield unloads
+
+    def _faults(self, worker: Worker) -> Iterator[Metric]:
+        """What pauses the worker (ADR-0023), and what it cost callers."""
+        paused = GaugeMetricFamily(
+            "foreman_worker_paused",
+            "1 while the worker takes no job because of a fault, by reason.",
+            labels=["reason"],
+        )
+        paused.add_metric(["ollama_unreachable"], 1.0 if worker.outage.active else 0.0)
+        paused.add_metric(["store_unwritable"], 1.0 if worker.journal.troubled else 0.0)
+        yield paused
+        outages = CounterMetricFamily(
+            "foreman_ollama_outages", "Times the worker paused because Ollama did not answer."
+        )
+        outages.add_metric([], float(worker.outage.count))
+        yield outages
+        refused = CounterMetricFamily(
+            "foreman_outage_refusals",
+            "Sync callers answered 503 after waiting --outage-wait for Ollama.",
+        )
+        refused.add_metric([], float(worker.outage.callers_refused))
+        yield refused
+        writes = CounterMetricFamily(
+            "foreman_store_write_failures", "Writes of the worker the store refused."
+        )
+        writes.add_metric([], float(worker.journal.refused))
+        yield writes
+        unrecorded = GaugeMetricFamily(
+            "foreman_unrecorded_states", "Job states waiting for the store to take them."
+        )
+        unrecorded.add_metric([], float(worker.journal.kept))
+        yield unrecorded
 
     def _webhooks(self) -> Iterator[Metric]:
         outbox = self.outbox
