@@ -62,7 +62,7 @@ def sync_call(
     message = {"role": "user", "content": marker}
     body = json.dumps({"model": model, "messages": [message], "stream": False})
     request = DummyRequest([b"api", b"chat"])
-    request.path = request.uri = b"/api/chat"
+    request.path = request.uri = b"/api/chat"  # type: ignore[attr-defined]
     call = GenerationCall("chat", model, body.encode(), False)
     return rig.worker.run(call, cast(IRequest, request)), request
 
