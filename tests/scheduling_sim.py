@@ -99,18 +99,25 @@ def play(
     until: Callable[[Played], bool] | None = None,
     on_done: Callable[[Played, Run], Sequence[Arrival]] | None = None,
     horizon: float = 24 * 3600.0,
+    load_seconds: float = LOAD_SECONDS,
+    swap_grace: float = SWAP_GRACE,
+    learned_holds: bool = True,
+    for_seconds: float | None = None,
 ) -> Played:
     """Submit each arrival at its time and run until every job is finished
-    (or ``until`` holds); ``on_done`` may answer a finished run with more
-    arrivals (a caller in a loop)."""
+    (or ``until`` holds, or ``for_seconds`` have passed); ``on_done`` may
+    answer a finished run with more arrivals (a caller in a loop)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     rig = make_worker_rig(
         tmp_path,
         policy=policy,
-        swap_grace=SWAP_GRACE,
-        load_seconds=LOAD_SECONDS,
+        swap_grace=swap_grace,
+        load_seconds=load_seconds,
         tokens_per_second=TOKENS_PER_SECOND,
         max_queue=10_000,
+        # As a foreman that has run a while knows them (ADR-0024).
+        known_loads=dict.fromkeys(MODELS, load_seconds),
+        learned_holds=learned_holds,
     )
     played = Played({}, 0, rig)
     clock = rig.clock
@@ -143,6 +150,10 @@ def play(
     rig.worker.on_transition(heard)
     for arrival in arrivals:
         schedule(arrival)
+    if for_seconds is not None:
+        # Time goes on to the end, even when nothing else happens meanwhile.
+        end = clock.callLater(for_seconds, lambda: None)
+        until = lambda played: not end.active()  # noqa: E731
     rig.worker.startService()
     try:
         _run(rig, played, until, horizon)

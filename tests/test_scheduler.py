@@ -33,7 +33,8 @@ def job(job_id: str, model: str = "llama3.2", created_at: float = T0, **changes:
 
 
 def queued(*jobs: Job, max_queue: int = 100) -> Scheduler:
-    scheduler = Scheduler(max_queue)
+    # Drain by model alone: the quantum has tests of its own (test_swap_rule.py).
+    scheduler = Scheduler(max_queue, Policy(swap_quantum=0))
     for each in jobs:
         scheduler.add(each, reserved=False)
     return scheduler

@@ -169,12 +169,12 @@ def test_a_person_waits_behind_at_most_one_batch_job_per_max_wait(
 @EXAMPLES
 @given(arrivals(st.sampled_from(list(Priority))))
 def test_with_nothing_overdue_the_order_is_drain_by_model(workload: list[Arrival]) -> None:
-    # One class, bounds out of reach: every start must be what the rule
+    # One class, bounds out of reach, no quantum: every start must be what the rule
     # before classes chose, given what was queued then and what was resident.
     one_class = [
         Arrival(each.at, each.model, workload[0].priority, each.tokens) for each in workload
     ]
-    played = play_in_tmp(one_class, Policy(max_wait=10**6, batch_max_wait=10**6))
+    played = play_in_tmp(one_class, Policy(max_wait=10**6, batch_max_wait=10**6, swap_quantum=0))
     resident: str | None = None
     started = played.started()
     for index, run in enumerate(started):

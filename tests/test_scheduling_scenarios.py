@@ -33,8 +33,10 @@ from tests.scheduling_sim import (
 from tests.worker_rig import make_worker_rig
 
 SHIPPED = Policy()
-#: The rule before classes: drain by model, nothing ever overdue.
-BEFORE = Policy(max_wait=10**9, batch_max_wait=10**9)
+#: The rule before classes: drain by model, nothing ever overdue, no quantum.
+BEFORE = Policy(max_wait=10**9, batch_max_wait=10**9, swap_quantum=0)
+#: The classes, without the quantum (ADR-0021 as it was first shipped).
+CLASSES_ONLY = Policy(swap_quantum=0)
 
 LOOP_TOKENS = 10  # one second per call
 
@@ -64,12 +66,17 @@ def _other_caller(played: Played) -> Run:
 def test_callers_looping_on_one_model_no_longer_starve_a_caller_of_another(
     tmp_path: Path,
 ) -> None:
-    played = _loops(tmp_path / "shipped", SHIPPED, Priority.INTERACTIVE)
-    other = _other_caller(played)
     one_job = LOOP_TOKENS / TOKENS_PER_SECOND
-    # Served within max-wait + the job running then + one load (and the grace).
-    assert other.waited <= SHIPPED.max_wait + one_job + LOAD_SECONDS + SWAP_GRACE
-    assert other.waited >= SHIPPED.max_wait  # the loops kept their model until then
+    # With the classes alone: served within max-wait + the job running then
+    # + one load (and the grace); the loops keep their model until then.
+    classes = _other_caller(_loops(tmp_path / "classes", CLASSES_ONLY, Priority.INTERACTIVE))
+    assert CLASSES_ONLY.max_wait <= classes.waited
+    assert classes.waited <= CLASSES_ONLY.max_wait + one_job + LOAD_SECONDS + SWAP_GRACE
+    # With the quantum (ADR-0024): within four of its model's loads (measured
+    # here, a load and an unload), the job running then, and its own load.
+    other = _other_caller(_loops(tmp_path / "shipped", SHIPPED, Priority.INTERACTIVE))
+    quantum = SHIPPED.swap_quantum * (LOAD_SECONDS + 0.1)
+    assert other.waited <= quantum + one_job + LOAD_SECONDS + SWAP_GRACE
 
 
 def test_before_classes_the_loops_starved_the_other_caller(tmp_path: Path) -> None:
@@ -152,7 +159,7 @@ def _loads_before(played: Played, end: float) -> int:
 def test_a_batch_job_is_never_overtaken_past_its_bound(tmp_path: Path) -> None:
     # A batch job for a rare model behind a steady stream of batch work for
     # the resident one: it runs once it has waited batch_max_wait.
-    policy = attrs.evolve(SHIPPED, batch_max_wait=120.0)
+    policy = attrs.evolve(CLASSES_ONLY, batch_max_wait=120.0)
     stream = [Arrival(0.0003 + 0.9 * n, MODELS[0], Priority.BATCH, 10) for n in range(300)]
     rare = Arrival(2.0007, MODELS[2], Priority.BATCH, 10)
     played = play(tmp_path, [*stream, rare], policy)

@@ -286,11 +286,11 @@ def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     rig.stop()
 
 
-def test_a_call_for_the_loaded_model_arriving_within_the_grace_saves_a_swap(
+def test_a_call_for_the_loaded_model_arriving_within_the_hold_saves_a_swap(
     tmp_path: Path,
 ) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
-    rig.worker.grace.seconds = 0.25
+    rig.worker.hold.unknown = 0.25
     rig.worker.startService()
     rig.submit("llama3.2", "first")
     rig.run_until(rig.all_finished)
@@ -305,9 +305,9 @@ def test_a_call_for_the_loaded_model_arriving_within_the_grace_saves_a_swap(
     rig.stop()
 
 
-def test_without_more_work_the_swap_waits_only_the_grace(tmp_path: Path) -> None:
+def test_with_nothing_learned_the_swap_waits_only_the_grace(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
-    rig.worker.grace.seconds = 0.25
+    rig.worker.hold.unknown = 0.25
     rig.worker.startService()
     rig.submit("llama3.2", "first")
     rig.run_until(rig.all_finished)
@@ -323,7 +323,7 @@ def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: P
     # The grace waits for the caller just served to ask again; a batch
     # job's follow-up could never go before a person, so nothing is gained.
     rig = make_worker_rig(tmp_path, **SLOW)
-    rig.worker.grace.seconds = 0.25
+    rig.worker.hold.unknown = 0.25
     rig.worker.startService()
     rig.submit("llama3.2", "batch", priority=Priority.BATCH)
     rig.run_until(rig.all_finished)

@@ -23,6 +23,7 @@ from twisted.web.iweb import IAgent, IRequest
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
+from foreman.queue.costs import ModelCosts
 from foreman.queue.job import Job, JobState
 from foreman.queue.lifecycle import recover_queue
 from foreman.queue.order import Policy
@@ -38,6 +39,7 @@ from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer, Target
 from foreman.testing import DEFAULT_MODELS, SimulatedOllama
 from foreman.wire.clocks import Clocks
+from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
 
 #: The calls that generate (a job's own call, or a load); metadata calls are GETs.
@@ -199,6 +201,8 @@ def make_worker_rig(
     policy: Policy | None = None,
     swap_grace: float = 0.25,
     caller_wait: float = 30.0,
+    known_loads: dict[str, float] | None = None,
+    learned_holds: bool = True,
     store_class: type[JobStore] = JobStore,
     wall: Callable[[], float] | None = None,
     relay_limits: dict[str, float] | None = None,
@@ -239,6 +243,14 @@ def make_worker_rig(
         swap_grace=swap_grace,
         clocks=Clocks(clock, wall),
         caller_wait=caller_wait,
+        learned_holds=learned_holds,
+        costs=ModelCosts(
+            inventory.model_sizes,
+            known={
+                canonical_model_name(model): (seconds, 1)
+                for model, seconds in (known_loads or {}).items()
+            },
+        ),
     )
     rig = WorkerRig(clock, sim, agent, store, worker, inventory)
     if prepare is not None:

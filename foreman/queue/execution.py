@@ -26,6 +26,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from foreman.http.errors import answer_with_error
+from foreman.queue.activity import Activity
 from foreman.queue.callers import Caller, Callers
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
@@ -57,6 +58,10 @@ class Crew:
     enqueue: Callable[[Job], None]
     #: Whether foreman's stop is cutting what runs.
     stopping: Callable[[], bool]
+    #: Told of each load made here, and how long it took.
+    loaded: Callable[[str, float], None]
+    #: How the worker spends its time.
+    activity: Activity
 
 
 class Execution:
@@ -92,7 +97,7 @@ class Execution:
             except StoreUnavailable:
                 self._requeue()  # as the store still has it
                 return
-            unreachable = await self._run_step(crew.residency.prepare(job))
+            unreachable = await self._prepare()
             if unreachable is not None:
                 await self._settle(unreachable)
                 return
@@ -104,10 +109,22 @@ class Execution:
                 self._requeue()
                 return
             self.job = working
+            crew.activity.switch("generating")
             attempt = await self._run_step(self._perform())
             await self._settle(attempt)
         except CancelledError:
             await self._cancelled()
+
+    async def _prepare(self) -> Attempt | None:
+        """Make the job's model resident; a load it takes is measured."""
+        crew = self._crew
+        crew.activity.switch("loading")
+        loads = crew.residency.loads
+        began = crew.clocks.now()
+        unreachable = await self._run_step(crew.residency.prepare(self.job))
+        if crew.residency.loads > loads:
+            crew.loaded(self.job.model, crew.clocks.now() - began)
+        return unreachable
 
     def _requeue(self) -> None:
         """Put back a job that could not start, unless its caller left meanwhile."""

@@ -12,14 +12,26 @@ the queue's positions and the property tests all follow one rule:
 3. **The bound.** Once a class's oldest job has waited its class's bound
    (``max_wait``, ``batch_max_wait``), the class runs in arrival order:
    nothing that came after it starts before it.
+4. **The quantum** (ADR-0024). While a person's call for another model
+   waits, the resident model's interactive calls that came after it overtake
+   it for at most ``swap_quantum`` times the waiting model's load time,
+   counted from when the resident model's run began (its load done) or the
+   other call arrived, whichever is later; then the oldest call of another model goes
+   next. Calls that were queued before it still drain. A swap then takes at
+   most about a fifth of the worker's time (with the default of 4), and
+   nobody waits long behind callers looping on one model. Batch work, queued
+   in bulk, drains by model up to its own bound: rotating it would only add
+   loads.
 
-With nothing overdue and one class the order is exactly the old one.
+With nothing overdue, no quantum spent and one class, the order is exactly
+drain by model.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Collection, Iterable, Iterator
+from typing import Protocol
 
 import attrs
 
@@ -29,6 +41,21 @@ from foreman.wire.priority import Priority
 
 DEFAULT_MAX_WAIT = 60.0
 DEFAULT_BATCH_MAX_WAIT = 30 * 60.0
+#: The quantum, in loads of the waiting model: swaps take at most about 1/5 of the time.
+DEFAULT_SWAP_QUANTUM = 4.0
+#: A model's load time, when nothing is known of it (the order's tests).
+UNKNOWN_LOAD_SECONDS = 5.0
+
+
+class LoadCosts(Protocol):
+    """What loading a model costs (:class:`foreman.queue.costs.ModelCosts`)."""
+
+    def load_seconds(self, model: str) -> float: ...
+
+
+class _Unknown:
+    def load_seconds(self, model: str) -> float:
+        return UNKNOWN_LOAD_SECONDS
 
 
 @attrs.frozen
@@ -38,6 +65,10 @@ class Policy:
     max_wait: float = DEFAULT_MAX_WAIT
     #: The batch class's own bound, long so that big batches still drain by model.
     batch_max_wait: float = DEFAULT_BATCH_MAX_WAIT
+    #: The resident model's quantum while other work waits, in loads of the
+    #: waiting model; 0: no quantum.
+    swap_quantum: float = DEFAULT_SWAP_QUANTUM
+    costs: LoadCosts = attrs.field(factory=_Unknown, eq=False)
 
     def bound(self, priority: Priority) -> float:
         return self.batch_max_wait if priority is Priority.BATCH else self.max_wait
@@ -45,6 +76,16 @@ class Policy:
     def overdue(self, job: Job, now: float) -> bool:
         """Whether ``job`` has waited its class's bound: nothing later overtakes it."""
         return now - job.created_at >= self.bound(job.priority)
+
+    def quantum(self, waiting: Job) -> float:
+        """How long the resident model may keep the worker while ``waiting`` waits."""
+        if self.swap_quantum <= 0:
+            return float("inf")
+        return self.swap_quantum * self.costs.load_seconds(waiting.model)
+
+    def quantum_left(self, turns: Turns, waiting: Job, now: float) -> float:
+        """What is left of the resident model's quantum, with ``waiting`` waiting."""
+        return self.quantum(waiting) - (now - max(turns.since, waiting.created_at))
 
 
 def arrival(job: Job) -> tuple[float, str]:
@@ -82,6 +123,14 @@ class _Lane:
             return None
         return self._head(self._by_model.get(model, []))
 
+    def oldest_other(self, model: str | None) -> Job | None:
+        """The oldest job for any model but ``model``."""
+        heads = (
+            self._head(heap) for name, heap in self._by_model.items() if name != model and heap
+        )
+        found = [job for job in heads if job is not None]
+        return min(found, key=arrival, default=None)
+
     def _head(self, heap: list[tuple[float, str, Job]]) -> Job | None:
         while heap and heap[0][1] in self._taken:
             heapq.heappop(heap)
@@ -90,13 +139,27 @@ class _Lane:
 
 @attrs.define
 class Turns:
-    """What the order remembers between choices: when a batch job last started."""
+    """What the order remembers between choices: when a batch job last
+    started, and which model's run is going on since when."""
 
     last_batch_start: float = float("-inf")
+    #: The model of the last job started (canonical), and when its run began.
+    model: str | None = None
+    since: float = float("-inf")
 
     def started(self, job: Job, now: float) -> None:
         if job.batch:
             self.last_batch_start = now
+        model = canonical_model_name(job.model)
+        if model != self.model:
+            self.model = model
+            self.since = now
+
+    def loaded(self, model: str, now: float) -> None:
+        """``model``'s load for its run ended at ``now``: the quantum counts
+        from here, so that a swap costs at most a load per quantum of work."""
+        if canonical_model_name(model) == self.model:
+            self.since = now
 
 
 class _Ready:
@@ -123,19 +186,38 @@ class _Ready:
         if oldest_batch is not None and (
             interactive.size == 0 or _batch_turn_due(oldest_batch, policy, now, turns)
         ):
-            return _within(batch, policy, resident, now)
-        return _within(interactive, policy, resident, now)
+            return _within(batch, policy, resident, now, turns)
+        return _within(interactive, policy, resident, now, turns, quantum=True)
 
 
 def _batch_turn_due(oldest: Job, policy: Policy, now: float, turns: Turns) -> bool:
     return now - max(turns.last_batch_start, oldest.created_at) >= policy.max_wait
 
 
-def _within(lane: _Lane, policy: Policy, resident: str | None, now: float) -> Job | None:
+def _within(
+    lane: _Lane,
+    policy: Policy,
+    resident: str | None,
+    now: float,
+    turns: Turns,
+    *,
+    quantum: bool = False,
+) -> Job | None:
     oldest = lane.oldest()
     if oldest is None or policy.overdue(oldest, now):
         return oldest
-    return lane.oldest_for(resident) or oldest
+    mine = lane.oldest_for(resident)
+    if mine is None:
+        return oldest
+    if quantum:
+        other = lane.oldest_other(resident)
+        if (
+            other is not None
+            and arrival(mine) > arrival(other)
+            and policy.quantum_left(turns, other, now) <= 0
+        ):
+            return other  # the resident model's quantum is spent
+    return mine
 
 
 def choose(

@@ -1,12 +1,12 @@
 """What keeps the worker from taking a job: a store that refuses writes, or an
 Ollama that does not answer (ADR-0023).
 
-The worker asks :meth:`Pauses.hold` before each choice. While the store is
-troubled it tries it again with backoff (:class:`~foreman.queue.journal.Journal`);
-while the target is silent it asks it again with backoff
-(:class:`~foreman.queue.outage.Outage`) and answers, with ``503``, the sync
-callers whose wait for it is over. Either way it sleeps until the next
-thing worth looking at.
+The worker asks :meth:`Pauses.paused` before each choice, and then
+:meth:`Pauses.wait`. While the store is troubled it tries it again with
+backoff (:class:`~foreman.queue.journal.Journal`); while the target is
+silent it asks it again with backoff (:class:`~foreman.queue.outage.Outage`)
+and answers, with ``503``, the sync callers whose wait for it is over.
+Either way it sleeps until the next thing worth looking at.
 """
 
 from __future__ import annotations
@@ -55,16 +55,17 @@ class Pauses:
             return f"Ollama does not answer: {self._outage.reason}"
         return None
 
-    async def hold(self, now: float) -> bool:
-        """If something keeps the worker from taking a job, wait on it a while
-        and say so; ``False``: go on."""
+    def paused(self, now: float) -> bool:
+        """Whether something keeps the worker from taking a job at ``now``
+        (an outage begins or ends here, by what the target last said)."""
+        return self._journal.troubled or self._target_away(now)
+
+    async def wait(self, now: float) -> None:
+        """Wait on what keeps the worker, a while: until it may be over."""
         if self._journal.troubled:
             await self._wait_for_store(now)
-            return True
-        if self._target_away(now):
+        elif self._outage.active:
             await self._wait_for_target(now)
-            return True
-        return False
 
     async def _wait_for_store(self, now: float) -> None:
         journal = self._journal

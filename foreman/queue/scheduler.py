@@ -20,12 +20,14 @@ Without an arrival given, the stored fields stand in (the tests of the order).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 import attrs
 
 from foreman.queue.job import Job
-from foreman.queue.order import Policy, Turns, choose, plan
+from foreman.queue.order import Policy, Turns, arrival, choose, plan
+from foreman.wire.model_names import canonical_model_name
 
 
 class QueueFull(Exception):
@@ -44,6 +46,8 @@ class Scheduler:
         self._seen: dict[str, Job] = {}
         #: When each job of this process first arrived, on the reactor's clock.
         self._arrived: dict[str, float] = {}
+        #: Queued jobs per model (canonical name).
+        self._per_model: Counter[str] = Counter()
         self._reserved = 0
 
     # -- admission -----------------------------------------------------------
@@ -76,6 +80,8 @@ class Scheduler:
             self._reserved -= 1
         arrival = self._arrived.setdefault(job.id, job.created_at if arrived is None else arrived)
         ready = job.not_before if ready_at is None else ready_at
+        if job.id not in self._queued:
+            self._per_model[canonical_model_name(job.model)] += 1
         self._queued[job.id] = job
         if arrival == job.created_at and ready == job.not_before:
             self._seen[job.id] = job
@@ -86,13 +92,23 @@ class Scheduler:
         """Take a job out for good (cancelled, its caller gone)."""
         self._seen.pop(job_id, None)
         self._arrived.pop(job_id, None)
-        return self._queued.pop(job_id, None)
+        job = self._queued.pop(job_id, None)
+        if job is not None:
+            self._count_out(job)
+        return job
 
     def take(self, job: Job, now: float) -> None:
         """Take ``job`` out of the queue to start it at ``now``."""
         seen = self._seen.pop(job.id)
         del self._queued[job.id]
+        self._count_out(job)
         self.turns.started(seen, now)
+
+    def _count_out(self, job: Job) -> None:
+        model = canonical_model_name(job.model)
+        self._per_model[model] -= 1
+        if self._per_model[model] <= 0:
+            del self._per_model[model]
 
     def forget(self, job_id: str) -> None:
         """``job_id`` has ended: its arrival is no longer needed."""
@@ -108,6 +124,20 @@ class Scheduler:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._queued
 
+    def queued_for(self, model: str) -> int:
+        """How many jobs wait for ``model``."""
+        return self._per_model.get(canonical_model_name(model), 0)
+
+    def oldest_other(self, resident: str | None) -> Job | None:
+        """The person's call for another model than ``resident`` that the
+        quantum would give a turn (the oldest), as the order sees it."""
+        others = [
+            job
+            for job in self._seen.values()
+            if not job.batch and canonical_model_name(job.model) != resident
+        ]
+        return min(others, key=arrival, default=None)
+
     def pick(self, resident: str | None, now: float) -> Job | None:
         """The job to run now, without removing it; ``None`` if none is ready."""
         ready = [job for job in self._seen.values() if job.not_before <= now]
@@ -117,6 +147,10 @@ class Scheduler:
     def overdue(self, job: Job, now: float) -> bool:
         """Whether ``job`` has waited its class's bound at ``now``."""
         return self.policy.overdue(self._seen.get(job.id, job), now)
+
+    def seen(self, job: Job) -> Job:
+        """``job`` as the order sees it: arrival and readiness on the reactor's clock."""
+        return self._seen.get(job.id, job)
 
     def arrival(self, job: Job) -> float:
         """When ``job`` arrived, on the reactor's clock."""

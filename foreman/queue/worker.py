@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
@@ -40,10 +41,12 @@ from twisted.web.iweb import IRequest
 
 from foreman.http.errors import SERVER_BUSY, answer_with_error
 from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
+from foreman.queue.activity import Activity
 from foreman.queue.alarm import Alarm
 from foreman.queue.callers import Callers
+from foreman.queue.costs import ModelCosts
 from foreman.queue.execution import Crew, Execution
-from foreman.queue.grace import SwapGrace
+from foreman.queue.hold import SwapHold
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
 from foreman.queue.outage import DEFAULT_CALLER_WAIT, Outage
@@ -62,6 +65,7 @@ from foreman.queue.ulid import new_ulid
 from foreman.relay.forward import Relay
 from foreman.relay.generation import GenerationCall
 from foreman.wire.clocks import Clocks
+from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
 
@@ -83,6 +87,8 @@ class Worker(Service):
         swap_grace: float = 0.25,
         caller_wait: float = DEFAULT_CALLER_WAIT,
         clocks: Clocks | None = None,
+        costs: ModelCosts | None = None,
+        learned_holds: bool = True,
     ) -> None:
         self._store = store
         self.scheduler = scheduler
@@ -93,7 +99,14 @@ class Worker(Service):
         self.clocks = clocks or Clocks(clock)
         #: How a job is retried while the target answers but the job fails.
         self.retries = Retries(max_attempts, backoff_base, backoff_cap)
-        self.grace = SwapGrace(swap_grace)
+        #: What loads cost and how soon each model's callers come back.
+        self.costs = costs or ModelCosts(residency.inventory.model_sizes)
+        # The order's quantum is counted in the loads these costs measure.
+        scheduler.policy = attrs.evolve(scheduler.policy, costs=self.costs)
+        #: Rent or buy: holding the resident model for its next call.
+        self.hold = SwapHold(self.costs, unknown=swap_grace, learned=learned_holds)
+        #: How the worker spends its time.
+        self.activity = Activity(clock)
         #: Waiting for a target that does not answer.
         self.outage = Outage(residency.inventory, caller_wait=caller_wait)
         #: At most one generation towards the target at any time.
@@ -126,6 +139,8 @@ class Worker(Service):
             outage=self.outage,
             enqueue=self._enqueue,
             stopping=lambda: self._stopping,
+            loaded=self._loaded,
+            activity=self.activity,
         )
         self._pauses = Pauses(
             self.journal,
@@ -195,6 +210,7 @@ class Worker(Service):
             answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
             return
         done = self._callers.wait(job.id, request, self._caller_left)
+        self._arrived(job)
         self._enqueue(job, reserved=True)
         transition.stored()
         request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
@@ -220,6 +236,7 @@ class Worker(Service):
             # A retried submit (same Idempotency-Key): the first one's job.
             self.scheduler.release()
             return stored
+        self._arrived(job)
         self._enqueue(job, reserved=True)
         transition.stored()
         self._wake()
@@ -266,6 +283,19 @@ class Worker(Service):
         for transition in requeued:
             transition.stored()
         self._wake()
+
+    def _loaded(self, model: str, seconds: float) -> None:
+        """The worker loaded ``model``, in ``seconds``."""
+        self.costs.loaded(model, seconds)
+        self.scheduler.turns.loaded(model, self._clock.seconds())
+
+    def _arrived(self, job: Job) -> None:
+        """A new call for ``job``'s model: how soon its callers came back."""
+        running = self.current is not None and canonical_model_name(
+            self.current.model
+        ) == canonical_model_name(job.model)
+        pending = running or self.scheduler.queued_for(job.model) > 0
+        self.costs.arrived(job.model, self._clock.seconds(), others_pending=pending)
 
     def _enqueue(self, job: Job, *, reserved: bool = False) -> None:
         """Put ``job`` in the scheduler, its stamps read on the reactor's clock."""
@@ -406,16 +436,25 @@ class Worker(Service):
     async def _turn(self) -> None:
         """Start the next job, or wait until there may be one."""
         now = self._clock.seconds()
-        if await self._pauses.hold(now):
+        if self._pauses.paused(now):
+            self.activity.switch("paused")
+            await self._pauses.wait(now)
             return
-        job = self.scheduler.pick(self.residency.worker_model, now)
+        resident = self.residency.worker_model
+        job = self.scheduler.pick(resident, now)
         if job is None:
+            self.hold.end(None)
+            self.activity.switch("idle")
             await self._sleep()
             return
-        hold_until = self._swap_hold_until(job)
+        hold_until = self._swap_hold_until(job, now)
         if now < hold_until:
+            assert resident is not None
+            self.hold.begin(resident, hold_until)
+            self.activity.switch("holding")
             await self._sleep(until=hold_until)
             return
+        self.hold.end(job)
         self.current_overdue = self.scheduler.overdue(job, now)
         self.scheduler.take(job, now)
         try:
@@ -423,9 +462,16 @@ class Worker(Service):
         except Exception:
             log.failure("The worker failed while running job {job_id}", job_id=job.id)
 
-    def _swap_hold_until(self, job: Job) -> float:
-        overdue = self.scheduler.overdue(job, self._clock.seconds())
-        return self.grace.hold_until(job, self.residency.worker_model, overdue=overdue)
+    def _swap_hold_until(self, job: Job, now: float) -> float:
+        """Until when to hold the resident model before swapping to ``job``."""
+        scheduler = self.scheduler
+        quantum_left = scheduler.policy.quantum_left(scheduler.turns, scheduler.seen(job), now)
+        return self.hold.until(
+            job,
+            self.residency.worker_model,
+            overdue=scheduler.overdue(job, now),
+            quantum_left=quantum_left,
+        )
 
     async def _sleep(self, until: float | None = None) -> None:
         """Until woken, ``until``, or the next job backing off is ready."""
@@ -445,9 +491,12 @@ class Worker(Service):
         try:
             await run.run()
         finally:
+            now = self._clock.seconds()
             self._run = None
             self.scheduler.forget(queued.id)
-            self.grace.finished(run.job, self._clock.seconds())
+            self.hold.finished(run.job, now)
+            self.costs.job_ended(run.job.model, now)
+            self.activity.switch("idle")
             ended, self._on_ended = self._on_ended, []
             for each in ended:
                 each.callback(None)

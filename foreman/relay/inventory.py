@@ -67,6 +67,8 @@ class Inventory:
         #: ``/api/tags`` exactly as the target last sent it.
         self.tags_body: bytes | None = None
         self.model_names: frozenset[str] = frozenset()
+        #: Each model's size in bytes, as ``/api/tags`` says (canonical names).
+        self.sizes: dict[str, int] = {}
         #: Names of the models the target has loaded, from ``/api/ps``.
         self.resident: tuple[str, ...] = ()
         self.ollama_version: str | None = None
@@ -78,6 +80,10 @@ class Inventory:
         #: When the last poll ended, on the wall clock (seconds since the epoch).
         self.last_poll_at: float | None = None
         self.last_error: str | None = None
+
+    def model_sizes(self) -> dict[str, int]:
+        """Each model's size in bytes, as last listed."""
+        return self.sizes
 
     @property
     def target(self) -> Target:
@@ -148,6 +154,7 @@ class Inventory:
         self.model_names = frozenset(
             canonical_model_name(name) for name in _names(_field(tags, "models"))
         )
+        self.sizes = _sizes(_field(tags, "models"))
         self.resident = tuple(_names(_field(ps, "models")))
         found_version = _field(version, "version")
         self.ollama_version = found_version if isinstance(found_version, str) else None
@@ -279,3 +286,16 @@ def _names(models: Any) -> list[str]:
             if isinstance(name, str):
                 names.append(name)
     return names
+
+
+def _sizes(models: Any) -> dict[str, int]:
+    if not isinstance(models, list):
+        return {}
+    sizes: dict[str, int] = {}
+    for entry in models:
+        if isinstance(entry, dict):
+            name = entry.get("name") or entry.get("model")
+            size = entry.get("size")
+            if isinstance(name, str) and isinstance(size, int) and size > 0:
+                sizes[canonical_model_name(name)] = size
+    return sizes
