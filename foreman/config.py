@@ -16,7 +16,7 @@ import attrs
 
 from foreman.http.listen_address import is_loopback_only
 from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT
+from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT, DEFAULT_SWAP_QUANTUM
 from foreman.queue.outage import DEFAULT_CALLER_WAIT
 from foreman.relay.inflight import DEFAULT_LOAD_TIMEOUT, DEFAULT_STALL_TIMEOUT
 
@@ -42,6 +42,15 @@ class UpstreamMode(enum.Enum):
     SIMULATED = "sim"
     #: Probe ``ollama_url`` once at start-up; fall back to the simulator.
     AUTO = "auto"
+
+
+class SwapRule(enum.Enum):
+    """How the worker decides to hold the resident model or swap (ADR-0024)."""
+
+    #: Rent or buy, by measured loads and learned gaps, with the quantum.
+    LEARNED = "learned"
+    #: The rule before: hold ``--swap-grace`` every time, no quantum (to compare).
+    FIXED = "fixed"
 
 
 class LogFormat(enum.Enum):
@@ -86,8 +95,12 @@ class Config:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     job_ttl: float = DEFAULT_JOB_TTL
-    #: Wait this long for more work for the resident model before a swap.
+    #: The hold for a model whose callers' return is not known yet (ADR-0024).
     swap_grace: float = 0.25
+    #: The resident model's quantum while a person's call for another waits,
+    #: in loads of the waiting model; 0: none.
+    swap_quantum: float = DEFAULT_SWAP_QUANTUM
+    swap_rule: SwapRule = SwapRule.LEARNED
     #: An interactive job waiting this long is overtaken no more, and batch
     #: work gets a turn this often (ADR-0021).
     max_wait: float = DEFAULT_MAX_WAIT

@@ -23,6 +23,7 @@ from foreman.config import (
     DEFAULT_OLLAMA_URL,
     Config,
     LogFormat,
+    SwapRule,
     UpstreamMode,
     default_data_dir,
 )
@@ -138,7 +139,22 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "swap-grace",
         "FOREMAN_SWAP_GRACE",
         "250ms",
-        "How long the worker waits for more work for the loaded model before a swap.",
+        "How long the worker holds the loaded model for its next call before a swap, "
+        "while its callers' return is not yet known (then learned; see --swap-rule).",
+    ),
+    (
+        "swap-quantum",
+        "FOREMAN_SWAP_QUANTUM",
+        "4",
+        "While a call for another model waits, the loaded model's later calls run for at "
+        "most this many of that model's load times (0: no limit but --max-wait).",
+    ),
+    (
+        "swap-rule",
+        "FOREMAN_SWAP_RULE",
+        "learned",
+        "learned: hold the loaded model only while its next call is likely sooner than a "
+        "load (measured), with the quantum; fixed: always hold --swap-grace, no quantum.",
     ),
     (
         "max-wait",
@@ -315,6 +331,16 @@ class ForemanOptions(usage.Options):
             raise usage.UsageError(f"--keep-alive / --job-ttl / --swap-grace: {e}") from None
         if not 0 <= swap_grace < float("inf"):
             raise usage.UsageError("--swap-grace must be a finite duration, 0 or more")
+        try:
+            swap_quantum = float(self["swap-quantum"])
+        except ValueError:
+            raise usage.UsageError("--swap-quantum must be a number (of load times)") from None
+        if not 0 <= swap_quantum < float("inf"):
+            raise usage.UsageError("--swap-quantum must be 0 or more")
+        try:
+            swap_rule = SwapRule(self["swap-rule"])
+        except ValueError:
+            raise usage.UsageError("--swap-rule must be learned or fixed") from None
         counts: dict[str, int] = {}
         for name in ("max-queue", "max-attempts"):
             try:
@@ -357,6 +383,8 @@ class ForemanOptions(usage.Options):
             max_attempts=counts["max-attempts"],
             job_ttl=job_ttl,
             swap_grace=swap_grace,
+            swap_quantum=swap_quantum,
+            swap_rule=swap_rule,
             queue=not self["no-queue"],
             metrics_public=bool(self["metrics-public"]),
             origins=origins,

@@ -21,7 +21,14 @@ from twisted.python.components import Componentized
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import HTTPConnectionPool
 
-from foreman.config import Config, LogFormat, StartupRefused, UpstreamMode, check_exposure
+from foreman.config import (
+    Config,
+    LogFormat,
+    StartupRefused,
+    SwapRule,
+    UpstreamMode,
+    check_exposure,
+)
 from foreman.front.api import ForemanAPI
 from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.http.cors import OriginPolicy
@@ -35,6 +42,7 @@ from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.open_files import raise_open_files_limit
 from foreman.ops.reactor_clock import use_monotonic_clock
 from foreman.ops.timeline import Timeline
+from foreman.queue.costs import ModelCosts, Remember
 from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
@@ -196,9 +204,17 @@ def build_queue(
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
     )
+    costs = ModelCosts(inventory.model_sizes, remember=_remember_in(store, clocks))
     worker = Worker(
         store,
-        Scheduler(config.max_queue, Policy(config.max_wait, config.batch_max_wait)),
+        Scheduler(
+            config.max_queue,
+            Policy(
+                config.max_wait,
+                config.batch_max_wait,
+                swap_quantum=config.swap_quantum if config.swap_rule is SwapRule.LEARNED else 0,
+            ),
+        ),
         residency,
         relay,
         reactor,
@@ -206,12 +222,15 @@ def build_queue(
         swap_grace=config.swap_grace,
         caller_wait=config.outage_wait,
         clocks=clocks,
+        costs=costs,
+        learned_holds=config.swap_rule is SwapRule.LEARNED,
     )
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
     worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
     try:
         recovery = recover_queue(store, worker, clocks.wall())
+        costs.remembered(store.known_load_costs())
     except (sqlite3.Error, RuntimeError) as e:
         raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
     StoreService(store, pool).setServiceParent(services)
@@ -240,6 +259,16 @@ def build_queue(
     if math.isfinite(config.job_ttl):
         ttl_sweeper(store, reactor, config.job_ttl, clocks.wall).setServiceParent(services)
     return Queue(store, worker, residency, recovery, outbox), services
+
+
+def _remember_in(store: JobStore, clocks: Clocks) -> Remember:
+    """Keep each new load measurement in the store; a failure is only logged."""
+
+    def remember(model: str, seconds: float, loads: int) -> None:
+        kept = store.remember_load_cost(model, seconds, loads, clocks.wall())
+        kept.addErrback(lambda failure: log.failure("Could not keep a load time", failure))
+
+    return remember
 
 
 @attrs.frozen

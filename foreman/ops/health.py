@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from foreman import __version__
+from foreman.queue.costs import LoadCost
 from foreman.queue.worker import Worker
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import Target
@@ -44,9 +45,31 @@ def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, 
         "batch_max_wait_seconds": worker.scheduler.policy.batch_max_wait,
         "worker_model": residency.worker_model,
         "paused": worker.paused,
+        "activity": worker.activity.now,
+        "doing": worker.doing(),
+        "quantum": worker.quantum_report(),
+        "models": [
+            {
+                "model": cost.model,
+                "load_seconds": round(cost.seconds, 3),
+                "loads_measured": cost.samples,
+                "next_call_seconds": _rounded(worker.costs.expected_gap(cost.model)),
+            }
+            for cost in _model_costs(worker, inventory)
+        ],
         "embed_model": residency.embed_model,
         "resident_models": list(inventory.resident),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _model_costs(worker: Worker, inventory: Inventory) -> list[LoadCost]:
+    """Every model the target has, and any other with a measured load, by name."""
+    names = set(inventory.model_names) | {cost.model for cost in worker.costs.known()}
+    return [worker.costs.load_cost(name) for name in sorted(names)]
 
 
 def health_report(

@@ -328,6 +328,7 @@ class _StateCollector(Collector):
             finished.add_metric([state.value], float(count))
         yield finished
         yield from self._faults(worker)
+        yield from self._swaps(worker)
         residency = worker.residency
         loads = CounterMetricFamily(
             "foreman_model_loads", "Worker-model loads foreman asked the target for (swaps)."
@@ -339,6 +340,41 @@ class _StateCollector(Collector):
         )
         unloads.add_metric([], float(residency.unloads))
         yield unloads
+
+    def _swaps(self, worker: Worker) -> Iterator[Metric]:
+        """What swaps cost, and how the worker spends its time (ADR-0024)."""
+        spent = CounterMetricFamily(
+            "foreman_worker_seconds",
+            "Seconds the worker spent, by activity: idle, holding (the loaded model for its "
+            "next call), loading (swaps), generating, paused (a fault).",
+            labels=["activity"],
+        )
+        for activity, seconds in worker.activity.seconds().items():
+            spent.add_metric([activity], seconds)
+        yield spent
+        load = GaugeMetricFamily(
+            "foreman_model_load_seconds",
+            "What a load of each model costs (a swap's unload included): measured and "
+            "smoothed, or estimated from its size before the first load.",
+            labels=["model", "measured"],
+        )
+        inventory = self.inventory
+        names = {cost.model for cost in worker.costs.known()}
+        if inventory is not None:
+            names |= set(inventory.model_names)
+        for name in sorted(names):
+            cost = worker.costs.load_cost(name)
+            load.add_metric([name, "true" if cost.samples else "false"], cost.seconds)
+        yield load
+        holds = CounterMetricFamily(
+            "foreman_swap_holds",
+            "Holds of the loaded model for its next call, by outcome (hit: the call came).",
+            labels=["outcome"],
+        )
+        hold = worker.hold
+        holds.add_metric(["hit"], float(hold.hits))
+        holds.add_metric(["other"], float(max(0, hold.holds - hold.hits)))
+        yield holds
 
     def _faults(self, worker: Worker) -> Iterator[Metric]:
         """What pauses the worker (ADR-0023), and what it cost callers."""

@@ -213,6 +213,8 @@ class Timeline:
             "max_wait_seconds": policy.max_wait,
             "batch_max_wait_seconds": policy.batch_max_wait,
             "runs": [run.view() for run in self.runs()],
+            # What the worker does between jobs too: holding, a quantum (ADR-0024).
+            "doing": worker.doing(),
             "waiting": [
                 {
                     "job_id": job.id,

@@ -100,6 +100,11 @@ class ModelCosts:
         if self._remember is not None:
             self._remember(name, smoothed, samples)
 
+    def remembered(self, known: Mapping[str, tuple[float, int]]) -> None:
+        """What an earlier process measured (its smoothed seconds and load count)."""
+        for model, measured in known.items():
+            self._loads.setdefault(canonical_model_name(model), measured)
+
     def known(self) -> list[LoadCost]:
         """Every model with a measured load, by name."""
         return [self.load_cost(name) for name in sorted(self._loads)]

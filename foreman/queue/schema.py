@@ -71,6 +71,16 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive';
     UPDATE jobs SET priority = 'batch' WHERE sync = 0;
     """,
+    # 4: what each model's load costs, as measured, so that a restart does
+    # not forget it (ADR-0024).
+    """
+    CREATE TABLE model_costs (
+        model TEXT PRIMARY KEY,
+        load_seconds REAL NOT NULL,
+        loads INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 
 

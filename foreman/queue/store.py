@@ -235,6 +235,30 @@ class JobStore:
 
         return self._run(check)
 
+    def known_load_costs(self) -> dict[str, tuple[float, int]]:
+        """Each model's measured load time and how many loads made it.
+
+        Blocking: for start-up, before the reactor runs (as :meth:`startup`).
+        """
+        rows = self._db.execute("SELECT model, load_seconds, loads FROM model_costs").fetchall()
+        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+
+    def remember_load_cost(
+        self, model: str, seconds: float, loads: int, stamp: float
+    ) -> Deferred[None]:
+        """Keep ``model``'s smoothed load time for the next start."""
+
+        def remember() -> None:
+            self._db.execute(
+                "INSERT INTO model_costs (model, load_seconds, loads, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
+                " load_seconds = excluded.load_seconds, loads = excluded.loads,"
+                " updated_at = excluded.updated_at",
+                (model, seconds, loads, stamp),
+            )
+
+        return self._run(remember)
+
     def sweep(self, finished_before: float) -> Deferred[int]:
         """Delete terminal jobs that finished before ``finished_before``."""
 

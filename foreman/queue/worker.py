@@ -331,6 +331,51 @@ class Worker(Service):
         """Whether queued ``job`` has waited its class's bound."""
         return self.scheduler.overdue(job, self._clock.seconds())
 
+    def quantum_report(self) -> dict[str, object] | None:
+        """The resident model's quantum while a person's call for another model
+        waits (ADR-0024); ``None`` when no such call waits or there is no quantum."""
+        resident = self.residency.worker_model
+        if resident is None:
+            return None
+        waiting = self.scheduler.oldest_other(resident)
+        policy = self.scheduler.policy
+        if waiting is None or policy.swap_quantum <= 0:
+            return None
+        now = self._clock.seconds()
+        seen = self.scheduler.seen(waiting)
+        limit = policy.quantum(seen)
+        used = min(limit, max(0.0, now - max(self.scheduler.turns.since, seen.created_at)))
+        return {
+            "model": resident,
+            "used_seconds": round(used, 3),
+            "limit_seconds": round(limit, 3),
+            "waiting_model": canonical_model_name(waiting.model),
+        }
+
+    def doing(self) -> str:
+        """What the worker does now, in a few words for a person."""
+        now = self._clock.seconds()
+        kind = self.activity.now
+        current = self.current
+        if kind == "paused":
+            return f"paused: {self.paused or 'a fault'}"
+        if kind == "holding" and self.hold.holding is not None:
+            text = self.hold.holding.describe(now)
+        elif kind in ("loading", "generating") and current is not None:
+            verb = "loading" if kind == "loading" else "generating with"
+            text = f"{verb} {canonical_model_name(current.model)} for job {current.id}"
+        elif self.scheduler.depth:
+            text = "waiting for the next job to be ready"
+        else:
+            text = "idle"
+        quantum = self.quantum_report()
+        if quantum is not None:
+            text += (
+                f"; quantum {quantum['used_seconds']:.1f} s of {quantum['limit_seconds']:.1f} s "
+                f"used, {quantum['waiting_model']} waiting"
+            )
+        return text
+
     def retry_after(self) -> int:
         estimate = self.average_job_seconds * max(1, self.scheduler.depth)
         return max(1, min(300, math.ceil(estimate)))
