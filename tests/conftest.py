@@ -24,6 +24,7 @@ from foreman.config import Config
 from foreman.service import Foreman, build_foreman
 from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
+from tests.ollama_process import OllamaProcess
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
 from tests.webhook_receiver import WebhookReceiver
 
@@ -204,6 +205,25 @@ def daemons() -> Iterator[list[Daemon]]:
         if daemon.process.poll() is None:
             daemon.process.kill()
         daemon.process.wait(timeout=20)
+
+
+StartOllama = Callable[..., OllamaProcess]
+
+
+@pytest.fixture
+def start_ollama(tmp_path: Path) -> Iterator[StartOllama]:
+    """Start simulated Ollamas in processes of their own (``python -m foreman.testing``'s
+    options); every run of each is killed afterwards."""
+    started: list[OllamaProcess] = []
+
+    def start(*options: str) -> OllamaProcess:
+        ollama = OllamaProcess(tmp_path, *options)
+        started.append(ollama)
+        return ollama
+
+    yield start
+    for ollama in started:
+        ollama.stop_all()
 
 
 @pytest_twisted.async_yield_fixture

@@ -105,6 +105,39 @@ def test_a_refused_start_leaves_the_job_queued_and_the_worker_paused(tmp_path: P
     rig.stop()
 
 
+def test_a_new_job_the_store_refuses_is_503_and_healthz_says_why_until_it_takes_writes(
+    tmp_path: Path,
+) -> None:
+    # The worker has nothing to write, so only the new jobs' rows meet the
+    # full disk: /healthz must not say ok while every submit is refused.
+    rig, store = make_rig(tmp_path)
+    rig.worker.startService()
+    store.refusing = True
+    submitting = rig.submit("llama3.2", "refused")
+    failure: Any = submitting.result
+    assert failure.check(sqlite3.OperationalError)
+    submitting.addErrback(lambda _: None)
+    _, request = sync_call(rig, "refused too")
+    assert request.responseCode == 503
+    assert rig.worker.scheduler.depth == 0
+    report = health_report(
+        rig.inventory, Target("http://ollama.test"), simulated=True, worker=rig.worker
+    )
+    assert report["status"] == "degraded"
+    assert report["store"] == {"writable": False, "error": FULL, "unrecorded_states": 0}
+
+    store.refusing = False
+    rig.clock.pump([0.5] * 20)  # the worker tries the store again, with backoff
+    rig.flush()
+    assert rig.worker.paused is None
+    report = health_report(
+        rig.inventory, Target("http://ollama.test"), simulated=True, worker=rig.worker
+    )
+    assert report["status"] == "ok"
+    assert rig.jobs() == [] and rig.generation_markers() == []
+    rig.stop()
+
+
 def test_a_result_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
     rig, store = make_rig(tmp_path, load_seconds=1.0, tokens_per_second=10.0, reply_tokens=10)
     first = fired(rig.submit("llama3.2", "first"))

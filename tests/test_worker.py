@@ -210,6 +210,29 @@ def test_a_caller_waits_out_a_short_outage_and_hears_503_after_a_long_one(
     rig.stop()
 
 
+def test_a_sync_caller_is_refused_only_after_one_more_look_at_the_target(
+    tmp_path: Path,
+) -> None:
+    # The worker looks at a silent target at 0.5, 1.5, 3.5, 7.5, 12.5 s … A
+    # caller arriving at 8 s waits until 11 s; Ollama is back at 9 s. Refused
+    # at 11 s without a look, it would hear that Ollama does not answer.
+    rig = make_worker_rig(tmp_path, caller_wait=3.0)
+    rig.agent.down = True
+    fired(rig.inventory.refresh())
+    rig.worker.startService()
+    rig.flush()
+    assert rig.worker.outage.active
+    rig.clock.pump([0.5] * 16)  # 8 s
+    answered, request = sync_call(rig, "back in time")
+    rig.clock.pump([0.5] * 2)  # 9 s
+    rig.agent.down = False
+    rig.run_until(lambda: answered.called, limit=10)
+    assert request.responseCode in (None, 200), request.written
+    assert b"back in time" in b"".join(request.written)
+    assert not rig.worker.outage.active
+    rig.stop()
+
+
 def test_ollamas_refusal_fails_the_job_at_once(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path)
     rig.sim.add_model(SimModel(name="embedonly:latest", size=1, embedding_only=True))

@@ -15,7 +15,10 @@ worker must not go on as if it were:
   that cannot be recorded. :meth:`Journal.recover` waits until the kept
   writes are in and a test write succeeds.
 
-``/healthz`` reports the trouble (:attr:`Journal.error`) until it is over.
+A new job's row is written without the journal (its caller hears ``503``
+when it is refused), but the refusal is the journal's trouble all the same
+(:meth:`Journal.refused_elsewhere`). ``/healthz`` reports the trouble
+(:attr:`Journal.error`) until it is over.
 """
 
 from __future__ import annotations
@@ -142,6 +145,11 @@ class Journal:
         self.since = None
         self.gap = self._first_retry
         return True
+
+    def refused_elsewhere(self, error: Exception, now: float) -> None:
+        """A write made without the journal (a new job's row) was refused at
+        ``now``: the store is troubled all the same, until :meth:`recover`."""
+        self._refused(error, now)
 
     def schedule_retry(self, now: float) -> None:
         """A :meth:`recover` failed at ``now``: the next one waits twice as long."""

@@ -11,8 +11,9 @@ already recovered from, a load that never ends).
 
 A sync caller waiting in the queue keeps waiting, for up to ``caller_wait``
 seconds counted from when the outage began or it arrived, whichever came
-later; then it gets ``503`` with ``Retry-After`` in its dialect. Asynchronous
-jobs wait for as long as it takes.
+later; then, unless one more look finds the target back, it gets ``503``
+with ``Retry-After`` in its dialect. Asynchronous jobs wait for as long as
+it takes.
 """
 
 from __future__ import annotations

@@ -87,18 +87,27 @@ class Pauses:
 
     async def _wait_for_target(self, now: float) -> None:
         outage = self._outage
-        self._refuse_waiting_callers(now)
-        if now >= outage.next_probe_at:
+        # A caller whose wait is over is refused only after one more look:
+        # the target may have come back since the last one, up to a gap ago.
+        if now >= outage.next_probe_at or self._wait_over(now):
             if await outage.probe(now):
                 outage.end(self._clocks.now())
                 return
             now = self._clocks.now()
-            self._refuse_waiting_callers(now)
+        self._refuse_waiting_callers(now)
         wake_at = outage.next_probe_at
         for job in self._scheduler.jobs():
             if job.sync:
                 wake_at = min(wake_at, outage.caller_deadline(self._scheduler.arrival(job)))
         await self._sleep(wake_at)
+
+    def _wait_over(self, now: float) -> bool:
+        """Whether a sync caller's wait for the target is over."""
+        outage = self._outage
+        return any(
+            job.sync and now >= outage.caller_deadline(self._scheduler.arrival(job))
+            for job in self._scheduler.jobs()
+        )
 
     def _refuse_waiting_callers(self, now: float) -> None:
         """Sync callers whose wait for the target is over get ``503``."""

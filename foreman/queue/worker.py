@@ -203,9 +203,10 @@ class Worker(Service):
             cancelled = job.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
             self._save_soon(cancelled, None)
             raise
-        except Exception:
+        except Exception as e:
             self.scheduler.release()
             log.failure("Could not record a new job")
+            self._store_refused(e)
             message = "foreman: could not record the job; see its log"
             answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
             return
@@ -229,8 +230,10 @@ class Worker(Service):
         transition = self.transitions.begin(job, None)
         try:
             stored = await self._store.insert_unless_known(job, transition.write)
-        except BaseException:
+        except BaseException as e:
             self.scheduler.release()
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
+                self._store_refused(e)
             raise
         if stored.id != job.id:
             # A retried submit (same Idempotency-Key): the first one's job.
@@ -241,6 +244,12 @@ class Worker(Service):
         transition.stored()
         self._wake()
         return job
+
+    def _store_refused(self, error: Exception) -> None:
+        """A new job's row was refused: the store is troubled (``/healthz``
+        says so) and the worker pauses until it takes writes again."""
+        self.journal.refused_elsewhere(error, self._clock.seconds())
+        self._wake()
 
     def cancel(self, job_id: str) -> Deferred[Job | None]:
         """Cancel a queued or running asynchronous job; fires with the job as it
