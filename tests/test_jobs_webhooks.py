@@ -35,6 +35,14 @@ async def events_for(receiver: WebhookReceiver, job_id: str, count: int) -> list
         await receiver.arrived(len(receiver.received) + 1)
 
 
+async def final_event(receiver: WebhookReceiver, job_id: str, count: int) -> dict[str, Any]:
+    """The terminal event among the job's first ``count``: delivery is
+    unordered, so it need not be the last to arrive."""
+    received = [event(each) for each in await events_for(receiver, job_id, count)]
+    (final,) = [each for each in received if each["state"] in ("done", "failed", "cancelled")]
+    return final
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_job_s_life_as_its_receiver_sees_it(
     reactor: Any,
@@ -129,7 +137,7 @@ async def test_a_completion_over_the_inline_limit_travels_by_url(
     running = await start_foreman(simulator.url, token=TOKEN, artifact_inline_limit=64)
     jobs = JobsClient(http, running.url, TOKEN)
     job_id = await jobs.submitted({**chat("llama3.2", "big"), "state_webhook_url": receiver.url()})
-    done = event((await events_for(receiver, job_id, 4))[-1])
+    done = await final_event(receiver, job_id, 4)
     assert done["state"] == "done"
     assert "x-foreman-signature" not in receiver.received[-1].headers  # no secret set
     assert done["result"] is None
@@ -162,7 +170,7 @@ async def test_failed_and_cancelled_events_carry_the_error(
     # Ollama refuses the body at run time (foreman leaves `think` to it): the
     # job fails with Ollama's words.
     failing = await jobs.submitted({**chat(think="extreme"), "state_webhook_url": receiver.url()})
-    failed = event((await events_for(receiver, failing, 4))[-1])
+    failed = await final_event(receiver, failing, 4)
     assert failed["state"] == "failed"
     assert failed["previous_state"] == "working"
     assert failed["error"] == (
@@ -173,7 +181,7 @@ async def test_failed_and_cancelled_events_carry_the_error(
     cancelled_id = await jobs.submitted({**chat(), "state_webhook_url": receiver.url()})
     await events_for(receiver, cancelled_id, 3)  # queued, loading, working
     assert (await jobs.cancel(cancelled_id)).code == 200
-    cancelled = event((await events_for(receiver, cancelled_id, 4))[-1])
+    cancelled = await final_event(receiver, cancelled_id, 4)
     assert cancelled["state"] == "cancelled"
     assert cancelled["previous_state"] == "working"
     assert cancelled["error"] == "cancelled while running"
