@@ -127,6 +127,9 @@ async def test_upstream_dying_mid_stream_ends_with_one_error_line(
 ) -> None:
     response_d = rig.client.request(b"POST", rig.url("/api/chat"), CHAT)
     held = await within(rig.upstream.next_request(), 5, reactor)
+    queue = rig.foreman.foreman.queue
+    assert queue is not None
+    assert queue.residency.worker_model == "scripted:latest"
     held.start()
     held.send(chunk("partial answer"))
     held.send(b'{"model":"scripted","message":{"con')  # half a line, then death
@@ -134,6 +137,8 @@ async def test_upstream_dying_mid_stream_ends_with_one_error_line(
     await within(reader.lines.get(), 5, reactor)
     held.die()
     await within(reader.ended, 5, reactor)
+    # Ollama may have gone down with it: what it holds is asked again next time.
+    assert queue.residency.worker_model is None
     assert reader.end is not None and reader.end.check(ResponseDone), (
         "the stream must end cleanly, not be cut"
     )

@@ -172,6 +172,11 @@ class Execution:
             crew.residency.forget()
             await self._stopped(told=attempt.outcome is Outcome.BROKEN)
             return
+        if attempt.outcome is Outcome.BROKEN:
+            # A stream that broke may be Ollama going down: what it holds is
+            # asked again before the next job, which then loads with foreman's
+            # keep_alive, not Ollama's default.
+            crew.residency.forget()
         if attempt.outcome is Outcome.UNREACHABLE:
             crew.residency.forget()
             answers = await self._target_answers()
