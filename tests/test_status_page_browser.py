@@ -418,6 +418,9 @@ async def test_the_timeline_draws_the_runs_their_loads_and_what_waits(
     assert long_id in titles[3] and "running for" in titles[3]
     summary = await page.evaluate("document.querySelector('#timeline-summary').innerText")
     assert "4 runs" in summary and "3 model loads (2 swaps)" in summary and "1 waiting" in summary
+    # What the worker does now, in words (ADR-0024).
+    doing = await page.evaluate("document.querySelector('#timeline-doing').innerText")
+    assert doing.startswith("Now: generating with llama3.2:latest for job " + long_id), doing
     assert await page.evaluate("window.__violations") == []
 
     # Let the long job go, so that nothing runs on when the test ends.
