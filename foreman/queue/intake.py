@@ -1,0 +1,236 @@
+"""The queue's doors: sync calls and ``/jobs`` submits coming in, cancels and
+hang-ups, and jobs recovered at start-up (ADR-0009).
+
+Each job enters the scheduler with its stamps read on the reactor's clock
+(ADR-0023) and its arrival noted for the swap rule (ADR-0024). A part of
+:class:`~foreman.queue.worker.Worker`, which holds what it uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from foreman.http.errors import SERVER_BUSY, answer_with_error
+from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
+from foreman.queue.callers import Callers
+from foreman.queue.costs import ModelCosts
+from foreman.queue.execution import Execution
+from foreman.queue.job import Job, JobState
+from foreman.queue.journal import Journal, StoreUnavailable
+from foreman.queue.scheduler import QueueFull, Scheduler
+from foreman.queue.settlement import CANCELLED_QUEUED, LEFT_QUEUED, Retries
+from foreman.queue.store import JobStore
+from foreman.queue.transitions import Transition, Transitions
+from foreman.queue.ulid import new_ulid
+from foreman.relay.generation import GenerationCall
+from foreman.wire.clocks import Clocks
+from foreman.wire.model_names import canonical_model_name
+
+log = Logger()
+
+QUEUE_POSITION_HEADER = b"X-Foreman-Queue-Position"
+
+
+class Intake:
+    _store: JobStore
+    _clock: IReactorTime
+    _callers: Callers
+    _run: Execution | None
+    _on_ended: list[Deferred[None]]
+    scheduler: Scheduler
+    clocks: Clocks
+    retries: Retries
+    costs: ModelCosts
+    journal: Journal
+    transitions: Transitions
+    draining: bool
+    average_job_seconds: float
+
+    if TYPE_CHECKING:  # the worker's own, and its visibility's
+
+        def _wake(self) -> None: ...
+
+        def _save_soon(self, job: Job, previous: JobState | None) -> None: ...
+
+        def position(self, job_id: str) -> int:
+            raise NotImplementedError
+
+        @property
+        def current(self) -> Job | None:
+            raise NotImplementedError
+
+    def retry_after(self) -> int:
+        estimate = self.average_job_seconds * max(1, self.scheduler.depth)
+        return max(1, min(300, math.ceil(estimate)))
+
+    def run(self, call: GenerationCall, request: IRequest) -> Deferred[None]:
+        """The native API's seam: queue a sync job and answer when it is done."""
+        return ensureDeferred(self._run_sync(call, request))
+
+    async def _run_sync(self, call: GenerationCall, request: IRequest) -> None:
+        if self.draining:
+            retry = {b"Retry-After": b"%d" % STOPPING_RETRY_AFTER}
+            answer_with_error(request, 503, STOPPING_MESSAGE, retry)
+            return
+        stamp = self.clocks.wall()
+        job = Job(
+            id=new_ulid(stamp),
+            model=call.model,
+            endpoint=call.endpoint.name,
+            body=call.body,
+            sync=True,
+            created_at=stamp,
+            updated_at=stamp,
+            priority=call.priority,
+        )
+        try:
+            self.scheduler.reserve()
+        except QueueFull:
+            self._refuse_busy(request)
+            return
+        transition = self.transitions.begin(job, None)
+        try:
+            await self._store.insert(job, transition.write)
+        except CancelledError:
+            # The caller left while the row was being written.
+            self.scheduler.release()
+            cancelled = job.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
+            self._save_soon(cancelled, None)
+            raise
+        except Exception as e:
+            self.scheduler.release()
+            log.failure("Could not record a new job")
+            self._store_refused(e)
+            message = "foreman: could not record the job; see its log"
+            answer_with_error(request, 503, message, {b"Retry-After": b"%d" % self.retry_after()})
+            return
+        done = self._callers.wait(job.id, request, self._caller_left)
+        self._arrived(job)
+        self._enqueue(job, reserved=True)
+        transition.stored()
+        request.setHeader(QUEUE_POSITION_HEADER, b"%d" % self.position(job.id))
+        self._wake()
+        await done
+
+    def submit(self, job: Job) -> Deferred[Job]:
+        """Queue an asynchronous job (no caller waits); fails with QueueFull."""
+        return ensureDeferred(self._submit(job))
+
+    async def _submit(self, job: Job) -> Job:
+        self.scheduler.reserve()
+        # The job and its first event (``queued``) in one transaction: a 202
+        # means both are stored. During a stop it is stored all the same and
+        # runs after the next start.
+        transition = self.transitions.begin(job, None)
+        try:
+            stored = await self._store.insert_unless_known(job, transition.write)
+        except BaseException as e:
+            self.scheduler.release()
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
+                self._store_refused(e)
+            raise
+        if stored.id != job.id:
+            # A retried submit (same Idempotency-Key): the first one's job.
+            self.scheduler.release()
+            return stored
+        self._arrived(job)
+        self._enqueue(job, reserved=True)
+        transition.stored()
+        self._wake()
+        return job
+
+    def _store_refused(self, error: Exception) -> None:
+        """A new job's row was refused: the store is troubled (``/healthz``
+        says so) and the worker pauses until it takes writes again."""
+        self.journal.refused_elsewhere(error, self._clock.seconds())
+        self._wake()
+
+    def cancel(self, job_id: str) -> Deferred[Job | None]:
+        """Cancel a queued or running asynchronous job; fires with the job as it
+        ended (cancelled, or a terminal state it reached first), or ``None``
+        if the worker does not hold it. Sync jobs are their callers' to cancel.
+        Fails with :class:`StoreUnavailable` when the cancel of a queued job
+        cannot be recorded: the job stays queued.
+        """
+        return ensureDeferred(self._cancel(job_id))
+
+    async def _cancel(self, job_id: str) -> Job | None:
+        if job_id in self._callers:
+            return None
+        queued = self.scheduler.remove(job_id)
+        if queued is not None:
+            now = self._clock.seconds()
+            job = queued.moved(JobState.CANCELLED, self.clocks.wall(), last_error=CANCELLED_QUEUED)
+            try:
+                await self.journal.save(job, queued.state, now)
+            except StoreUnavailable:
+                self._enqueue(queued)
+                raise
+            return job
+        if self.current is None or self.current.id != job_id:
+            # Ended already, with its last state still to be written?
+            return self.journal.holds(job_id)
+        ended: Deferred[None] = Deferred()
+        self._on_ended.append(ended)
+        self._abandon(job_id)
+        await ended  # the job's execution, its last save included, is over
+        return self.journal.holds(job_id) or await self._store.get(job_id)
+
+    def restore(self, jobs: list[Job], requeued: Sequence[Transition] = ()) -> None:
+        """Queue jobs recovered from the store at start-up (beyond any bound);
+        ``requeued``: recovery's moves back to the queue, written in its
+        transaction (:func:`foreman.queue.lifecycle.recover_queue`), now announced."""
+        for job in jobs:
+            if job.state is JobState.QUEUED and not job.sync:
+                self._enqueue(job)
+        for transition in requeued:
+            transition.stored()
+        self._wake()
+
+    def _loaded(self, model: str, seconds: float) -> None:
+        """The worker loaded ``model``, in ``seconds``."""
+        self.costs.loaded(model, seconds)
+        self.scheduler.turns.loaded(model, self._clock.seconds())
+
+    def _arrived(self, job: Job) -> None:
+        """A new call for ``job``'s model: how soon its callers came back."""
+        running = self.current is not None and canonical_model_name(
+            self.current.model
+        ) == canonical_model_name(job.model)
+        pending = running or self.scheduler.queued_for(job.model) > 0
+        self.costs.arrived(job.model, self._clock.seconds(), others_pending=pending)
+
+    def _enqueue(self, job: Job, *, reserved: bool = False) -> None:
+        """Put ``job`` in the scheduler, its stamps read on the reactor's clock."""
+        now = self._clock.seconds()
+        arrived = now - self.clocks.since(job.created_at)
+        # A backoff stored by an earlier process, or before the wall clock
+        # was stepped back, is never longer than the rule that made it.
+        ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)
+        self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at)
+
+    def _refuse_busy(self, request: IRequest) -> None:
+        retry = b"%d" % self.retry_after()
+        answer_with_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+
+    def _caller_left(self, job_id: str) -> None:
+        # Klein cancels the caller's wait when its connection closes.
+        queued = self.scheduler.remove(job_id)
+        if queued is not None:
+            self._callers.forget(job_id)
+            cancelled = queued.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
+            self._save_soon(cancelled, queued.state)
+            return
+        self._abandon(job_id)
+
+    def _abandon(self, job_id: str) -> None:
+        """Stop the running job ``job_id``: it ends cancelled."""
+        if self._run is not None and self._run.queued.id == job_id:
+            self._run.abandon()
