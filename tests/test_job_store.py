@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from foreman.queue.engines import Connection
 from foreman.queue.job import Job, JobState
 from foreman.queue.schema import DATABASE_NAME
 from foreman.queue.store import JobStore
@@ -78,7 +79,7 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
     for each in (old, young):
         result_of(store.insert(each))
 
-    def add_artifacts(db: sqlite3.Connection) -> None:
+    def add_artifacts(db: Connection) -> None:
         for job_id in ("old", "young"):
             db.execute(
                 "INSERT INTO artifacts (job_id, name, content_type, body, created_at)"
@@ -86,7 +87,7 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
                 (job_id, NOW),
             )
 
-    def artifact_owners(db: sqlite3.Connection) -> list[str]:
+    def artifact_owners(db: Connection) -> list[str]:
         return [row[0] for row in db.execute("SELECT job_id FROM artifacts ORDER BY job_id")]
 
     result_of(store.transact(add_artifacts))
@@ -111,7 +112,7 @@ def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) 
 
     told: list[tuple[Job, JobState]] = []
 
-    def requeued(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+    def requeued(db: Connection, moved: Job, previous: JobState) -> None:
         # Inside recovery's transaction: the job is stored as told already.
         assert db.in_transaction
         row = db.execute("SELECT state, updated_at FROM jobs WHERE id = ?", (moved.id,))
@@ -153,7 +154,7 @@ def test_recovery_and_what_it_writes_commit_together_or_not_at_all(tmp_path: Pat
     result_of(first.insert(job("working", state=JobState.WORKING, attempt=1)))
     result_of(first.close())
 
-    def broken(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+    def broken(db: Connection, moved: Job, previous: JobState) -> None:
         db.execute(
             "INSERT INTO deliveries (job_id, url, body, next_at, created_at)"
             " VALUES (?, 'http://r.test/', x'7b7d', 0, 0)",
@@ -173,12 +174,12 @@ def test_recovery_and_what_it_writes_commit_together_or_not_at_all(tmp_path: Pat
 # -- writes that carry other work in their transaction ---------------------------------------
 
 
-def mark(db: sqlite3.Connection) -> None:
+def mark(db: Connection) -> None:
     db.execute("INSERT INTO artifacts VALUES ('a', 'x', 'text/plain', x'00', 0)")
 
 
-def fail_after(work: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    def failing(db: sqlite3.Connection) -> None:
+def fail_after(work: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    def failing(db: Connection) -> None:
         work(db)
         raise sqlite3.OperationalError("database or disk is full")
 

@@ -18,6 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import StoredEvent
+from foreman.queue.engines.sqlite import SQLiteConnection
 from foreman.queue.job import Job, JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.queue.ulid import new_ulid
@@ -284,7 +285,7 @@ def test_transitions_of_webhook_jobs_become_events(tmp_path: Path) -> None:
 def test_an_event_is_written_in_its_state_s_transaction_and_only_there(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()))
     statements: list[str] = []
-    rig.store._db.set_trace_callback(statements.append)
+    cast(SQLiteConnection, rig.store._db).raw.set_trace_callback(statements.append)
     hooked = fired(rig.worker.submit(job_for(rig, "hooked", webhook_url="http://r.test/h")))
     inserted, statements[:] = list(statements), []
     assert [s.split(" (")[0] for s in inserted if not s.startswith("SELECT")] == [
