@@ -21,11 +21,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.config import Config
+from foreman.queue.engines import Engine
 from foreman.service import Foreman, build_foreman
 from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
 from tests.ollama_process import OllamaProcess
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
+from tests.store_engines import ENGINES, make_engine
 from tests.webhook_receiver import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -233,3 +235,29 @@ async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
     receiving.listen()
     yield receiving
     await receiving.close()
+
+
+@pytest.fixture(params=ENGINES)
+def store_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """Where a test's job store lives: each test that takes it runs on SQLite (a
+    file in ``tmp_path``) and on PostgreSQL (a new database, ``postgres_url``)."""
+    return make_engine(request, request.param, tmp_path)
+
+
+# -- INTERIM (until branch pg-fixture lands): a PostgreSQL started by hand, at
+# FOREMAN_TEST_POSTGRES (a server URL); each test gets a new database on it.
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    import uuid
+
+    import psycopg
+
+    server = os.environ.get("FOREMAN_TEST_POSTGRES")
+    if not server:
+        pytest.skip("no PostgreSQL (FOREMAN_TEST_POSTGRES)")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}".encode())
+    yield f"{server}/{name}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
