@@ -27,7 +27,7 @@ from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
 from tests.ollama_process import OllamaProcess
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
-from tests.store_engines import ENGINES, make_engine
+from tests.store_engines import ENGINES, make_engine, rigs_on_each_engine
 from tests.webhook_receiver import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -235,6 +235,9 @@ async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
     receiving.listen()
     yield receiving
     await receiving.close()
+
+
+__all__ = ["rigs_on_each_engine"]
 
 
 @pytest.fixture(params=ENGINES)

@@ -18,6 +18,7 @@ from foreman.queue import schema
 from foreman.queue.engines import Connection, Engine, SQLiteEngine
 from foreman.queue.engines.sqlite import SQLiteConnection
 from foreman.queue.schema import DATABASE_NAME
+from foreman.queue.store import JobStore
 
 #: ``store_engine``'s parameters: every test that takes it runs on both.
 ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -98,3 +99,26 @@ def migrate_to(engine: Engine, version: int) -> None:
                     db.execute(script)
     if is_postgres(engine):
         set_schema_version(engine, version)
+
+
+@pytest.fixture
+def rigs_on_each_engine(store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """Worker rigs (tests/worker_rig.py) keep their store on ``store_engine`` unless
+    told otherwise: a test that uses this runs once per engine. On SQLite each rig
+    keeps its own file, as it would without this. Their connections are closed
+    at the end (a rig's ``stop`` leaves the store open)."""
+    from tests import worker_rig
+
+    made: list[JobStore] = []
+    monkeypatch.setattr(worker_rig, "made_stores", made)
+    if is_postgres(store_engine):
+        monkeypatch.setattr(worker_rig, "default_database", store_engine)
+    yield store_engine
+    for store in made:
+        connection, store._connection = store._connection, None
+        if connection is not None:
+            connection.close()
+
+
+#: Marks a test whose worker rigs run on each engine.
+on_each_engine = pytest.mark.usefixtures("rigs_on_each_engine")
