@@ -200,6 +200,10 @@ def build_queue(
     clocks = Clocks.real(reactor)
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
     engine = engine_for(config.database, config.data_dir / DATABASE_NAME)
+    if config.database:
+        log.info(
+            "The job store is {store} ({engine})", store=engine.description, engine=engine.name
+        )
     store = JobStore(engine, thread_runner(reactor, pool))
     outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret, clocks=clocks)
     residency = Residency(

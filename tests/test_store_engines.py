@@ -4,6 +4,7 @@ The store's behaviour on both is tests/test_store.py's and tests/test_job_store.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
+import pytest_twisted
+from treq.client import HTTPClient
 
 from foreman.config import Config
 from foreman.queue import schema
@@ -19,10 +22,14 @@ from foreman.queue.engines import Connection, SQLiteEngine, engine_for, mask_pas
 from foreman.queue.engines.postgres import PostgresEngine, convert_param_style
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore
+from tests.conftest import RunningSimulator, StartForeman
+from tests.http_helpers import eventually
+from tests.jobs_http import JobsClient, chat
 from tests.postgres_server import PostgresServer
 from tests.store_engines import schema_version, set_schema_version
 from tests.test_options import parse
 from tests.test_store import failure_of, job, result_of
+from tests.webhook_receiver import WebhookReceiver
 
 NOW = 1_800_000_000.0
 
@@ -246,3 +253,53 @@ def test_an_idempotency_key_raced_by_another_foreman_finds_its_job(
     finally:
         result_of(ours.close())
         result_of(theirs.close())
+
+
+# -- foreman on PostgreSQL ----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest_twisted.ensureDeferred
+async def test_foreman_runs_its_queue_on_postgresql(
+    reactor: Any,
+    http: HTTPClient,
+    simulator: RunningSimulator,
+    start_foreman: StartForeman,
+    receiver: WebhookReceiver,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    running = await start_foreman(simulator.url, database=postgres_url)
+    jobs = JobsClient(http, running.url)
+    hooked = chat("llama3.2", "on postgres", state_webhook_url=receiver.url("/hook"))
+    job_id = await jobs.submitted(hooked)
+    view = await jobs.until(job_id, "done", reactor=reactor)
+    assert view["state"] == "done"
+    listing = await jobs.call("GET", "/jobs?model=LLAMA3.2:latest")
+    assert [each["job_id"] for each in listing.json()["jobs"]] == [job_id]
+    status = await jobs.call("GET", "/ui/status.json")
+    assert status.code == 200 and job_id in status.body.decode()
+
+    def states() -> set[str]:
+        return {json.loads(each.body)["state"] for each in receiver.received}
+
+    await eventually(lambda: {"queued", "done"} <= states(), reactor)
+    assert states() == {"queued", "loading", "working", "done"}
+    # Nothing went to a SQLite file: the store is the database.
+    assert not (tmp_path / "data" / "foreman.sqlite3").exists()
+    assert schema_version(PostgresEngine(postgres_url)) == len(schema.POSTGRES_MIGRATIONS)
+
+
+def test_an_unreachable_postgresql_stops_the_start_with_a_masked_url(
+    reactor: Any, tmp_path: Path
+) -> None:
+    from foreman.service import QueueUnavailable, build_foreman
+    from tests.postgres_server import free_port
+
+    url = f"postgresql://foreman:s3cret@127.0.0.1:{free_port()}/foreman"
+    config = Config(data_dir=tmp_path / "data", database=url, ollama_url="http://127.0.0.1:9")
+    with pytest.raises(QueueUnavailable) as refused:
+        build_foreman(config, reactor)
+    message = str(refused.value)
+    assert "cannot open the job store postgresql://foreman:***@127.0.0.1" in message
+    assert "s3cret" not in message
