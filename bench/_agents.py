@@ -19,8 +19,9 @@ so that its loads are counted exactly. The four ways:
   ``--swap-grace`` for the resident model's next call, no quantum), and the
   scenario's ``--swap-grace`` (default 250 ms);
 - **new rule**: foreman's defaults (``--swap-rule learned``,
-  ``--swap-quantum 4``), and the scenario's ``--swap-grace``, which is then
-  only the hold for a model whose callers' return is not known yet;
+  ``--swap-quantum 4``, ``--swap-grace`` unset: a model whose callers' return
+  is not known yet is held up to a load of it), and the scenario's
+  ``--swap-grace`` when it sets one (then that first hold);
 - **new rule, loads known**: the same, on a data directory in which an
   earlier foreman has measured one load of every agent's model (a warm-up
   of one call per model, against a stand-in of its own): what foreman knows
@@ -32,7 +33,8 @@ Every other foreman run starts with a fresh data directory, so it knows
 nothing of the models' load times nor of its callers: the figures are those
 of a new user's first minute. Until it has measured a model's load, foreman
 estimates it from the model's size (0.5 s + size / 1.5 GB/s: 1.85 s for
-``llama3.2``, 3.98 s for ``qwen3:8b``, 5.93 s for ``gemma3:12b``), while
+``llama3.2``, 3.98 s for ``qwen3:8b``, 5.93 s for ``gemma3:12b``), but never
+longer than the longest load it has measured, while
 every load of the stand-in takes the scenario's load time; the quantum a
 waiting model gets is four of its loads, estimated or measured.
 
@@ -72,7 +74,7 @@ MODELS = ("llama3.2", "gemma3:12b", "qwen3:8b")
 START_INTERVAL = 0.01
 #: How long foreman may take to read the stand-in's models before the agents start.
 INVENTORY_SECONDS = 10.0
-#: foreman's own default hold before its callers' return is known.
+#: The fixed rule's hold when ``--swap-grace`` is not set.
 DEFAULT_SWAP_GRACE = "250ms"
 
 
@@ -100,7 +102,7 @@ class Scenario:
     load: float
     #: How long the agents keep starting calls.
     seconds: float
-    #: foreman's ``--swap-grace`` (``None``: its default, 250 ms).
+    #: foreman's ``--swap-grace`` (``None``: unset, foreman's default).
     swap_grace: str | None
     targets: Targets
     #: Whether the issue sets the targets for this row (else they are shown for reference).
