@@ -16,6 +16,7 @@ import attrs
 
 from foreman.http.listen_address import is_loopback_only
 from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT
+from foreman.queue.engines import mask_password
 from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT, DEFAULT_SWAP_QUANTUM
 from foreman.queue.outage import DEFAULT_CALLER_WAIT
 from foreman.relay.inflight import DEFAULT_LOAD_TIMEOUT, DEFAULT_STALL_TIMEOUT
@@ -78,6 +79,9 @@ class Config:
     ollama_token: str | None = None
     allow_unauthenticated: bool = False
     data_dir: Path = attrs.field(factory=default_data_dir)
+    #: Where the job store lives: ``None`` for the SQLite file in ``data_dir``,
+    #: or a ``postgresql://`` URL (which may hold a password: never log it whole).
+    database: str | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     #: How long Ollama may take to begin a reply (its headers): a cold load.
@@ -135,6 +139,8 @@ class Config:
         for secret in ("token", "ollama_token", "webhook_secret"):
             if shown[secret] is not None:
                 shown[secret] = "<redacted>"
+        if shown["database"] is not None:
+            shown["database"] = mask_password(shown["database"])
         inner = ", ".join(f"{key}={value!r}" for key, value in shown.items())
         return f"Config({inner})"
 

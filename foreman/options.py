@@ -28,6 +28,7 @@ from foreman.config import (
     default_data_dir,
 )
 from foreman.http.cors import OriginError, parse_origins
+from foreman.queue.engines import is_postgres_url, mask_password
 from foreman.wire.durations import DurationError, parse_setting_duration
 from foreman.wire.sizes import parse_size
 
@@ -65,6 +66,13 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "FOREMAN_DATA_DIR",
         None,
         f"Where foreman keeps its files [{default_data_dir()}].",
+    ),
+    (
+        "database",
+        "FOREMAN_DATABASE_URL",
+        None,
+        "Where the job store lives: a postgresql:// URL (queue, jobs, webhooks on "
+        "PostgreSQL), or a SQLite file [foreman.sqlite3 in the data directory].",
     ),
     (
         "poll-interval",
@@ -324,6 +332,11 @@ class ForemanOptions(usage.Options):
                 raise usage.UsageError(f"--{name}: {e}") from None
 
         data_dir = Path(self["data-dir"]).expanduser() if self["data-dir"] else default_data_dir()
+        database = (self["database"] or "").strip() or None
+        if database is not None and "://" in database and not is_postgres_url(database):
+            raise usage.UsageError(
+                f"--database must be a postgresql:// URL or a file, not {mask_password(database)!r}"
+            )
         try:
             keep_alive = parse_setting_duration(self["keep-alive"])
             job_ttl = parse_setting_duration(self["job-ttl"])
@@ -374,6 +387,7 @@ class ForemanOptions(usage.Options):
             ollama_token=ollama_token,
             allow_unauthenticated=bool(self["allow-unauthenticated"]),
             data_dir=data_dir,
+            database=database,
             max_body_size=sizes["max-body-size"],
             artifact_inline_limit=sizes["artifact-inline-limit"],
             webhook_secret=webhook_secret,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +42,7 @@ from foreman.ops.open_files import raise_open_files_limit
 from foreman.ops.reactor_clock import use_monotonic_clock
 from foreman.ops.timeline import Timeline
 from foreman.queue.costs import ModelCosts, Remember
+from foreman.queue.engines import engine_for
 from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
@@ -199,7 +199,12 @@ def build_queue(
     services = OneAfterAnother()
     clocks = Clocks.real(reactor)
     pool = ThreadPool(minthreads=1, maxthreads=1, name="foreman-store")
-    store = JobStore(config.data_dir / DATABASE_NAME, thread_runner(reactor, pool))
+    engine = engine_for(config.database, config.data_dir / DATABASE_NAME)
+    if config.database:
+        log.info(
+            "The job store is {store} ({engine})", store=engine.description, engine=engine.name
+        )
+    store = JobStore(engine, thread_runner(reactor, pool))
     outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret, clocks=clocks)
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
@@ -231,8 +236,10 @@ def build_queue(
     try:
         recovery = recover_queue(store, worker, clocks.wall())
         costs.remembered(store.known_load_costs())
-    except (sqlite3.Error, RuntimeError) as e:
-        raise QueueUnavailable(f"foreman: cannot open the job store {store.path}: {e}") from None
+    except (engine.Error, RuntimeError) as e:
+        raise QueueUnavailable(
+            f"foreman: cannot open the job store {engine.description}: {e}"
+        ) from None
     StoreService(store, pool).setServiceParent(services)
     # Started after the store (its pending deliveries are read from it, the
     # events of recovery's returns to the queue among them) and, children

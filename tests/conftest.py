@@ -1,4 +1,5 @@
-"""Shared fixtures: the reactor, a simulated Ollama on a real socket, foreman in-process.
+"""Shared fixtures: the reactor, a simulated Ollama on a real socket, foreman in-process,
+a real PostgreSQL.
 
 The reactor is imported inside fixtures, never at module level, so that
 pytest-twisted can install the reactor it was asked for first.
@@ -21,11 +22,14 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.config import Config
+from foreman.queue.engines import Engine
 from foreman.service import Foreman, build_foreman
 from tests.daemons import Daemon
 from tests.http_helpers import StreamingClient
 from tests.ollama_process import OllamaProcess
+from tests.postgres_server import PostgresServer, find_bindir, missing_reason, required
 from tests.scripted_upstream import ScriptedUpstream, listen_scripted
+from tests.store_engines import ENGINES, make_engine, rigs_on_each_engine
 from tests.webhook_receiver import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -233,3 +237,62 @@ async def receiver(reactor: Any) -> AsyncIterator[WebhookReceiver]:
     receiving.listen()
     yield receiving
     await receiving.close()
+
+
+__all__ = ["rigs_on_each_engine"]
+
+
+@pytest.fixture(params=ENGINES)
+def store_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """Where a test's job store lives: each test that takes it runs on SQLite (a
+    file in ``tmp_path``) and on PostgreSQL (a new database, ``postgres_url``)."""
+    return make_engine(request, request.param, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole run, started when a test first asks for it.
+
+    Skipped where the machine has no PostgreSQL binaries, unless
+    FOREMAN_REQUIRE_POSTGRES=1 (as .ci/run sets) makes that a failure. A test
+    may stop, kill or restart it; ``postgres_url`` and ``new_postgres_database``
+    start it again, for the next test, if need be.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        if required():
+            pytest.fail(missing_reason(), pytrace=False)
+        pytest.skip(missing_reason())
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+NewPostgresDatabase = Callable[[], str]
+
+
+@pytest.fixture
+def new_postgres_database(postgres_server: PostgresServer) -> Iterator[NewPostgresDatabase]:
+    """Make new, empty databases (test_N) on ``postgres_server``; each a URL, all dropped
+    afterwards."""
+    made: list[str] = []
+
+    def new() -> str:
+        postgres_server.start()  # A test before may have left it stopped or killed.
+        url = postgres_server.new_database()
+        made.append(url.rsplit("/", 1)[1])
+        return url
+
+    yield new
+    postgres_server.start()
+    for name in made:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(new_postgres_database: NewPostgresDatabase) -> str:
+    """The URL of a new, empty database on ``postgres_server``, for this test alone."""
+    return new_postgres_database()

@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest_twisted
@@ -32,6 +32,8 @@ from twisted.logger import globalLogPublisher
 
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
+from foreman.queue.engines import Connection
+from foreman.queue.engines.sqlite import SQLiteConnection
 from foreman.queue.job import Job, JobState
 from foreman.queue.runners import inline_runner
 from foreman.queue.store import JobStore
@@ -73,7 +75,8 @@ class Snapshots:
 
     def take(self, *, always: bool = False) -> None:
         assert self.store is not None
-        connection = self.store._connection
+        wrapped = self.store._connection
+        connection = None if wrapped is None else cast(SQLiteConnection, wrapped).raw
         if connection is None or connection.in_transaction:
             return
         if connection.total_changes == self._seen and not always:
@@ -153,7 +156,7 @@ class Dying:
 class _DyingRecord:
     dying: Dying
 
-    def write(self, db: sqlite3.Connection) -> None:
+    def write(self, db: Connection) -> None:
         self.dying.died_at = len(self.dying.snapshots.files)
         self.dying.snapshots.force = True
         raise sqlite3.OperationalError("disk I/O error")

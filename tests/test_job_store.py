@@ -1,26 +1,26 @@
-"""The store's queries for ``/jobs`` on a real SQLite file: idempotent inserts,
-the listing, and artifacts swept with their job."""
+"""The store's queries for ``/jobs`` on a real database (each engine): idempotent
+inserts, the listing, and artifacts swept with their job."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from foreman.queue.engines import Connection, Engine
 from foreman.queue.job import Job, JobState
-from foreman.queue.schema import DATABASE_NAME
 from foreman.queue.store import JobStore
-from tests.test_store import failure_of, job, raw, result_of
+from tests.store_engines import side
+from tests.test_store import failure_of, job, result_of
 
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    opened = JobStore(tmp_path / DATABASE_NAME)
+def store(store_engine: Engine) -> Iterator[JobStore]:
+    opened = JobStore(store_engine)
     result_of(opened.open())
     yield opened
     result_of(opened.close())
@@ -38,7 +38,7 @@ def test_an_idempotency_key_makes_one_job(store: JobStore) -> None:
         result_of(store.insert_unless_known(job(job_id)))
     assert result_of(store.count_by_state())[JobState.QUEUED] == 3
     # The unique index stands behind it, whoever inserts.
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store.engine.IntegrityError):
         result_of(store.insert(job("E", idempotency_key="k")))
 
 
@@ -78,15 +78,15 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
     for each in (old, young):
         result_of(store.insert(each))
 
-    def add_artifacts(db: sqlite3.Connection) -> None:
+    def add_artifacts(db: Connection) -> None:
         for job_id in ("old", "young"):
             db.execute(
                 "INSERT INTO artifacts (job_id, name, content_type, body, created_at)"
-                " VALUES (?, 'extra', 'text/plain', x'00', ?)",
-                (job_id, NOW),
+                " VALUES (?, 'extra', 'text/plain', ?, ?)",
+                (job_id, b"\x00", NOW),
             )
 
-    def artifact_owners(db: sqlite3.Connection) -> list[str]:
+    def artifact_owners(db: Connection) -> list[str]:
         return [row[0] for row in db.execute("SELECT job_id FROM artifacts ORDER BY job_id")]
 
     result_of(store.transact(add_artifacts))
@@ -96,9 +96,8 @@ def test_artifacts_are_swept_with_their_job(store: JobStore) -> None:
     assert result_of(store.transact(artifact_owners)) == ["young"]
 
 
-def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) -> None:
-    path = tmp_path / "again.sqlite3"
-    first = JobStore(path)
+def test_startup_writes_with_each_job_it_puts_back_in_the_queue(store_engine: Engine) -> None:
+    first = JobStore(store_engine)
     first.startup(NOW)
     for each in (
         job("loading", state=JobState.LOADING, attempt=1, started_at=NOW),
@@ -111,7 +110,7 @@ def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) 
 
     told: list[tuple[Job, JobState]] = []
 
-    def requeued(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+    def requeued(db: Connection, moved: Job, previous: JobState) -> None:
         # Inside recovery's transaction: the job is stored as told already.
         assert db.in_transaction
         row = db.execute("SELECT state, updated_at FROM jobs WHERE id = ?", (moved.id,))
@@ -119,9 +118,9 @@ def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) 
         db.execute("INSERT INTO marks VALUES (?)", (moved.id,))
         told.append((moved, previous))
 
-    with raw(path) as connection:
+    with side(store_engine) as connection:
         connection.execute("CREATE TABLE marks (job_id TEXT)")
-    again = JobStore(path)
+    again = JobStore(store_engine)
     recovery, unfinished = again.startup(NOW + 5, requeued)
     try:
         assert (recovery.requeued, recovery.abandoned) == (2, 1)
@@ -137,8 +136,9 @@ def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) 
             ("loading", "working", "queued"), JobState.QUEUED
         )
         assert {each.id: each.updated_at for each in unfinished}["working"] == NOW + 5
-        with raw(path) as connection:
-            assert [row[0] for row in connection.execute("SELECT job_id FROM marks")] == [
+        with side(store_engine) as connection:
+            marks = connection.execute("SELECT job_id FROM marks ORDER BY job_id")
+            assert [row[0] for row in marks] == [
                 "loading",
                 "working",
             ]
@@ -146,39 +146,42 @@ def test_startup_writes_with_each_job_it_puts_back_in_the_queue(tmp_path: Path) 
         result_of(again.close())
 
 
-def test_recovery_and_what_it_writes_commit_together_or_not_at_all(tmp_path: Path) -> None:
-    path = tmp_path / "again.sqlite3"
-    first = JobStore(path)
+def test_recovery_and_what_it_writes_commit_together_or_not_at_all(
+    store_engine: Engine,
+) -> None:
+    first = JobStore(store_engine)
     first.startup(NOW)
     result_of(first.insert(job("working", state=JobState.WORKING, attempt=1)))
     result_of(first.close())
 
-    def broken(db: sqlite3.Connection, moved: Job, previous: JobState) -> None:
+    def broken(db: Connection, moved: Job, previous: JobState) -> None:
         db.execute(
             "INSERT INTO deliveries (job_id, url, body, next_at, created_at)"
-            " VALUES (?, 'http://r.test/', x'7b7d', 0, 0)",
-            (moved.id,),
+            " VALUES (?, 'http://r.test/', ?, 0, 0)",
+            (moved.id, b"{}"),
         )
         raise sqlite3.OperationalError("disk I/O error")
 
-    refused = JobStore(path)
+    refused = JobStore(store_engine)
     with pytest.raises(sqlite3.OperationalError):
         refused.startup(NOW + 5, broken)
     result_of(refused.close())
-    with raw(path) as connection:
-        assert connection.execute("SELECT state FROM jobs").fetchall() == [("working",)]
-        assert connection.execute("SELECT COUNT(*) FROM deliveries").fetchone() == (0,)
+    with side(store_engine) as connection:
+        assert [tuple(row) for row in connection.execute("SELECT state FROM jobs")] == [
+            ("working",)
+        ]
+        assert connection.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
 
 
 # -- writes that carry other work in their transaction ---------------------------------------
 
 
-def mark(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO artifacts VALUES ('a', 'x', 'text/plain', x'00', 0)")
+def mark(db: Connection) -> None:
+    db.execute("INSERT INTO artifacts VALUES ('a', 'x', 'text/plain', ?, 0)", (b"\x00",))
 
 
-def fail_after(work: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    def failing(db: sqlite3.Connection) -> None:
+def fail_after(work: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    def failing(db: Connection) -> None:
         work(db)
         raise sqlite3.OperationalError("database or disk is full")
 

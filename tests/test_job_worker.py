@@ -5,7 +5,6 @@ submits, and the webhook events the transitions become."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -18,10 +17,12 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import StoredEvent
+from foreman.queue.engines.sqlite import SQLiteConnection
 from foreman.queue.job import Job, JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.queue.ulid import new_ulid
 from foreman.relay.generation import GenerationCall
+from tests.store_engines import on_each_engine
 from tests.worker_rig import WorkerRig, fired, make_worker_rig
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
@@ -62,6 +63,7 @@ class Heard:
         return [(previous, state) for each, previous, state, _ in self.told if each == job_id]
 
 
+@on_each_engine
 def test_every_transition_is_announced_once_stored(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     heard = Heard(rig)
@@ -79,6 +81,7 @@ def test_every_transition_is_announced_once_stored(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_retry_goes_back_to_queued_and_says_so(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_attempts=3)
     heard = Heard(rig)
@@ -101,6 +104,7 @@ def test_a_retry_goes_back_to_queued_and_says_so(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_listener_that_fails_changes_nothing(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path)
     failures: list[str] = []
@@ -124,6 +128,7 @@ def test_a_listener_that_fails_changes_nothing(tmp_path: Path) -> None:
 # -- cancel -------------------------------------------------------------------------------
 
 
+@on_each_engine
 def test_cancelling_a_queued_job(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     heard = Heard(rig)
@@ -142,6 +147,7 @@ def test_cancelling_a_queued_job(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 @pytest.mark.parametrize("state", [JobState.LOADING, JobState.WORKING])
 def test_cancelling_a_running_job(tmp_path: Path, state: JobState) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
@@ -167,6 +173,7 @@ def test_cancelling_a_running_job(tmp_path: Path, state: JobState) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_cancelling_between_two_steps(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     job = fired(rig.submit("llama3.2", "between"))
@@ -186,6 +193,7 @@ def test_cancelling_between_two_steps(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_finished_or_unknown_job_is_not_the_worker_s_to_cancel(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path)
     job = fired(rig.submit("llama3.2", "quick"))
@@ -197,6 +205,7 @@ def test_a_finished_or_unknown_job_is_not_the_worker_s_to_cancel(tmp_path: Path)
     rig.stop()
 
 
+@on_each_engine
 def test_a_sync_job_is_its_caller_s_to_cancel(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path)
     body = json.dumps({"model": "llama3.2", "messages": [], "stream": False}).encode()
@@ -214,6 +223,7 @@ def test_a_sync_job_is_its_caller_s_to_cancel(tmp_path: Path) -> None:
 # -- idempotent submits ---------------------------------------------------------------------
 
 
+@on_each_engine
 def test_the_same_idempotency_key_makes_one_job(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_queue=2)
     first = fired(rig.worker.submit(job_for(rig, "a", idempotency_key="k")))
@@ -257,6 +267,7 @@ def with_events(outbox: Outbox) -> Callable[[WorkerRig], None]:
     return lambda rig: rig.worker.record_transitions(JobEvents(outbox, inline_limit=1 << 20))
 
 
+@on_each_engine
 def test_transitions_of_webhook_jobs_become_events(tmp_path: Path) -> None:
     outbox = Outbox()
     rig = make_worker_rig(tmp_path, prepare=with_events(outbox))
@@ -284,7 +295,7 @@ def test_transitions_of_webhook_jobs_become_events(tmp_path: Path) -> None:
 def test_an_event_is_written_in_its_state_s_transaction_and_only_there(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()))
     statements: list[str] = []
-    rig.store._db.set_trace_callback(statements.append)
+    cast(SQLiteConnection, rig.store._db).raw.set_trace_callback(statements.append)
     hooked = fired(rig.worker.submit(job_for(rig, "hooked", webhook_url="http://r.test/h")))
     inserted, statements[:] = list(statements), []
     assert [s.split(" (")[0] for s in inserted if not s.startswith("SELECT")] == [
@@ -314,6 +325,7 @@ def test_an_event_is_written_in_its_state_s_transaction_and_only_there(tmp_path:
     rig.stop()
 
 
+@on_each_engine
 def test_an_outbox_that_fails_to_schedule_is_only_logged(tmp_path: Path) -> None:
     failing: list[str] = []
 
@@ -334,11 +346,12 @@ def test_an_outbox_that_fails_to_schedule_is_only_logged(tmp_path: Path) -> None
     rig.stop()
 
 
+@on_each_engine
 def test_a_submit_stores_the_job_and_its_first_event_or_neither(tmp_path: Path) -> None:
     outbox = Outbox()
     rig = make_worker_rig(tmp_path, max_queue=2, prepare=with_events(outbox))
     rig.store._db.execute("ALTER TABLE deliveries RENAME TO elsewhere")
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(rig.store.engine.Error):
         fired(rig.worker.submit(job_for(rig, "x", webhook_url="http://r.test/h")))
     assert rig.jobs() == [] and outbox.scheduled == []
     assert rig.worker.scheduler.depth == 0  # its place given back
@@ -356,6 +369,7 @@ def test_a_submit_stores_the_job_and_its_first_event_or_neither(tmp_path: Path) 
     rig.stop()
 
 
+@on_each_engine
 def test_recovery_writes_the_queued_event_of_a_job_it_puts_back(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()), **SLOW)
     job = fired(rig.worker.submit(job_for(rig, "again", webhook_url="http://r.test/h")))
@@ -371,7 +385,7 @@ def test_recovery_writes_the_queued_event_of_a_job_it_puts_back(tmp_path: Path) 
         with_events(outbox)(again)
         again.worker.on_transition(lambda j, p: heard.append((p and p.value, j.state.value)))
 
-    again = make_worker_rig(tmp_path / "again", database=rig.store.path, prepare=prepare, **SLOW)
+    again = make_worker_rig(tmp_path / "again", database=rig.store.engine, prepare=prepare, **SLOW)
     *_, (row_id, job_id, _, back) = deliveries(again)
     assert (job_id, back["previous_state"], back["state"], back["attempt"]) == (
         job.id,
@@ -389,6 +403,7 @@ def test_recovery_writes_the_queued_event_of_a_job_it_puts_back(tmp_path: Path) 
     again.stop()
 
 
+@on_each_engine
 def test_a_recorder_that_fails_to_render_is_only_logged(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, prepare=with_events(Outbox()))
 

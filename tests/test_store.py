@@ -1,5 +1,7 @@
-"""The SQLite job store on a real file: schema, round trips, recovery, sweeping.
+"""The job store on a real database: schema, round trips, recovery, sweeping.
 
+Tests that take ``store`` or ``store_engine`` run on each engine, SQLite and
+PostgreSQL (tests/store_engines.py); those about SQLite's file take ``path``.
 Most tests use the inline runner, so every call has finished when it returns
 and its Deferred has already fired; one test runs the store the way the
 daemon does, on a single-thread pool off the reactor thread.
@@ -23,11 +25,21 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from foreman.queue import schema as store_module
+from foreman.queue.engines import Engine
 from foreman.queue.job import Job, JobState
 from foreman.queue.runners import thread_runner
 from foreman.queue.schema import DATABASE_NAME, MIGRATIONS
 from foreman.queue.store import JobStore, Recovery
 from foreman.wire.priority import Priority
+from tests.store_engines import (
+    migrate_to,
+    migrations,
+    migrations_name,
+    schema_version,
+    set_schema_version,
+    side,
+)
+from tests.store_engines import table_names as tables_in
 
 T = TypeVar("T")
 
@@ -95,8 +107,8 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(path: Path) -> Iterator[JobStore]:
-    opened = JobStore(path)
+def store(store_engine: Engine) -> Iterator[JobStore]:
+    opened = JobStore(store_engine)
     result_of(opened.open())
     yield opened
     result_of(opened.close())
@@ -114,63 +126,75 @@ def everything(store: JobStore, ids: list[str]) -> dict[str, Job | None]:
 # -- schema -----------------------------------------------------------------------------
 
 
-def test_a_new_file_gets_the_schema_in_wal_mode(store: JobStore, path: Path) -> None:
+def test_a_new_database_gets_the_schema(store: JobStore, store_engine: Engine) -> None:
+    assert schema_version(store_engine) == len(MIGRATIONS) == store.schema_version
+    assert {"jobs", "artifacts", "deliveries", "model_costs"} <= tables_in(store_engine)
+
+
+def test_both_engines_have_the_same_schema_versions() -> None:
+    assert len(store_module.POSTGRES_MIGRATIONS) == len(MIGRATIONS) == store_module.version()
+
+
+def test_a_new_file_is_in_wal_mode(path: Path) -> None:
+    store = JobStore(path)
+    result_of(store.open())
+    result_of(store.close())
     assert path.exists()
     assert pragma(path, "journal_mode") == "wal"
-    assert pragma(path, "user_version") == len(MIGRATIONS) == store.schema_version
-    assert "jobs" in table_names(path)
+    assert pragma(path, "user_version") == len(MIGRATIONS)
 
 
-def test_reopening_keeps_the_jobs_and_does_not_migrate_again(path: Path) -> None:
-    first = JobStore(path)
+def test_reopening_keeps_the_jobs_and_does_not_migrate_again(store_engine: Engine) -> None:
+    first = JobStore(store_engine)
     result_of(first.open())
     result_of(first.insert(job("a")))
     result_of(first.close())
 
     # Running the first migration twice would fail: "table jobs already exists".
-    again = JobStore(path)
+    again = JobStore(store_engine)
     result_of(again.open())
     assert result_of(again.get("a")) == job("a")
     result_of(again.close())
-    assert pragma(path, "user_version") == len(MIGRATIONS)
+    assert schema_version(store_engine) == len(MIGRATIONS)
 
 
-def test_an_older_file_runs_only_the_migrations_it_lacks(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_older_database_runs_only_the_migrations_it_lacks(
+    store_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = JobStore(path)
+    old = JobStore(store_engine)
     result_of(old.open())
     result_of(old.insert(job("a")))
     result_of(old.close())
 
-    upgraded = (*MIGRATIONS, "CREATE TABLE upgrade_marker (x INTEGER);")
+    upgraded = (*migrations(store_engine), "CREATE TABLE upgrade_marker (x INTEGER);")
+    monkeypatch.setattr(store_module, migrations_name(store_engine), upgraded)
     monkeypatch.setattr(store_module, "MIGRATIONS", upgraded)
     for _ in range(2):  # the second open finds nothing to do
-        newer = JobStore(path)
+        newer = JobStore(store_engine)
         result_of(newer.open())
         assert result_of(newer.get("a")) == job("a")
         result_of(newer.close())
-        assert pragma(path, "user_version") == len(upgraded)
-        assert {"jobs", "upgrade_marker"} <= table_names(path)
+        assert schema_version(store_engine) == len(upgraded)
+        assert {"jobs", "upgrade_marker"} <= tables_in(store_engine)
 
 
-def test_jobs_written_before_classes_get_the_class_they_would_have_had(path: Path) -> None:
-    # A file as foreman wrote it before classes (schema 2): a sync call and
-    # a /jobs job, both still queued.
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        for number, script in enumerate(MIGRATIONS[:2], start=1):
-            connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+def test_jobs_written_before_classes_get_the_class_they_would_have_had(
+    store_engine: Engine,
+) -> None:
+    # A database as foreman wrote it before classes (schema 2): a sync call
+    # and a /jobs job, both still queued.
+    migrate_to(store_engine, 2)
+    with side(store_engine) as connection:
         for job_id, sync in (("01SYNC", 1), ("02ASYNC", 0)):
             connection.execute(
                 "INSERT INTO jobs (id, model, endpoint, body, sync, state, created_at, updated_at)"
-                " VALUES (?, 'llama3.2', 'chat', x'', ?, 'queued', ?, ?)",
-                (job_id, sync, NOW, NOW),
+                " VALUES (?, 'llama3.2', 'chat', ?, ?, 'queued', ?, ?)",
+                (job_id, b"", sync, NOW, NOW),
             )
-        connection.commit()
-    store = JobStore(path)
+    store = JobStore(store_engine)
     result_of(store.open())
     try:
-        assert pragma(path, "user_version") == len(MIGRATIONS)
+        assert schema_version(store_engine) == len(MIGRATIONS)
         sync_job, async_job = (result_of(store.get(i)) for i in ("01SYNC", "02ASYNC"))
         assert sync_job is not None and sync_job.priority is Priority.INTERACTIVE
         assert async_job is not None and async_job.priority is Priority.BATCH
@@ -179,12 +203,11 @@ def test_jobs_written_before_classes_get_the_class_they_would_have_had(path: Pat
         result_of(store.close())
 
 
-def test_a_file_from_a_newer_foreman_is_refused(path: Path) -> None:
+def test_a_database_from_a_newer_foreman_is_refused(store_engine: Engine) -> None:
     newer = len(MIGRATIONS) + 1
-    with raw(path) as connection:
-        connection.execute(f"PRAGMA user_version = {newer}")
+    set_schema_version(store_engine, newer)
 
-    refused = JobStore(path)
+    refused = JobStore(store_engine)
     failure = failure_of(refused.open())
     assert failure.check(RuntimeError)
     message = failure.getErrorMessage()
@@ -193,8 +216,8 @@ def test_a_file_from_a_newer_foreman_is_refused(path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer foreman"):
         refused.startup(NOW)
     # Nothing was migrated, and the store is not usable half-open.
-    assert pragma(path, "user_version") == newer
-    assert "jobs" not in table_names(path)
+    assert schema_version(store_engine) == newer
+    assert "jobs" not in tables_in(store_engine)
     with pytest.raises(RuntimeError, match="not open"):
         result_of(refused.get("a"))
 
@@ -223,8 +246,8 @@ def test_refusing_a_newer_file_closes_its_connection(
             each.close()
 
 
-def test_calls_before_open_fail_clearly(path: Path) -> None:
-    closed = JobStore(path)
+def test_calls_before_open_fail_clearly(store_engine: Engine) -> None:
+    closed = JobStore(store_engine)
     assert failure_of(closed.insert(job("a"))).check(RuntimeError)
     assert "not open" in failure_of(closed.count_by_state()).getErrorMessage()
 
@@ -313,7 +336,7 @@ def test_an_unknown_id_is_none(store: JobStore) -> None:
 
 def test_inserting_an_id_twice_fails(store: JobStore) -> None:
     result_of(store.insert(job("a")))
-    assert failure_of(store.insert(job("a", model="other"))).check(sqlite3.IntegrityError)
+    assert failure_of(store.insert(job("a", model="other"))).check(store.engine.IntegrityError)
     assert result_of(store.get("a")) == job("a")
 
 
@@ -474,14 +497,14 @@ def test_recovering_twice_changes_nothing_more(store: JobStore) -> None:
     assert everything(store, [each.id for each in left_behind()]) == expected_after_recovery(NOW)
 
 
-def test_startup_recovers_and_lists_the_queue(path: Path) -> None:
-    writer = JobStore(path)
+def test_startup_recovers_and_lists_the_queue(store_engine: Engine) -> None:
+    writer = JobStore(store_engine)
     result_of(writer.open())
     insert_all(writer, left_behind())
     result_of(writer.close())
 
     # As the daemon does, before the reactor runs: blocking, no Deferreds.
-    restarted = JobStore(path)
+    restarted = JobStore(store_engine)
     recovery, unfinished = restarted.startup(NOW)
     try:
         assert recovery == Recovery(requeued=2, abandoned=3)
@@ -496,11 +519,11 @@ def test_startup_recovers_and_lists_the_queue(path: Path) -> None:
         result_of(restarted.close())
 
 
-def test_startup_on_a_new_file(path: Path) -> None:
-    fresh = JobStore(path)
+def test_startup_on_a_new_database(store_engine: Engine) -> None:
+    fresh = JobStore(store_engine)
     try:
         assert fresh.startup(NOW) == (Recovery(requeued=0, abandoned=0), [])
-        assert pragma(path, "user_version") == len(MIGRATIONS)
+        assert schema_version(store_engine) == len(MIGRATIONS)
     finally:
         result_of(fresh.close())
 
@@ -550,7 +573,9 @@ def test_sweep_on_an_empty_store(store: JobStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_thread_runner_runs_calls_off_the_reactor_thread(reactor: Any, path: Path) -> None:
+async def test_thread_runner_runs_calls_off_the_reactor_thread(
+    reactor: Any, store_engine: Engine
+) -> None:
     pool = ThreadPool(minthreads=1, maxthreads=1, name="test-store")
     pool.start()
     try:
@@ -565,7 +590,7 @@ async def test_thread_runner_runs_calls_off_the_reactor_thread(reactor: Any, pat
             return pooled(run)
 
         reactor_thread = threading.current_thread()
-        store = JobStore(path, observed)
+        store = JobStore(store_engine, observed)
         await store.open()
         first = job("a", created_at=NOW)
         assert await store.insert(first) == first
@@ -579,7 +604,7 @@ async def test_thread_runner_runs_calls_off_the_reactor_thread(reactor: Any, pat
         assert await store.get("a") == done
         assert await store.recover(NOW + 3) == Recovery(requeued=1, abandoned=0)
         assert await store.sweep(NOW + 3) == 1
-        with pytest.raises(sqlite3.IntegrityError):  # failures come back too
+        with pytest.raises(store_engine.IntegrityError):  # failures come back too
             await store.insert(job("b"))
         await store.close()
 
@@ -597,7 +622,7 @@ async def test_thread_runner_runs_calls_off_the_reactor_thread(reactor: Any, pat
 
         # As the daemon does: start-up on the reactor thread before the
         # reactor runs, every later call on the pool's thread.
-        restarted = JobStore(path, observed)
+        restarted = JobStore(store_engine, observed)
         recovery, unfinished = restarted.startup(NOW + 4)
         assert recovery == Recovery(requeued=0, abandoned=0)
         assert [each.id for each in unfinished] == ["b"]

@@ -27,6 +27,7 @@ from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
 from foreman.queue.store import Also, JobStore
 from foreman.relay.upstream import Target
+from tests.store_engines import on_each_engine
 from tests.worker_rig import WorkerRig, fired, make_worker_rig, sync_call
 
 FULL = "database or disk is full"
@@ -77,6 +78,7 @@ def assert_nothing_stranded(rig: WorkerRig) -> None:
         assert job.id in worker.scheduler or running or held, f"{job.id} ({job.state}) is nowhere"
 
 
+@on_each_engine
 def test_a_refused_start_leaves_the_job_queued_and_the_worker_paused(tmp_path: Path) -> None:
     rig, store = make_rig(tmp_path)
     job = fired(rig.submit("llama3.2", "patience"))
@@ -105,6 +107,7 @@ def test_a_refused_start_leaves_the_job_queued_and_the_worker_paused(tmp_path: P
     rig.stop()
 
 
+@on_each_engine
 def test_a_new_job_the_store_refuses_is_503_and_healthz_says_why_until_it_takes_writes(
     tmp_path: Path,
 ) -> None:
@@ -138,6 +141,7 @@ def test_a_new_job_the_store_refuses_is_503_and_healthz_says_why_until_it_takes_
     rig.stop()
 
 
+@on_each_engine
 def test_a_result_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
     rig, store = make_rig(tmp_path, load_seconds=1.0, tokens_per_second=10.0, reply_tokens=10)
     first = fired(rig.submit("llama3.2", "first"))
@@ -165,6 +169,7 @@ def test_a_result_the_store_refuses_is_kept_and_written_later(tmp_path: Path) ->
     rig.stop()
 
 
+@on_each_engine
 def test_a_cancel_the_store_refuses_leaves_the_job_queued_and_says_so(tmp_path: Path) -> None:
     rig, store = make_rig(tmp_path)
     job = fired(rig.submit("llama3.2", "keep me"))
@@ -180,6 +185,7 @@ def test_a_cancel_the_store_refuses_leaves_the_job_queued_and_says_so(tmp_path: 
     rig.stop()
 
 
+@on_each_engine
 def test_a_caller_leaving_while_the_store_refuses_is_recorded_later(tmp_path: Path) -> None:
     rig, store = make_rig(tmp_path)
     waiting, _ = sync_call(rig, "bye")
@@ -281,6 +287,7 @@ def test_store_and_worker_never_disagree(
     rig.stop()
 
 
+@on_each_engine
 def test_metrics_show_the_pause_and_the_refused_writes(tmp_path: Path) -> None:
     from foreman.ops.metrics import ForemanMetrics
 

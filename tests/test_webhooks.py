@@ -14,7 +14,6 @@ import hmac
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from zope.interface import implementer
 
 import foreman
 from foreman.jobs.outbox import StoredEvent, WebhookOutbox, store_event
+from foreman.queue.engines import Engine
 from foreman.queue.store import JobStore
 from foreman.wire.clocks import Clocks
 from foreman.wire.signature import sign, verify
@@ -136,12 +136,13 @@ def outcomes(reactor: Any) -> Iterator[Outcomes]:
 
 
 @pytest_twisted.async_yield_fixture
-async def open_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Open the test's store file; again after a close, as a restarted foreman would."""
+async def open_store(store_engine: Engine) -> AsyncIterator[OpenStore]:
+    """Open the test's store (on each engine); again after a close, as a restarted
+    foreman would."""
     stores: list[JobStore] = []
 
     async def open_store() -> JobStore:
-        store = JobStore(tmp_path / "foreman.sqlite3")
+        store = JobStore(store_engine)
         await store.open()
         stores.append(store)
         return store

@@ -16,11 +16,13 @@ from foreman.queue.job import JobState
 from foreman.queue.scheduler import QueueFull
 from foreman.testing import SimModel
 from foreman.wire.priority import Priority
+from tests.store_engines import on_each_engine
 from tests.worker_rig import fired, make_worker_rig, sync_call
 
 SLOW: dict[str, Any] = {"load_seconds": 5.0, "tokens_per_second": 20.0, "reply_tokens": 10}
 
 
+@on_each_engine
 def test_drains_the_resident_model_before_swapping(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     for model, marker in [
@@ -38,6 +40,7 @@ def test_drains_the_resident_model_before_swapping(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_an_interleaved_burst_of_twenty_costs_one_swap(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     for index in range(20):
@@ -50,6 +53,7 @@ def test_an_interleaved_burst_of_twenty_costs_one_swap(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_never_two_generations_at_once(tmp_path: Path) -> None:
     # The simulator would run four at a time for one model if asked to.
     rig = make_worker_rig(tmp_path, num_parallel=4, **SLOW)
@@ -62,6 +66,7 @@ def test_never_two_generations_at_once(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_never_more_than_the_embedder_and_one_worker_model(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, embed_model="all-minilm", max_loaded_models=3, **SLOW)
     ensureDeferred(rig.worker.residency.warm_embedder())
@@ -83,6 +88,7 @@ def test_never_more_than_the_embedder_and_one_worker_model(tmp_path: Path) -> No
     rig.stop()
 
 
+@on_each_engine
 def test_someone_elses_models_are_unloaded_before_a_swap(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     rig.worker.startService()
@@ -96,6 +102,7 @@ def test_someone_elses_models_are_unloaded_before_a_swap(tmp_path: Path) -> None
     rig.stop()
 
 
+@on_each_engine
 def test_failing_calls_to_a_target_that_answers_are_retried_with_backoff(
     tmp_path: Path,
 ) -> None:
@@ -126,6 +133,7 @@ def test_failing_calls_to_a_target_that_answers_are_retried_with_backoff(
     rig.stop()
 
 
+@on_each_engine
 def test_retries_run_out_with_the_last_error(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_attempts=3)
     rig.agent.refuse_generations = True
@@ -141,6 +149,7 @@ def test_retries_run_out_with_the_last_error(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_an_outage_of_any_length_spends_no_attempt(tmp_path: Path) -> None:
     # Ollama restarting, a laptop asleep: nothing answers, not even the polls.
     rig = make_worker_rig(tmp_path, max_attempts=3)
@@ -177,6 +186,7 @@ def test_an_outage_of_any_length_spends_no_attempt(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_caller_waits_out_a_short_outage_and_hears_503_after_a_long_one(
     tmp_path: Path,
 ) -> None:
@@ -210,6 +220,7 @@ def test_a_caller_waits_out_a_short_outage_and_hears_503_after_a_long_one(
     rig.stop()
 
 
+@on_each_engine
 def test_a_sync_caller_is_refused_only_after_one_more_look_at_the_target(
     tmp_path: Path,
 ) -> None:
@@ -233,6 +244,7 @@ def test_a_sync_caller_is_refused_only_after_one_more_look_at_the_target(
     rig.stop()
 
 
+@on_each_engine
 def test_ollamas_refusal_fails_the_job_at_once(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path)
     rig.sim.add_model(SimModel(name="embedonly:latest", size=1, embedding_only=True))
@@ -246,6 +258,7 @@ def test_ollamas_refusal_fails_the_job_at_once(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_full_queue_refuses_more(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, max_queue=2)
     rig.submit("llama3.2", "one")
@@ -258,6 +271,7 @@ def test_a_full_queue_refuses_more(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     rig.worker.startService()
@@ -286,6 +300,7 @@ def test_keep_alive_of_a_job_cannot_unpin_the_worker_model(tmp_path: Path) -> No
     rig.stop()
 
 
+@on_each_engine
 def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     from foreman.queue.lifecycle import SWEEP_INTERVAL, ttl_sweeper
 
@@ -309,6 +324,7 @@ def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     rig.stop()
 
 
+@on_each_engine
 def test_a_call_for_the_loaded_model_arriving_within_the_hold_saves_a_swap(
     tmp_path: Path,
 ) -> None:
@@ -328,6 +344,7 @@ def test_a_call_for_the_loaded_model_arriving_within_the_hold_saves_a_swap(
     rig.stop()
 
 
+@on_each_engine
 def test_with_nothing_learned_the_swap_waits_only_the_grace(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     rig.worker.hold.unknown = 0.25
@@ -342,6 +359,7 @@ def test_with_nothing_learned_the_swap_waits_only_the_grace(tmp_path: Path) -> N
     rig.stop()
 
 
+@on_each_engine
 def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: Path) -> None:
     # The grace waits for the caller just served to ask again; a batch
     # job's follow-up could never go before a person, so nothing is gained.
@@ -358,6 +376,7 @@ def test_a_person_waiting_after_batch_work_is_not_held_for_the_grace(tmp_path: P
     rig.stop()
 
 
+@on_each_engine
 def test_an_alarm_set_for_a_moment_just_past_rings_at_once(reactor: Any) -> None:
     # The worker reads the clock, then sleeps until a moment (the swap
     # grace's end) that may have passed by the time the alarm is set. The
@@ -369,6 +388,7 @@ def test_an_alarm_set_for_a_moment_just_past_rings_at_once(reactor: Any) -> None
     assert slept.called and slept.result is None
 
 
+@on_each_engine
 def test_the_worker_survives_a_failing_turn_and_goes_on(tmp_path: Path) -> None:
     rig = make_worker_rig(tmp_path, **SLOW)
     real_pick = rig.worker.scheduler.pick

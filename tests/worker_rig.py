@@ -1,4 +1,8 @@
-"""The queue's parts wired in memory: simulated Ollama, real SQLite file, a Clock.
+"""The queue's parts wired in memory: simulated Ollama, a real store, a Clock.
+
+The store is a new SQLite file in the rig's directory, unless a test says
+otherwise (``database``), or runs on each engine (``rigs_on_each_engine``,
+which makes :data:`default_database` the test's ``store_engine``).
 
 Nothing here touches a socket or a thread, so the worker's scheduling,
 residency, retries and backoff run in simulated time and are deterministic.
@@ -24,6 +28,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from foreman.queue.costs import ModelCosts
+from foreman.queue.engines import Engine
 from foreman.queue.job import Job, JobState
 from foreman.queue.lifecycle import recover_queue
 from foreman.queue.order import Policy
@@ -41,6 +46,11 @@ from foreman.testing import DEFAULT_MODELS, SimulatedOllama
 from foreman.wire.clocks import Clocks
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
+
+#: Where a rig keeps its store when not told (``None``: a file in its directory).
+default_database: Engine | None = None
+#: Every rig's store, while a test on each engine runs: closed at its end.
+made_stores: list[JobStore] | None = None
 
 #: The calls that generate (a job's own call, or a load); metadata calls are GETs.
 _GENERATION_PATHS = (b"/api/chat", b"/api/generate", b"/v1/")
@@ -194,7 +204,7 @@ def make_worker_rig(
     max_attempts: int = 3,
     max_queue: int = 256,
     embed_model: str | None = None,
-    database: Path | None = None,
+    database: Path | Engine | None = None,
     runner: Runner[Any] = inline_runner,
     start_at: float = 0.0,
     prepare: Callable[[WorkerRig], object] | None = None,
@@ -231,7 +241,9 @@ def make_worker_rig(
         else Relay(agent, target, clock=clock, **relay_limits)
     )
     inventory = Inventory(HTTPClient(agent), target, clock, wall=wall)
-    store = store_class(database or tmp_path / "jobs.sqlite3", runner)
+    store = store_class(database or default_database or tmp_path / "jobs.sqlite3", runner)
+    if made_stores is not None:
+        made_stores.append(store)
     residency = Residency(relay, inventory, embed_model=embed_model)
     worker = Worker(
         store,

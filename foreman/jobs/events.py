@@ -23,7 +23,6 @@ Nothing here waits for a delivery or lets one fail back into the worker:
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Protocol
 
 import attrs
@@ -31,6 +30,7 @@ import attrs
 from foreman.jobs.artifacts import outputs_of
 from foreman.jobs.outbox import StoredEvent, store_event
 from foreman.jobs.views import metadata_value
+from foreman.queue.engines import Connection
 from foreman.queue.job import Job, JobState
 from foreman.wire.timestamps import timestamp
 
@@ -78,7 +78,7 @@ class JobEvent:
     at: float
     stored: StoredEvent | None = None
 
-    def write(self, db: sqlite3.Connection) -> None:
+    def write(self, db: Connection) -> None:
         self.stored = store_event(db, self.job_id, self.url, self.body, self.at)
 
     def committed(self) -> None:

@@ -29,7 +29,6 @@ its backoff.
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +52,7 @@ from foreman.jobs.delivery import (
     read_answer,
     url_bytes,
 )
+from foreman.queue.engines import Connection
 from foreman.queue.store import JobStore
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.wire.clocks import Clocks
@@ -95,17 +95,14 @@ class StoredEvent:
     next_at: float
 
 
-def store_event(
-    db: sqlite3.Connection, job_id: str, url: str, body: bytes, now: float
-) -> StoredEvent:
+def store_event(db: Connection, job_id: str, url: str, body: bytes, now: float) -> StoredEvent:
     """Add an event to the outbox, due at ``now``, in the caller's transaction."""
-    cursor = db.execute(
+    delivery_id = db.insert_returning_id(
         "INSERT INTO deliveries (job_id, url, body, attempt, next_at, created_at)"
         " VALUES (?, ?, ?, 0, ?, ?)",
         (job_id, url, body, now, now),
     )
-    assert cursor.lastrowid is not None
-    return StoredEvent(cursor.lastrowid, job_id, url, body, now)
+    return StoredEvent(delivery_id, job_id, url, body, now)
 
 
 class WebhookOutbox(Service):
@@ -332,7 +329,7 @@ class WebhookOutbox(Service):
     async def _write(self, delivery: _Delivery, *, forget: bool) -> None:
         """Delete a delivered or dropped row, or record a failed attempt."""
 
-        def write(db: sqlite3.Connection) -> None:
+        def write(db: Connection) -> None:
             if forget:
                 db.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
             else:
@@ -350,7 +347,7 @@ class WebhookOutbox(Service):
             log.failure("Could not record webhook {delivery_id}", delivery_id=delivery.id)
 
 
-def _pending(db: sqlite3.Connection) -> list[_Delivery]:
+def _pending(db: Connection) -> list[_Delivery]:
     rows = db.execute(
         "SELECT id, job_id, url, body, attempt, next_at, last_error FROM deliveries"
         " ORDER BY next_at, id"

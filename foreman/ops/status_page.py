@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import time
 import urllib.parse
 from base64 import b64encode
@@ -42,6 +41,7 @@ from foreman.ops.status_access import (
     set_cookie,
 )
 from foreman.ops.timeline import Timeline
+from foreman.queue.engines import Connection
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Outcome, Relay
@@ -315,7 +315,7 @@ def _ps_entries(body: bytes) -> list[dict[str, Any]] | None:
         return None
 
 
-def _recent_jobs(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def _recent_jobs(db: Connection) -> list[dict[str, Any]]:
     """The newest jobs of either kind: what a person wants to see ran lately.
 
     Native API calls are jobs too (``sync``); ``GET /jobs`` lists only the

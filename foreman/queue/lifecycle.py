@@ -8,8 +8,6 @@ running (each return written with its recorded transition), and the TTL sweep.
 
 from __future__ import annotations
 
-import sqlite3
-
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -17,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from foreman.queue.engines import Connection
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore, Recovery
 from foreman.queue.transitions import Transition
@@ -77,7 +76,7 @@ def recover_queue(store: JobStore, worker: Worker, now: float) -> Recovery:
     """
     requeued: list[Transition] = []
 
-    def requeue(db: sqlite3.Connection, job: Job, previous: JobState) -> None:
+    def requeue(db: Connection, job: Job, previous: JobState) -> None:
         transition = worker.transitions.begin(job, previous)
         if transition.write is not None:
             transition.write(db)

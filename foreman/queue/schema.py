@@ -1,18 +1,21 @@
-"""The job store's tables, and how a file written by an older foreman is upgraded.
+"""The job store's tables, for each engine, and how an older database is upgraded.
 
-The schema's version is SQLite's ``user_version``: migration *n* brings a
-file from version *n - 1* to *n*, in one transaction. A file from a newer
-foreman is refused before anything in it changes.
+Each engine has its own list of migrations, in its own dialect, one entry per
+schema version: migration *n* brings a database from version *n - 1* to *n*.
+The lists are the same schema, version for version, so a version number means
+the same tables whichever engine holds them. Where the version is kept, and
+how a newer one is refused before anything changes, is each engine's
+(:mod:`foreman.queue.engines`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
 DATABASE_NAME = "foreman.sqlite3"
 
-#: Each entry upgrades the schema by one version; never edit a released one.
+#: SQLite's migrations. Each entry upgrades the schema by one version; never
+#: edit a released one.
 MIGRATIONS: Sequence[str] = (
     """
     CREATE TABLE jobs (
@@ -84,23 +87,75 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
+#: PostgreSQL's migrations: the same schema as :data:`MIGRATIONS`, version for
+#: version. ``BYTEA`` for ``BLOB``, ``DOUBLE PRECISION`` for ``REAL``, an identity
+#: column for ``AUTOINCREMENT``; ``sync`` stays an ``INTEGER`` (0 or 1), as the
+#: SQL foreman writes compares it. Ids sort byte by byte (``COLLATE "C"``), as
+#: SQLite's do, whatever the database's collation: pages and ties go by id.
+POSTGRES_MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        sync INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        error_status INTEGER,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+        webhook_url TEXT,
+        metadata BYTEA,
+        result BYTEA
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, created_at, id);
+    CREATE INDEX jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_model ON jobs (model, id);
+    CREATE TABLE artifacts (
+        job_id TEXT COLLATE "C" NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE TABLE deliveries (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT COLLATE "C" NOT NULL,
+        url TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_by_due ON deliveries (next_at, id);
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive';
+    UPDATE jobs SET priority = 'batch' WHERE sync = 0;
+    """,
+    """
+    CREATE TABLE model_costs (
+        model TEXT PRIMARY KEY,
+        load_seconds DOUBLE PRECISION NOT NULL,
+        loads INTEGER NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+)
+
+
 def version() -> int:
     """The schema version this foreman writes."""
     return len(MIGRATIONS)
-
-
-def check_version(connection: sqlite3.Connection) -> None:
-    """Refuse a file written by a newer foreman."""
-    found: int = connection.execute("PRAGMA user_version").fetchone()[0]
-    if found > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the job store was written by a newer foreman (schema {found}); "
-            "upgrade foreman or move the file aside"
-        )
-
-
-def migrate(connection: sqlite3.Connection) -> None:
-    """Apply, each in its own transaction, the migrations the file lacks."""
-    found: int = connection.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(MIGRATIONS[found:], start=found + 1):
-        connection.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")

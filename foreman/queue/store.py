@@ -1,8 +1,11 @@
-"""The durable job store: one SQLite file in the data directory (ADR-0008).
+"""The durable job store (ADR-0008): by default one SQLite file in the data
+directory, or a PostgreSQL database (``--database postgresql://...``).
 
 Every call goes through a *runner* (:mod:`foreman.queue.runners`) that
-decides which thread touches the database. The tables and their migrations
-are in :mod:`foreman.queue.schema`.
+decides which thread touches the database. What differs between databases
+(connecting, migrating, their errors) is an *engine*'s
+(:mod:`foreman.queue.engines`); the SQL here is written once, for both. The
+tables and their migrations are in :mod:`foreman.queue.schema`.
 
 Writes that record a job's state take ``also``: work of another module (the
 webhook outbox's row for the state's event) run in the same transaction, so
@@ -12,8 +15,8 @@ the state and what it implies are committed together or not at all
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from foreman.queue import schema
+from foreman.queue.engines import Connection, Engine, Row, SQLiteEngine
 from foreman.queue.job import Job, JobState
 from foreman.queue.runners import Runner, inline_runner
 from foreman.wire.model_names import canonical_model_name
@@ -31,10 +35,10 @@ log = Logger()
 
 T = TypeVar("T")
 #: Work run inside a write's transaction, on the store's thread.
-Also = Callable[[sqlite3.Connection], object]
+Also = Callable[[Connection], object]
 #: Called by start-up recovery, in its transaction, for each job it puts back
 #: in the queue: the job as now stored, and the running state it left.
-Requeued = Callable[[sqlite3.Connection, Job, JobState], object]
+Requeued = Callable[[Connection, Job, JobState], object]
 
 
 @attrs.frozen
@@ -48,7 +52,7 @@ class Recovery:
 _COLUMNS = tuple(field.name for field in attrs.fields(Job))
 
 
-def _row_to_job(row: sqlite3.Row, **missing: object) -> Job:
+def _row_to_job(row: Row, **missing: object) -> Job:
     values = dict(zip(row.keys(), row, strict=True))
     values.update(missing)
     values["state"] = JobState(values["state"])
@@ -57,7 +61,7 @@ def _row_to_job(row: sqlite3.Row, **missing: object) -> Job:
     return Job(**values)
 
 
-def _by_idempotency_key(db: sqlite3.Connection, key: str) -> Job | None:
+def _by_idempotency_key(db: Connection, key: str) -> Job | None:
     row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
     return None if row is None else _row_to_job(row)
 
@@ -71,10 +75,24 @@ def _job_to_row(job: Job) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, path: Path, run: Runner[Any] = inline_runner) -> None:
-        self.path = path
+    def __init__(self, database: Path | Engine, run: Runner[Any] = inline_runner) -> None:
+        """The store in ``database``: a SQLite file's path, or an engine."""
+        self.engine: Engine = SQLiteEngine(database) if isinstance(database, Path) else database
         self._run = run
-        self._connection: sqlite3.Connection | None = None
+        self._connection: Connection | None = None
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file the store is in (a SQLite store's only)."""
+        path = getattr(self.engine, "path", None)
+        if not isinstance(path, Path):
+            raise AttributeError(f"the {self.engine.name} store has no file")
+        return path
+
+    @property
+    def description(self) -> str:
+        """Where the store is, for messages (never a password)."""
+        return self.engine.description
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -82,24 +100,10 @@ class JobStore:
         return self._run(self._open)
 
     def _open(self) -> None:
-        if self.path.is_file() and self.path.stat().st_size == 0:
-            # What a disk that filled up as the file was made leaves behind,
-            # or a `touch`: SQLite reads it as an empty database.
-            log.info("The store {path} is an empty file: starting a fresh store", path=self.path)
-        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection = self.engine.connect()
         try:
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA busy_timeout=5000")
-            # Artifacts are deleted with their job (ON DELETE CASCADE).
-            connection.execute("PRAGMA foreign_keys=ON")
-            # Refuse a newer schema before changing anything in the file.
-            schema.check_version(connection)
-            # WAL lets readers (a backup, sqlite3 on the command line) look
-            # while foreman writes; NORMAL sync is durable across a crash of
-            # foreman, which is what the queue promises.
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            schema.migrate(connection)
+            # Refuses a newer schema before changing anything.
+            self.engine.migrate(connection)
         except BaseException:
             connection.close()
             raise
@@ -174,17 +178,28 @@ class JobStore:
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
 
-        def insert(db: sqlite3.Connection) -> Job:
-            if job.idempotency_key is not None:
-                known = _by_idempotency_key(db, job.idempotency_key)
-                if known is not None:
-                    return known
-            db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
-            if also is not None:
-                also(db)
-            return job
+        key = job.idempotency_key
 
-        return self.transact(insert)
+        def insert() -> Job:
+            try:
+                with self._transaction() as db:
+                    if key is not None:
+                        known = _by_idempotency_key(db, key)
+                        if known is not None:
+                            return known
+                    db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+                    if also is not None:
+                        also(db)
+                    return job
+            except self.engine.IntegrityError:
+                # Another process sharing the database (PostgreSQL) inserted
+                # the key between the look and the insert: its job is the one.
+                known = None if key is None else _by_idempotency_key(self._db, key)
+                if known is None:
+                    raise
+                return known
+
+        return self._run(insert)
 
     def recover(self, now: float) -> Deferred[Recovery]:
         """Make the jobs of a process that died consistent again (ADR-0008).
@@ -230,8 +245,7 @@ class JobStore:
 
         def check() -> None:
             with self._transaction() as db:
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-                db.execute(f"PRAGMA user_version = {int(version)}")
+                self.engine.probe_write(db)
 
         return self._run(check)
 
@@ -271,10 +285,10 @@ class JobStore:
 
         return self._run(sweep)
 
-    def transact(self, work: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+    def transact(self, work: Callable[[Connection], T]) -> Deferred[T]:
         """Run ``work(connection)`` in one transaction on the store's thread.
 
-        For modules that keep tables of their own in this file (artifacts,
+        For modules that keep tables of their own in this database (artifacts,
         the webhook outbox): their SQL stays with them, the threading here.
         """
 
@@ -315,21 +329,32 @@ class JobStore:
         if state is not None:
             conditions.append("state = ?")
             parameters.append(state.value)
-        if model is not None:
-            conditions.append("foreman_model(model) = ?")
-            parameters.append(canonical_model_name(model))
         if before is not None:
             conditions.append("id < ?")
             parameters.append(before)
         columns = ", ".join(name for name in _COLUMNS if name not in ("body", "result"))
-        query = (
-            f"SELECT {columns} FROM jobs WHERE {' AND '.join(conditions)} ORDER BY id DESC LIMIT ?"
-        )
 
         def listing() -> list[Job]:
             db = self._db
-            db.create_function("foreman_model", 1, canonical_model_name, deterministic=True)
-            rows = db.execute(query, (*parameters, limit)).fetchall()
+            where = conditions
+            if model is not None:
+                # The names stored for the same model, found here rather than
+                # by a function in SQL: every engine can run what is left.
+                wanted = canonical_model_name(model)
+                names = [
+                    name
+                    for (name,) in db.execute("SELECT DISTINCT model FROM jobs").fetchall()
+                    if canonical_model_name(name) == wanted
+                ]
+                if not names:
+                    return []
+                where = [*conditions, f"model IN ({', '.join('?' * len(names))})"]
+            else:
+                names = []
+            query = (
+                f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+            )
+            rows = db.execute(query, (*parameters, *names, limit)).fetchall()
             return [_row_to_job(row, body=b"", result=None) for row in rows]
 
         return self._run(listing)
@@ -358,38 +383,10 @@ class JobStore:
     # -- plumbing --------------------------------------------------------------
 
     @property
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Connection:
         if self._connection is None:
             raise RuntimeError("the job store is not open")
         return self._connection
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._connection.execute("BEGIN IMMEDIATE")
-        return self._connection
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if kind is not None:
-            self._rollback()
-            return
-        try:
-            self._connection.execute("COMMIT")
-        except BaseException:
-            # A COMMIT refused (a full disk, a lock held elsewhere) may leave
-            # the transaction open; the next BEGIN would then fail for ever.
-            self._rollback()
-            raise
-
-    def _rollback(self) -> None:
-        if self._connection.in_transaction:
-            try:
-                self._connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.failure("Could not roll back a transaction of the store")
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        return self._db.transaction()

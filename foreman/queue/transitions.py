@@ -25,7 +25,6 @@ together), and nobody is told of a state that was not stored.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Protocol
 
@@ -34,6 +33,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from foreman.queue.engines import Connection
 from foreman.queue.job import Job, JobState
 
 log = Logger()
@@ -44,7 +44,7 @@ TransitionListener = Callable[[Job, JobState | None], object]
 class Record(Protocol):
     """What one recorder writes with one transition."""
 
-    def write(self, db: sqlite3.Connection) -> None:
+    def write(self, db: Connection) -> None:
         """Add rows inside the transaction that stores the state (store thread)."""
 
     def committed(self) -> None:
@@ -66,12 +66,12 @@ class Transition:
     listeners: list[TransitionListener]
 
     @property
-    def write(self) -> Callable[[sqlite3.Connection], None] | None:
+    def write(self) -> Callable[[Connection], None] | None:
         """The work to run in the store's transaction; ``None`` when there is
         none, so a sync job's save stays one plain statement."""
         return self._write if self.records else None
 
-    def _write(self, db: sqlite3.Connection) -> None:
+    def _write(self, db: Connection) -> None:
         for record in self.records:
             record.write(db)
 
