@@ -173,6 +173,9 @@ def test_an_estimate_is_never_longer_than_a_load_measured_here() -> None:
     costs.loaded(GEMMA, 7.0)
     assert costs.load_seconds(GEMMA) == 7.0  # measured: the cap is for guesses only
     assert costs.load_seconds("unknown") == DEFAULT_LOAD_SECONDS  # under the longest, 7 s
+    quick = ModelCosts(lambda: {GEMMA: 8_100_000_000})
+    quick.loaded(LLAMA, 0.01)  # Ollama held it already: says little of a real load
+    assert quick.load_seconds(GEMMA) == pytest.approx(0.5)
 
 
 def test_no_hold_for_what_nothing_may_overtake_nor_past_the_quantum() -> None:

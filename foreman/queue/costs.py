@@ -8,7 +8,8 @@ that is what a swap costs the queue), smoothed, and kept in the store so a
 restart does not forget it. Before the first measurement it is estimated
 from the model's size (``/api/tags``): a Mac reads weights at roughly
 1.5 GB/s, plus half a second to start a runner. An estimate is never longer
-than the longest load measured on this box: a guess then errs towards the
+than the longest load measured on this box (nor, for that cap, shorter than
+half a second): a guess then errs towards the
 callers waiting for the model (a shorter quantum for the model before it, a
 shorter hold), and the model's first load corrects it.
 
@@ -88,7 +89,10 @@ class ModelCosts:
             LOAD_BASE_SECONDS + size / LOAD_BYTES_PER_SECOND if size else DEFAULT_LOAD_SECONDS
         )
         if self._loads:
-            estimate = min(estimate, max(seconds for seconds, _ in self._loads.values()))
+            # A box whose loads were all near-instant (models Ollama already
+            # held) says little of a real load: half a second at least.
+            longest = max(seconds for seconds, _ in self._loads.values())
+            estimate = min(estimate, max(LOAD_BASE_SECONDS, longest))
         return LoadCost(name, estimate, 0)
 
     def loaded(self, model: str, seconds: float) -> None:
