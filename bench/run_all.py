@@ -148,6 +148,8 @@ def _scheduler_rows(figures: dict[str, Any]) -> Iterator[Row]:
     )
     if "classes" in figures:
         yield from _classes_rows(figures["classes"])
+    if "agents" in figures:
+        yield from _agents_rows(figures["agents"])
 
 
 def _classes_rows(figures: dict[str, Any]) -> Iterator[Row]:
@@ -178,6 +180,34 @@ def _classes_rows(figures: dict[str, Any]) -> Iterator[Row]:
             f"{today['batch_makespan_s']:.1f} s → {new['batch_makespan_s']:.1f} s"
             f" ({new['batch_makespan_s'] / today['batch_makespan_s']:.2f}x)",
             f"≤ {targets['makespan_over_today']}x",
+        )
+
+
+def _agents_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    """Agents in closed loops: straight / today's rule / new rule / new rule, loads known."""
+    ways = ("straight", "fixed", "learned", "warm")
+    for scenario in figures["scenarios"]:
+        what = f"scheduler, agents ({scenario['key']})"
+        targets = scenario["targets"]
+        yield (
+            f"{what}: calls (loads), straight / today's rule / new rule / loads known",
+            " / ".join(f"{scenario[w]['calls']} ({scenario[w]['loads']})" for w in ways),
+            f"≥ {targets['calls_over_straight']:g}x straight"
+            + (
+                f", ≤ 1 load per {targets['calls_per_load']:g} calls"
+                if targets["calls_per_load"]
+                else ""
+            ),
+        )
+        yield (
+            f"{what}: least share, longest wait, same four ways",
+            " / ".join(
+                f"{min(a['share'] for a in scenario[w]['agents']) * 100:.0f} %, "
+                f"{scenario[w]['longest_wait_s']:.1f} s"
+                for w in ways
+            ),
+            f"≥ {targets['min_share'] * 100:.0f} %, ≤ {targets['max_wait']:g} s"
+            + ("" if scenario["targets_set"] else " ((b)'s, for reference)"),
         )
 
 

@@ -45,8 +45,18 @@ Part 2 uses a simulator in its own process, as ``bench/overhead.py`` does.
    down to 5 s (default 60 s) and ``--batch-max-wait`` to 60 s (default
    30 min).
 
+4. **Agents in closed loops** (``bench/_agents.py``, issue 17): two or three
+   agents, each on its own model, each sending a sync ``/api/chat``, waiting
+   for the whole answer, thinking a moment and sending the next, for 40-45 s;
+   straight at a stand-in holding one model at a time (the simulator with
+   ``max_loaded_models=1``), through foreman with today's rule
+   (``--swap-rule fixed``), and through foreman with the new one (rent or
+   buy and the quantum, its defaults) on a fresh data directory and on one
+   that knows the models' load times; calls served, loads, each agent's
+   share and longest wait, against the issue's targets.
+
 Usage: ``python bench/scheduler.py [--quick] [--json FILE] [--seed N]
-[--only mixed|overhead|classes ...]``
+[--only mixed|overhead|classes|agents ...]``
 """
 
 from __future__ import annotations
@@ -69,7 +79,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import threads
 from twisted.internet.interfaces import IListeningPort
 
+from bench import _agents as agents
 from bench import scheduler_classes as classes
+from bench._agents_report import report as agents_report
 from bench._classes_report import report as classes_report
 from bench._common import main as bench_main
 from bench._processes import foreman, simulated_ollama
@@ -335,7 +347,7 @@ async def queue_overhead(reactor: Any, settings: Settings) -> dict[str, Any]:
 
 
 #: The parts of the run, in order; ``--only`` picks some.
-PARTS = ("mixed", "overhead", "classes")
+PARTS = ("mixed", "overhead", "classes", "agents")
 
 
 async def run(
@@ -375,6 +387,8 @@ async def run(
     if "classes" in parts:
         class_settings = classes.QUICK_CLASSES if quick else classes.FULL_CLASSES
         results["classes"] = await classes.run(reactor, class_settings, seed)
+    if "agents" in parts:
+        results["agents"] = await agents.run(reactor, quick)
     results["wall_seconds"] = time.monotonic() - started
     return results
 
@@ -489,6 +503,8 @@ def report(results: dict[str, Any]) -> str:
         out += _overhead_report(results["queue_overhead"])
     if "classes" in results:
         out += [classes_report(results["classes"]), ""]
+    if "agents" in results:
+        out += [agents_report(results["agents"]), ""]
     out.append(f"Wall time {results['wall_seconds']:.0f} s.")
     return "\n".join(out)
 

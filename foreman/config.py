@@ -99,8 +99,9 @@ class Config:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     job_ttl: float = DEFAULT_JOB_TTL
-    #: The hold for a model whose callers' return is not known yet (ADR-0024).
-    swap_grace: float = 0.25
+    #: The hold for a model whose callers' return is not known yet (ADR-0024);
+    #: ``None``: up to a load of it (``--swap-rule fixed``: 250 ms).
+    swap_grace: float | None = None
     #: The resident model's quantum while a person's call for another waits,
     #: in loads of the waiting model; 0: none.
     swap_quantum: float = DEFAULT_SWAP_QUANTUM

@@ -146,9 +146,10 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
     (
         "swap-grace",
         "FOREMAN_SWAP_GRACE",
-        "250ms",
+        "",
         "How long the worker holds the loaded model for its next call before a swap, "
-        "while its callers' return is not yet known (then learned; see --swap-rule).",
+        "while its callers' return is not yet known (then learned; see --swap-rule). "
+        "Unset: up to one load of the model (fixed rule: 250ms).",
     ),
     (
         "swap-quantum",
@@ -339,10 +340,10 @@ class ForemanOptions(usage.Options):
         try:
             keep_alive = parse_setting_duration(self["keep-alive"])
             job_ttl = parse_setting_duration(self["job-ttl"])
-            swap_grace = parse_setting_duration(self["swap-grace"])
+            swap_grace = parse_setting_duration(self["swap-grace"]) if self["swap-grace"] else None
         except DurationError as e:
             raise usage.UsageError(f"--keep-alive / --job-ttl / --swap-grace: {e}") from None
-        if not 0 <= swap_grace < float("inf"):
+        if swap_grace is not None and not 0 <= swap_grace < float("inf"):
             raise usage.UsageError("--swap-grace must be a finite duration, 0 or more")
         try:
             swap_quantum = float(self["swap-quantum"])

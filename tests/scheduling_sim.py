@@ -100,13 +100,15 @@ def play(
     on_done: Callable[[Played, Run], Sequence[Arrival]] | None = None,
     horizon: float = 24 * 3600.0,
     load_seconds: float = LOAD_SECONDS,
-    swap_grace: float = SWAP_GRACE,
+    swap_grace: float | None = SWAP_GRACE,
     learned_holds: bool = True,
     for_seconds: float | None = None,
+    fresh: bool = False,
 ) -> Played:
     """Submit each arrival at its time and run until every job is finished
     (or ``until`` holds, or ``for_seconds`` have passed); ``on_done`` may
-    answer a finished run with more arrivals (a caller in a loop)."""
+    answer a finished run with more arrivals (a caller in a loop). ``fresh``:
+    foreman has measured no load yet (it estimates them from the models' sizes)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     rig = make_worker_rig(
         tmp_path,
@@ -116,7 +118,7 @@ def play(
         tokens_per_second=TOKENS_PER_SECOND,
         max_queue=10_000,
         # As a foreman that has run a while knows them (ADR-0024).
-        known_loads=dict.fromkeys(MODELS, load_seconds),
+        known_loads=None if fresh else dict.fromkeys(MODELS, load_seconds),
         learned_holds=learned_holds,
     )
     played = Played({}, 0, rig)

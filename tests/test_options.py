@@ -206,6 +206,15 @@ def test_scheduling_and_front_door_settings() -> None:
     assert parse(["--max-connections", "AUTO"]).max_connections is None
 
 
+def test_the_swap_grace_is_unset_unless_given() -> None:
+    # Unset: a model whose callers are not known yet is held up to a load of it.
+    assert parse([]).swap_grace is None
+    assert parse(["--swap-grace", "2s"]).swap_grace == 2.0
+    assert parse([], {"FOREMAN_SWAP_GRACE": "0"}).swap_grace == 0.0
+    with pytest.raises(usage.UsageError, match="--swap-grace"):
+        parse(["--swap-grace", "-1s"])
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [

@@ -477,3 +477,14 @@ def test_the_memory_budget_on_the_command_line() -> None:
     assert sim.residency._memory_bytes == 2 * 1024**3
     with pytest.raises(SystemExit):
         parse_args(["--memory", "lots"])
+
+
+def test_the_installed_models_on_the_command_line() -> None:
+    # Several simulated Ollamas, each with its own models (a fleet's boxes).
+    from foreman.testing.__main__ import build_simulator, parse_args
+
+    sim = build_simulator(parse_args(["--models", "llama3.2, qwen3:8b"]), Clock())
+    assert [model.name for model in sim.installed_models()] == ["llama3.2:latest", "qwen3:8b"]
+    assert len(build_simulator(parse_args([]), Clock()).installed_models()) > 2
+    with pytest.raises(SystemExit, match="no built-in model 'nonesuch'"):
+        build_simulator(parse_args(["--models", "nonesuch"]), Clock())

@@ -117,7 +117,9 @@ def test_a_missed_hold_stands_in_until_the_late_call_says_how_late() -> None:
 # -- rent or buy ---------------------------------------------------------------------------
 
 
-def hold_after(costs: ModelCosts, *, unknown: float = 0.25, learned: bool = True) -> SwapHold:
+def hold_after(
+    costs: ModelCosts, *, unknown: float | None = 0.25, learned: bool = True
+) -> SwapHold:
     hold = SwapHold(costs, unknown=unknown, learned=learned)
     hold.finished(job("done", LLAMA, 0.0), 100.0)
     return hold
@@ -151,6 +153,29 @@ def test_unknown_callers_get_the_grace_and_a_fixed_rule_always_does() -> None:
     assert hold_after(ModelCosts(known={LLAMA: (0.1, 1)})).limit(LLAMA) == 0.1  # the load's cap
     fixed = hold_after(known(9.0, 3.0), unknown=2.0, learned=False)
     assert fixed.until(job("b", GEMMA, 1.0), LLAMA, overdue=False, quantum_left=0.0) == 102.0
+    assert hold_after(known(9.0, 3.0), unknown=None, learned=False).limit(LLAMA) == 0.25
+
+
+def test_without_a_grace_unknown_callers_are_held_up_to_a_load() -> None:
+    # Rent or buy, knowing nothing: wait up to what a swap back would cost.
+    hold = hold_after(ModelCosts(known={LLAMA: (3.0, 1)}), unknown=None)
+    assert hold.limit(LLAMA) == 3.0
+    until = hold.until(job("b", GEMMA, 1.0), LLAMA, overdue=False, quantum_left=1.5)
+    assert until == pytest.approx(101.5)  # and never past the quantum
+
+
+def test_an_estimate_is_never_longer_than_a_load_measured_here() -> None:
+    costs = ModelCosts(lambda: {LLAMA: 3_000_000_000, GEMMA: 8_100_000_000})
+    assert costs.load_seconds(GEMMA) == pytest.approx(5.9)
+    costs.loaded(LLAMA, 3.0)
+    assert costs.load_seconds(GEMMA) == pytest.approx(3.0)  # the box loads faster than guessed
+    assert costs.load_cost(GEMMA).samples == 0
+    costs.loaded(GEMMA, 7.0)
+    assert costs.load_seconds(GEMMA) == 7.0  # measured: the cap is for guesses only
+    assert costs.load_seconds("unknown") == DEFAULT_LOAD_SECONDS  # under the longest, 7 s
+    quick = ModelCosts(lambda: {GEMMA: 8_100_000_000})
+    quick.loaded(LLAMA, 0.01)  # Ollama held it already: says little of a real load
+    assert quick.load_seconds(GEMMA) == pytest.approx(0.5)
 
 
 def test_no_hold_for_what_nothing_may_overtake_nor_past_the_quantum() -> None:

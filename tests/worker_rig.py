@@ -209,7 +209,7 @@ def make_worker_rig(
     start_at: float = 0.0,
     prepare: Callable[[WorkerRig], object] | None = None,
     policy: Policy | None = None,
-    swap_grace: float = 0.25,
+    swap_grace: float | None = 0.25,
     caller_wait: float = 30.0,
     known_loads: dict[str, float] | None = None,
     learned_holds: bool = True,

@@ -7,7 +7,11 @@ making the model resident took, the unload of the model before it included:
 that is what a swap costs the queue), smoothed, and kept in the store so a
 restart does not forget it. Before the first measurement it is estimated
 from the model's size (``/api/tags``): a Mac reads weights at roughly
-1.5 GB/s, plus half a second to start a runner.
+1.5 GB/s, plus half a second to start a runner. An estimate is never longer
+than the longest load measured on this box (nor, for that cap, shorter than
+half a second): a guess then errs towards the
+callers waiting for the model (a shorter quantum for the model before it, a
+shorter hold), and the model's first load corrects it.
 
 **The gap** is how long a model's callers take to come back: from the end of
 a job for the model to the arrival of the next call for it, counted only when
@@ -81,9 +85,15 @@ class ModelCosts:
         if measured is not None:
             return LoadCost(name, measured[0], measured[1])
         size = self._sizes().get(name)
-        if size:
-            return LoadCost(name, LOAD_BASE_SECONDS + size / LOAD_BYTES_PER_SECOND, 0)
-        return LoadCost(name, DEFAULT_LOAD_SECONDS, 0)
+        estimate = (
+            LOAD_BASE_SECONDS + size / LOAD_BYTES_PER_SECOND if size else DEFAULT_LOAD_SECONDS
+        )
+        if self._loads:
+            # A box whose loads were all near-instant (models Ollama already
+            # held) says little of a real load: half a second at least.
+            longest = max(seconds for seconds, _ in self._loads.values())
+            estimate = min(estimate, max(LOAD_BASE_SECONDS, longest))
+        return LoadCost(name, estimate, 0)
 
     def loaded(self, model: str, seconds: float) -> None:
         """A load of ``model`` took ``seconds``."""

@@ -11,7 +11,9 @@ come back sooner than that load back takes (:class:`~foreman.queue.costs.ModelCo
 learns both), for at most their usual gap and never longer than the load it
 may save, nor past the resident model's quantum; callers slow to come back
 get no hold at all. A model whose callers' gaps are not known yet is held
-for ``--swap-grace`` (250 ms), as before this rule.
+for at most one load of it (the break-even hold of the rent-or-buy problem:
+whatever the callers do, it never costs more than twice the best choice made
+knowing them), or for ``--swap-grace`` when that is set.
 
 No hold is worth it for a job that has waited its bound (nothing may
 overtake it) or a person waiting after a batch job (a batch follow-up could
@@ -33,6 +35,8 @@ from foreman.wire.model_names import canonical_model_name
 MARGIN = 1.25
 #: Holds remembered, for the status page.
 RECENT = 64
+#: ``--swap-rule fixed``'s hold, when ``--swap-grace`` is not set.
+FIXED_GRACE = 0.25
 
 
 @attrs.frozen
@@ -55,9 +59,12 @@ class Holding:
 
 
 class SwapHold:
-    def __init__(self, costs: ModelCosts, *, unknown: float = 0.25, learned: bool = True) -> None:
+    def __init__(
+        self, costs: ModelCosts, *, unknown: float | None = None, learned: bool = True
+    ) -> None:
         self._costs = costs
-        #: The hold for a model whose callers' gaps are not known yet.
+        #: The hold for a model whose callers' gaps are not known yet
+        #: (``None``: up to a load of it).
         self.unknown = unknown
         #: False: always hold ``unknown`` (the rule before this one, for comparison).
         self.learned = learned
@@ -81,11 +88,11 @@ class SwapHold:
     def limit(self, resident: str) -> float:
         """The longest hold for ``resident``'s next call (0: swap at once)."""
         if not self.learned:
-            return self.unknown
+            return FIXED_GRACE if self.unknown is None else self.unknown
         cost = self._costs.load_seconds(resident)
         gap = self._costs.expected_gap(resident)
         if gap is None:
-            return min(self.unknown, cost)
+            return cost if self.unknown is None else min(self.unknown, cost)
         if gap > cost:
             return 0.0  # its callers are slow to come back: the load back is cheaper
         return min(gap * MARGIN, cost)

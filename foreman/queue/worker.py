@@ -75,7 +75,7 @@ class Worker(Intake, Visibility, Service):
         max_attempts: int = 3,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
-        swap_grace: float = 0.25,
+        swap_grace: float | None = None,
         caller_wait: float = DEFAULT_CALLER_WAIT,
         clocks: Clocks | None = None,
         costs: ModelCosts | None = None,

@@ -25,9 +25,10 @@ from twisted.internet.task import react
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.server import Site
 
-from foreman.testing._models import DEFAULT_MODELS
+from foreman.testing._models import DEFAULT_MODELS, SimModel
 from foreman.testing._simulator import SimulatedOllama
 from foreman.wire.durations import DurationError, parse_setting_duration
+from foreman.wire.model_names import canonical_model_name
 from foreman.wire.sizes import parse_size
 
 _log = Logger(namespace="foreman.testing")
@@ -77,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="load latency of every model (default: each model's own, 0)",
     )
     parser.add_argument("--max-loaded-models", type=int, default=3)
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated names of the built-in models to install, e.g. "
+        "llama3.2,qwen3:8b (default: all of them), so that several simulated "
+        "Ollamas can each have a different set",
+    )
     parser.add_argument(
         "--memory",
         type=_size,
@@ -132,8 +140,24 @@ def _listens_on_loopback(endpoint: str) -> bool:
     return False
 
 
+def _chosen_models(names: str | None) -> tuple[SimModel, ...]:
+    if not names:
+        return DEFAULT_MODELS
+    by_name = {canonical_model_name(model.name): model for model in DEFAULT_MODELS}
+    chosen = []
+    for name in filter(None, (each.strip() for each in names.split(","))):
+        model = by_name.get(canonical_model_name(name))
+        if model is None:
+            raise SystemExit(
+                f"--models: no built-in model {name!r}; there are: "
+                + ", ".join(model.name for model in DEFAULT_MODELS)
+            )
+        chosen.append(model)
+    return tuple(chosen)
+
+
 def build_simulator(options: argparse.Namespace, clock: Any = None) -> SimulatedOllama:
-    models = DEFAULT_MODELS
+    models = _chosen_models(getattr(options, "models", None))
     if options.load_seconds is not None:
         models = tuple(attrs.evolve(m, load_seconds=options.load_seconds) for m in models)
     check_host = options.check_host
