@@ -48,8 +48,10 @@ class RefusingStore(JobStore):
     def insert(self, job: Job, also: Also | None = None) -> Deferred[Job]:
         return self._refuse() or super().insert(job, also)
 
-    def update(self, job: Job, also: Also | None = None) -> Deferred[Job]:
-        return self._refuse() or super().update(job, also)
+    def update(
+        self, job: Job, also: Also | None = None, *, attempt: int | None = None
+    ) -> Deferred[Job]:
+        return self._refuse() or super().update(job, also, attempt=attempt)
 
     def insert_unless_known(self, job: Job, also: Also | None = None) -> Deferred[Job]:
         return self._refuse() or super().insert_unless_known(job, also)

@@ -74,6 +74,11 @@ class Job:
     idempotency_key: str | None = None
     #: Its class: people's calls before batch work (ADR-0021).
     priority: Priority = Priority.INTERACTIVE
+    #: The box (of a fleet sharing the store, issue 18) that owns the job: the
+    #: one running it, or, for a sync job, the one its caller waits on. ``None``
+    #: while an asynchronous job waits for any box to claim it, and on a store
+    #: without a box id (one foreman alone).
+    box: str | None = None
 
     @property
     def batch(self) -> bool:

@@ -84,6 +84,26 @@ MIGRATIONS: Sequence[str] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 5: a fleet (issue 18): the boxes sharing the queue, and who owns each
+    # job and webhook delivery, until when (a lease on the database's clock).
+    """
+    CREATE TABLE boxes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        url TEXT,
+        models TEXT NOT NULL,
+        resident TEXT,
+        answering INTEGER NOT NULL,
+        report TEXT,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN box TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    CREATE INDEX jobs_by_box ON jobs (box, state) WHERE box IS NOT NULL;
+    ALTER TABLE deliveries ADD COLUMN box TEXT;
+    ALTER TABLE deliveries ADD COLUMN lease_until REAL;
+    """,
 )
 
 
@@ -152,6 +172,24 @@ POSTGRES_MIGRATIONS: Sequence[str] = (
         loads INTEGER NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
     );
+    """,
+    """
+    CREATE TABLE boxes (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        name TEXT NOT NULL,
+        url TEXT,
+        models TEXT NOT NULL,
+        resident TEXT,
+        answering INTEGER NOT NULL,
+        report TEXT,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN box TEXT COLLATE "C";
+    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
+    CREATE INDEX jobs_by_box ON jobs (box, state) WHERE box IS NOT NULL;
+    ALTER TABLE deliveries ADD COLUMN box TEXT COLLATE "C";
+    ALTER TABLE deliveries ADD COLUMN lease_until DOUBLE PRECISION;
     """,
 )
 

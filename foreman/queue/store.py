@@ -11,6 +11,11 @@ Writes that record a job's state take ``also``: work of another module (the
 webhook outbox's row for the state's event) run in the same transaction, so
 the state and what it implies are committed together or not at all
 (:mod:`foreman.queue.transitions`). Without it, a write stays one plain statement.
+
+Several foremans can share one store (issue 18): each is a *box* with an id
+(``box``), and what that changes (claims, leases, fenced writes, start-up
+recovery of a box's own jobs) is :class:`~foreman.queue.fleet_store.FleetStore`'s
+and :mod:`foreman.queue.leases`'.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from foreman.queue import schema
-from foreman.queue.engines import Connection, Engine, Row, SQLiteEngine
+from foreman.queue import leases, schema
+from foreman.queue.engines import Connection, Engine, SQLiteEngine
+from foreman.queue.fleet_store import FleetStore
 from foreman.queue.job import Job, JobState
+from foreman.queue.leases import Fenced, Recovery
+from foreman.queue.rows import COLUMNS as _COLUMNS
+from foreman.queue.rows import job_to_row as _job_to_row
+from foreman.queue.rows import row_to_job as _row_to_job
 from foreman.queue.runners import Runner, inline_runner
 from foreman.wire.model_names import canonical_model_name
-from foreman.wire.priority import Priority
 
 log = Logger()
 
@@ -40,25 +48,7 @@ Also = Callable[[Connection], object]
 #: in the queue: the job as now stored, and the running state it left.
 Requeued = Callable[[Connection, Job, JobState], object]
 
-
-@attrs.frozen
-class Recovery:
-    """What start-up recovery did with the jobs a previous process left."""
-
-    requeued: int
-    abandoned: int
-
-
-_COLUMNS = tuple(field.name for field in attrs.fields(Job))
-
-
-def _row_to_job(row: Row, **missing: object) -> Job:
-    values = dict(zip(row.keys(), row, strict=True))
-    values.update(missing)
-    values["state"] = JobState(values["state"])
-    values["sync"] = bool(values["sync"])
-    values["priority"] = Priority(values["priority"])
-    return Job(**values)
+__all__ = ["Also", "Fenced", "JobStore", "Recovery", "Requeued"]
 
 
 def _by_idempotency_key(db: Connection, key: str) -> Job | None:
@@ -66,18 +56,18 @@ def _by_idempotency_key(db: Connection, key: str) -> Job | None:
     return None if row is None else _row_to_job(row)
 
 
-def _job_to_row(job: Job) -> dict[str, Any]:
-    row = attrs.asdict(job, recurse=False)
-    row["state"] = job.state.value
-    row["sync"] = int(job.sync)
-    row["priority"] = job.priority.value
-    return row
-
-
-class JobStore:
-    def __init__(self, database: Path | Engine, run: Runner[Any] = inline_runner) -> None:
-        """The store in ``database``: a SQLite file's path, or an engine."""
+class JobStore(FleetStore):
+    def __init__(
+        self,
+        database: Path | Engine,
+        run: Runner[Any] = inline_runner,
+        *,
+        box: str | None = None,
+    ) -> None:
+        """The store in ``database``: a SQLite file's path, or an engine; ``box``:
+        this foreman's id among those sharing it (``None``: it is alone)."""
         self.engine: Engine = SQLiteEngine(database) if isinstance(database, Path) else database
+        self.box = box
         self._run = run
         self._connection: Connection | None = None
 
@@ -136,34 +126,49 @@ class JobStore:
     # -- writes ----------------------------------------------------------------
 
     def insert(self, job: Job, also: Also | None = None) -> Deferred[Job]:
+        """Store a new job; ``also(connection)`` in the same transaction. On a
+        box, a sync job is the box's from the start, an asynchronous one
+        nobody's (and the other boxes are told of it): the job as stored."""
+        owner = self._owner
+        job = leases.owned(owner, job)
         row = _job_to_row(job)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
+        told = self.engine.notifies and not job.sync
 
         def insert() -> Job:
-            if also is None:
+            if also is None and not told:
                 self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
                 return job
             with self._transaction() as db:
                 db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
-                also(db)
+                if also is not None:
+                    also(db)
+                if told:
+                    owner.notify(db, job.state, job.id)
             return job
 
         return self._run(insert)
 
-    def update(self, job: Job, also: Also | None = None) -> Deferred[Job]:
-        """Store ``job`` as it is now; ``also(connection)`` in the same transaction."""
-        row = _job_to_row(job)
-        assignments = ", ".join(f"{name} = :{name}" for name in row if name != "id")
-        statement = f"UPDATE jobs SET {assignments} WHERE id = :id"
+    def update(
+        self, job: Job, also: Also | None = None, *, attempt: int | None = None
+    ) -> Deferred[Job]:
+        """Store ``job`` as it is now (never its lease); ``also(connection)`` in
+        the same transaction. On a box the write is fenced: it fails with
+        :class:`Fenced`, changing nothing, unless the job is still this box's
+        and unfinished (and, with ``attempt``, still at that attempt). A job
+        going back to the queue stops being the box's (a sync job stays): the
+        job as stored."""
+        owner = self._owner
+        job = leases.owned(owner, job)
 
         def update() -> Job:
             if also is None:
                 # The hot path (every sync job): one statement, its own transaction.
-                self._db.execute(statement, row)
+                leases.update(self._db, owner, job, attempt)
                 return job
             with self._transaction() as db:
-                db.execute(statement, row)
+                leases.update(db, owner, job, attempt)
                 also(db)
             return job
 
@@ -174,6 +179,8 @@ class JobStore:
         that one, unchanged. One transaction, so two submits racing with the
         same key still make one job (the unique index backs this up).
         ``also(connection)`` runs in it only when ``job`` is inserted."""
+        owner = self._owner
+        job = leases.owned(owner, job)
         row = _job_to_row(job)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
@@ -190,6 +197,8 @@ class JobStore:
                     db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
                     if also is not None:
                         also(db)
+                    if not job.sync:
+                        owner.notify(db, job.state, job.id)
                     return job
             except self.engine.IntegrityError:
                 # Another process sharing the database (PostgreSQL) inserted
@@ -206,39 +215,14 @@ class JobStore:
 
         Asynchronous jobs that were running go back to the queue; the
         interrupted attempt stays counted. Sync jobs cannot be answered any more: their
-        callers' connections died with the process, so they fail.
+        callers' connections died with the process, so they fail. On a box,
+        only its own jobs (and those nobody owns): the others' are theirs.
         """
         return self._run(lambda: self._recover(now))
 
     def _recover(self, now: float, requeued: Requeued | None = None) -> Recovery:
         with self._transaction() as db:
-            running: list[Job] = []
-            if requeued is not None:
-                running = [
-                    _row_to_job(row)
-                    for row in db.execute(
-                        "SELECT * FROM jobs WHERE sync = 0 AND state IN ('loading', 'working')"
-                        " ORDER BY created_at, id"
-                    )
-                ]
-            count = db.execute(
-                # The interrupted attempt was counted when it started.
-                "UPDATE jobs SET state = 'queued', updated_at = ?,"
-                " not_before = 0 WHERE sync = 0 AND state IN ('loading', 'working')",
-                (now,),
-            ).rowcount
-            if requeued is not None:
-                for job in running:
-                    # The job exactly as the UPDATE just left it.
-                    requeued(db, job.moved(JobState.QUEUED, now, not_before=0.0), job.state)
-            abandoned = db.execute(
-                "UPDATE jobs SET state = 'failed', updated_at = ?, finished_at = ?,"
-                " last_error = 'the caller was gone after foreman restarted',"
-                " error_status = 499"
-                " WHERE sync = 1 AND state IN ('queued', 'loading', 'working')",
-                (now, now),
-            ).rowcount
-        return Recovery(requeued=count, abandoned=abandoned)
+            return leases.recover(db, self._owner, now, requeued)
 
     def check_writable(self) -> Deferred[None]:
         """One small write, to learn whether the store takes writes again."""
@@ -360,16 +344,13 @@ class JobStore:
         return self._run(listing)
 
     def unfinished(self) -> Deferred[list[Job]]:
-        """Every job that is queued or running, oldest first."""
+        """Every job that is queued or running, oldest first; on a box, those it
+        owns and those waiting for any box."""
 
         return self._run(self._unfinished)
 
     def _unfinished(self) -> list[Job]:
-        rows = self._db.execute(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'loading', 'working')"
-            " ORDER BY created_at, id"
-        ).fetchall()
-        return [_row_to_job(row) for row in rows]
+        return leases.unfinished(self._db, self._owner)
 
     def count_by_state(self) -> Deferred[dict[JobState, int]]:
         def count() -> dict[JobState, int]:

@@ -10,7 +10,8 @@ default) and :mod:`foreman.queue.engines.postgres`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -102,6 +103,33 @@ class Engine(Protocol):
     def is_unavailable(self, error: BaseException) -> bool:
         """Whether ``error`` means the database cannot be used now (locked, full,
         gone) rather than a mistake in what was asked of it."""
+        ...
+
+    # -- several foremans on one database (issue 18) ---------------------------
+
+    #: SQL for the database's clock now, in seconds since the epoch (a
+    #: ``DOUBLE PRECISION``/``REAL``): leases and heartbeats are timed on it,
+    #: so the boxes' own clocks may differ.
+    now_sql: str
+    #: Appended to a ``SELECT`` that locks the rows it reads until the
+    #: transaction ends (empty where a transaction locks the whole database).
+    for_update: str
+    #: The same, skipping rows another transaction holds: how several boxes
+    #: claim from one queue without waiting on each other.
+    skip_locked: str
+    #: Whether :meth:`listen` hears anything (PostgreSQL's ``LISTEN/NOTIFY``).
+    notifies: bool
+
+    def notify(self, connection: Connection, channel: str, payload: str) -> None:
+        """Tell the listeners on ``channel`` (once the transaction, if any,
+        commits); nothing where the engine has no notifications."""
+        ...
+
+    def listen(self, channel: str, on_notify: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_notify(payload)`` for each notification on ``channel``
+        until ``stop`` is set: blocking, on a connection of its own, connecting
+        again when it is lost (then ``on_notify("")``: some may have been
+        missed). Returns at once where the engine has no notifications."""
         ...
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from twisted.logger import Logger
 
 from foreman.queue import schema
@@ -39,6 +40,11 @@ MIGRATION_LOCK = 0x666F72656D616E
 
 #: How long connecting may take, in seconds.
 CONNECT_TIMEOUT = 10
+
+#: How often a listener looks at its ``stop``, and waits before connecting
+#: again after losing its connection, in seconds.
+LISTEN_POLL = 0.5
+LISTEN_RECONNECT = 1.0
 
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"[^"]*"|::|:([A-Za-z_]\w*)|\?|%""")
 
@@ -183,6 +189,12 @@ class PostgresEngine:
     name = "postgresql"
     Error: type[Exception] = psycopg.Error
     IntegrityError: type[Exception] = psycopg.IntegrityError
+    # clock_timestamp(), not now(): the time the statement runs, not the
+    # time its transaction began.
+    now_sql = "extract(epoch from clock_timestamp())::double precision"
+    for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    notifies = True
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -226,6 +238,32 @@ class PostgresEngine:
 
     def probe_write(self, connection: Connection) -> None:
         connection.execute("UPDATE foreman_schema SET version = version")
+
+    def notify(self, connection: Connection, channel: str, payload: str) -> None:
+        connection.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str, on_notify: Callable[[str], None], stop: threading.Event) -> None:
+        missed = False
+        while not stop.is_set():
+            try:
+                with self._raw_connect() as raw:
+                    raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    if missed:
+                        log.info("Listening on {channel} again", channel=channel)
+                        on_notify("")
+                        missed = False
+                    while not stop.is_set():
+                        for notification in raw.notifies(timeout=LISTEN_POLL):
+                            on_notify(notification.payload)
+            except psycopg.OperationalError as e:
+                if not missed:
+                    log.info(
+                        "Lost the connection listening on {channel} ({error}); connecting again",
+                        channel=channel,
+                        error=str(e).strip(),
+                    )
+                missed = True
+                stop.wait(LISTEN_RECONNECT)
 
     def is_unavailable(self, error: BaseException) -> bool:
         # OperationalError: the server is gone, refuses, is shutting down, or

@@ -8,7 +8,8 @@ foreman is refused before anything in it changes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,6 +91,12 @@ class SQLiteEngine:
     name = "sqlite"
     Error: type[Exception] = sqlite3.Error
     IntegrityError: type[Exception] = sqlite3.IntegrityError
+    #: Julian days to the epoch, in seconds (``unixepoch('subsec')`` needs 3.42).
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    # A write transaction (BEGIN IMMEDIATE) holds the whole file: nothing to lock.
+    for_update = ""
+    skip_locked = ""
+    notifies = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -132,6 +139,12 @@ class SQLiteEngine:
     def probe_write(self, connection: Connection) -> None:
         (version,) = connection.execute("PRAGMA user_version").fetchone()
         connection.execute(f"PRAGMA user_version = {int(version)}")
+
+    def notify(self, connection: Connection, channel: str, payload: str) -> None:
+        """Nothing: one file has one foreman, which knows what it wrote."""
+
+    def listen(self, channel: str, on_notify: Callable[[str], None], stop: threading.Event) -> None:
+        """Nothing to hear: returns at once."""
 
     def is_unavailable(self, error: BaseException) -> bool:
         if not isinstance(error, sqlite3.OperationalError):
