@@ -32,6 +32,7 @@ DEFAULT_JOB_TTL = 24 * 3600.0
 DEFAULT_ARTIFACT_INLINE_LIMIT = 256 * 1024
 #: As launchd's own default ``ExitTimeOut``: the plist gives it room on top.
 DEFAULT_DRAIN_TIMEOUT = 20.0
+DEFAULT_BOX_LEASE = 15.0
 
 
 class UpstreamMode(enum.Enum):
@@ -82,6 +83,12 @@ class Config:
     #: Where the job store lives: ``None`` for the SQLite file in ``data_dir``,
     #: or a ``postgresql://`` URL (which may hold a password: never log it whole).
     database: str | None = None
+    #: A box's name in a fleet (default: the host's short name), and the URL
+    #: other boxes reach its foreman at (default: from ``listen``).
+    box_name: str | None = None
+    advertise_url: str | None = None
+    #: How long a box's heartbeat, and the jobs it claims, hold without renewal.
+    box_lease: float = DEFAULT_BOX_LEASE
     poll_interval: float = DEFAULT_POLL_INTERVAL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     #: How long Ollama may take to begin a reply (its headers): a cold load.

@@ -75,6 +75,25 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "PostgreSQL), or a SQLite file [foreman.sqlite3 in the data directory].",
     ),
     (
+        "box-name",
+        "FOREMAN_BOX_NAME",
+        None,
+        "This box's name in a fleet (a PostgreSQL --database) [the host's short name].",
+    ),
+    (
+        "advertise-url",
+        "FOREMAN_ADVERTISE_URL",
+        None,
+        "Where the other boxes of a fleet reach this foreman [http://HOST:PORT from --listen].",
+    ),
+    (
+        "box-lease",
+        "FOREMAN_BOX_LEASE",
+        "15s",
+        "In a fleet: a box whose heartbeat is older than this is gone, and the jobs it "
+        "claimed go back to the queue (heartbeats every third of it).",
+    ),
+    (
         "poll-interval",
         "FOREMAN_POLL_INTERVAL",
         "30s",
@@ -314,6 +333,7 @@ class ForemanOptions(usage.Options):
             ("batch-max-wait", "batch_max_wait"),
             ("outage-wait", "outage_wait"),
             ("drain-timeout", "drain_timeout"),
+            ("box-lease", "box_lease"),
             ("header-timeout", "header_timeout"),
             ("body-timeout", "body_timeout"),
             ("idle-timeout", "idle_timeout"),
@@ -388,6 +408,8 @@ class ForemanOptions(usage.Options):
             allow_unauthenticated=bool(self["allow-unauthenticated"]),
             data_dir=data_dir,
             database=database,
+            box_name=(self["box-name"] or "").strip() or None,
+            advertise_url=_advertise_url(self["advertise-url"]),
             max_body_size=sizes["max-body-size"],
             artifact_inline_limit=sizes["artifact-inline-limit"],
             webhook_secret=webhook_secret,
@@ -406,3 +428,12 @@ class ForemanOptions(usage.Options):
             max_connections=max_connections,
             **fields,
         )
+
+
+def _advertise_url(text: str | None) -> str | None:
+    url = (text or "").strip().rstrip("/")
+    if not url:
+        return None
+    if not re.match(r"^https?://[^/\s]+$", url):
+        raise usage.UsageError(f"--advertise-url must be http(s)://HOST[:PORT], not {url!r}")
+    return url

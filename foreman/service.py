@@ -43,6 +43,8 @@ from foreman.ops.reactor_clock import use_monotonic_clock
 from foreman.ops.timeline import Timeline
 from foreman.queue.costs import ModelCosts, Remember
 from foreman.queue.engines import engine_for
+from foreman.queue.fleet.identity import identify
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
@@ -190,6 +192,8 @@ class Queue:
     residency: Residency
     recovery: Recovery
     outbox: WebhookOutbox
+    #: This box's part in a fleet, when the store is shared.
+    member: FleetMember | None = None
 
 
 def build_queue(
@@ -204,7 +208,15 @@ def build_queue(
         log.info(
             "The job store is {store} ({engine})", store=engine.description, engine=engine.name
         )
-    store = JobStore(engine, thread_runner(reactor, pool))
+    # A database several foremans share makes this one a box of a fleet.
+    identity = (
+        identify(config.data_dir, config.box_name, config.advertise_url, config.listen)
+        if engine.shared
+        else None
+    )
+    store = JobStore(
+        engine, thread_runner(reactor, pool), box=None if identity is None else identity.id
+    )
     outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret, clocks=clocks)
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
@@ -229,6 +241,7 @@ def build_queue(
         clocks=clocks,
         costs=costs,
         learned_holds=config.swap_rule is SwapRule.LEARNED,
+        lease=config.box_lease,
     )
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
@@ -254,6 +267,18 @@ def build_queue(
             abandoned=recovery.abandoned,
         )
     worker.setServiceParent(services)
+    member = None
+    if identity is not None:
+        member = FleetMember(
+            store, worker, identity, reactor, lease=config.box_lease, threads=reactor
+        )
+        member.setServiceParent(services)
+        log.info(
+            "This foreman is box {name} ({id}) of a fleet, reachable at {url}",
+            name=identity.name,
+            id=identity.id,
+            url=identity.url or "(no --advertise-url)",
+        )
 
     def target_reachable() -> None:
         # After an outage nothing is known about what is loaded; and the
@@ -265,7 +290,7 @@ def build_queue(
 
     if math.isfinite(config.job_ttl):
         ttl_sweeper(store, reactor, config.job_ttl, clocks.wall).setServiceParent(services)
-    return Queue(store, worker, residency, recovery, outbox), services
+    return Queue(store, worker, residency, recovery, outbox, member), services
 
 
 def _remember_in(store: JobStore, clocks: Clocks) -> Remember:
@@ -342,6 +367,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         worker=queue.worker if queue else None,
         store=queue.store if queue else None,
         inline_limit=config.artifact_inline_limit,
+        fleet=queue.member if queue else None,
     )
     metrics = ForemanMetrics()
     metrics.watch(
@@ -362,6 +388,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         simulated=simulated,
         metrics=metrics,
         timeline=timeline,
+        fleet=queue.member if queue else None,
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
     guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths))

@@ -39,6 +39,7 @@ from foreman.ops.health import health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.ops.timeline import Timeline
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
@@ -81,8 +82,10 @@ class ForemanAPI:
         simulated: bool = False,
         metrics: ForemanMetrics | None = None,
         timeline: Timeline | None = None,
+        fleet: FleetMember | None = None,
     ) -> None:
         self._relay = relay
+        self._fleet = fleet
         self._inventory = inventory
         self._generation = generation
         self._worker = worker
@@ -140,7 +143,7 @@ class ForemanAPI:
         if self._worker is None:
             report: dict[str, Any] = {"jobs": [], "depth": 0, "queue": "disabled"}
         else:
-            report = queue_report(self._worker, self._inventory, time.time())
+            report = queue_report(self._worker, self._inventory, time.time(), self._fleet)
         return _whole(request, json.dumps(report).encode())
 
     @app.route("/api/tags", methods=["GET", "HEAD"])

@@ -24,6 +24,7 @@ from foreman.http.routing import BadRequest, json_answer
 from foreman.jobs.artifacts import artifact_content
 from foreman.jobs.requests import idempotency_key, parse_submission
 from foreman.jobs.views import job_view, summary
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
 from foreman.queue.scheduler import QueueFull
@@ -58,12 +59,21 @@ class JobsAPI:
         worker: Worker | None,
         store: JobStore | None,
         inline_limit: int,
+        fleet: FleetMember | None = None,
     ) -> None:
+        self._fleet = fleet
         self._inventory = inventory
         self._clock = clock
         self._worker = worker
         self._store = store
         self._inline_limit = inline_limit
+
+    async def _knows_model(self, model: str) -> bool | None:
+        """Does this box's Ollama have ``model``, or, in a fleet, a live box's?"""
+        here = await self._inventory.knows_model(model)
+        if here or self._fleet is None:
+            return here
+        return True if self._fleet.has_model(model) else here
 
     def _queue(self) -> tuple[Worker, JobStore]:
         if self._worker is None or self._store is None:
@@ -90,7 +100,7 @@ class JobsAPI:
             known = await store.find_by_idempotency_key(key)
             if known is not None:
                 return self._accepted(request, submission.same_request, known, key)
-        if await self._inventory.knows_model(submission.model) is False:
+        if await self._knows_model(submission.model) is False:
             return write_json_error(request, 404, model_not_found(submission.model))
         now = worker.clocks.wall()
         job = submission.job(new_ulid(now), now, key)

@@ -7,6 +7,7 @@ from typing import Any
 
 from foreman import __version__
 from foreman.queue.costs import LoadCost
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.worker import Worker
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import Target
@@ -18,8 +19,19 @@ def _timestamp(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, Any]:
-    """``GET /api/foreman/queue``: what runs, what waits, what is loaded."""
+def queue_report(
+    worker: Worker, inventory: Inventory, now: float, fleet: FleetMember | None = None
+) -> dict[str, Any]:
+    """``GET /api/foreman/queue``: what runs, what waits, what is loaded; in a
+    fleet, every box too (ADR-0026)."""
+    report = _queue_report(worker, inventory, now)
+    if fleet is not None:
+        report["box"] = fleet.identity.name
+        report["boxes"] = fleet.report()
+    return report
+
+
+def _queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, Any]:
     residency = worker.residency
     return {
         "jobs": [

@@ -30,6 +30,7 @@ from foreman.queue.activity import Activity
 from foreman.queue.callers import Caller, Callers
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
+from foreman.queue.leases import Fenced
 from foreman.queue.outage import Outage
 from foreman.queue.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.queue.settlement import CANCELLED_RUNNING, LEFT_RUNNING, STOPPED, Retries, settle
@@ -41,6 +42,9 @@ from foreman.wire.gojson import GoJSONError
 
 log = Logger()
 T = TypeVar("T")
+
+#: A sync caller's answer when its job was taken from this box (a fleet).
+TAKEN = "foreman: the job was taken from this box before it ended; try again"
 
 
 @attrs.frozen
@@ -62,6 +66,8 @@ class Crew:
     loaded: Callable[[str, float], None]
     #: How the worker spends its time.
     activity: Activity
+    #: How long a claimed job is this box's without a heartbeat (a fleet, ADR-0026).
+    lease: float = 30.0
 
 
 class Execution:
@@ -73,6 +79,9 @@ class Execution:
         self._crew = crew
         self._step: Deferred[Any] | None = None
         self._abandoned = False
+        self._fenced = False
+        #: Another box took the job (or cancelled it) before it ended here.
+        self.taken = False
 
     def abandon(self) -> None:
         """Stop the run: it ends cancelled. Between two steps there is nothing
@@ -93,10 +102,14 @@ class Execution:
         )
         try:
             try:
-                await crew.journal.save(job, queued.state, crew.clocks.now())
+                claimed = await crew.journal.claim(job, crew.clocks.now(), lease=crew.lease)
             except StoreUnavailable:
                 self._requeue()  # as the store still has it
                 return
+            if claimed is None:
+                self._taken()
+                return
+            job = self.job = claimed
             unreachable = await self._prepare()
             if unreachable is not None:
                 await self._settle(unreachable)
@@ -113,7 +126,31 @@ class Execution:
             attempt = await self._run_step(self._perform())
             await self._settle(attempt)
         except CancelledError:
+            if self._fenced:
+                self._taken()
+                return
             await self._cancelled()
+        except Fenced:
+            self._taken()
+
+    def fence(self) -> None:
+        """The job is no longer this box's (its lease ran out and the fleet
+        took it back, or a box cancelled it): stop, and write nothing more."""
+        self._fenced = True
+        self.interrupt()
+
+    def _taken(self) -> None:
+        """Another box took the job, or cancelled it, before or while it ran
+        here: the fleet's record of it stands. A caller waiting here (a sync
+        job is this box's from the start, so this is rare) is told."""
+        crew = self._crew
+        self.taken = True
+        if self._fenced:
+            crew.residency.forget()
+        log.info("Job {job_id} is no longer this box's; it stops here", job_id=self.queued.id)
+        if self.caller is not None:
+            answer_with_error(self.caller.request, 503, TAKEN, {b"Retry-After": b"5"})
+            crew.callers.release(self.queued.id)
 
     async def _prepare(self) -> Attempt | None:
         """Make the job's model resident; a load it takes is measured."""
@@ -133,7 +170,7 @@ class Execution:
         self._crew.enqueue(self.queued)
 
     async def _run_step(self, work: Coroutine[Any, Any, T]) -> T:
-        if self._abandoned or self._crew.stopping():
+        if self._abandoned or self._fenced or self._crew.stopping():
             work.close()
             raise CancelledError()
         step = ensureDeferred(work)

@@ -64,7 +64,8 @@ class FleetStore:
         recorder: Recorder | None = None,
     ) -> Deferred[Job | None]:
         """Claim the first of ``candidates`` (job ids, in the order wanted) that
-        is still queued, due at ``now`` and nobody's (or this box's): it is
+        is still queued and nobody's (or this box's): whether it is due is the
+        worker's to say, on its own clock (ADR-0023). It is
         stored ``loading``, one attempt more, owned by this box for ``lease``
         seconds of the database's clock, and returned; ``None`` when none is
         left. ``recorder(connection, job, JobState.QUEUED)`` writes what the
@@ -120,6 +121,10 @@ class FleetStore:
     def states(self, ids: Collection[str]) -> Deferred[dict[str, tuple[JobState, str | None]]]:
         """The state and owning box of each of ``ids`` still in the store."""
         return self._run(lambda: leases.states(self._db, ids))
+
+    def running(self) -> Deferred[list[tuple[str | None, str]]]:
+        """The box and model of every job loading or generating now, on any box."""
+        return self._run(lambda: leases.running(self._db))
 
     def db_now(self) -> Deferred[float]:
         """The database's clock now, in seconds since the epoch."""

@@ -9,7 +9,7 @@ Each job enters the scheduler with its stamps read on the reactor's clock
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -25,7 +25,7 @@ from foreman.queue.execution import Execution
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
 from foreman.queue.scheduler import QueueFull, Scheduler
-from foreman.queue.settlement import CANCELLED_QUEUED, LEFT_QUEUED, Retries
+from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING, LEFT_QUEUED, Retries
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Transition, Transitions
 from foreman.queue.ulid import new_ulid
@@ -52,6 +52,9 @@ class Intake:
     transitions: Transitions
     draining: bool
     average_job_seconds: float
+    #: Whether this box runs an asynchronous job submitted here (a fleet may
+    #: leave it to a box whose Ollama has its model, ADR-0026).
+    takes_here: Callable[[Job], bool]
 
     if TYPE_CHECKING:  # the worker's own, and its visibility's
 
@@ -141,6 +144,11 @@ class Intake:
             self.scheduler.release()
             return stored
         self._arrived(job)
+        if not self.takes_here(job):
+            # A fleet: another box's Ollama has the model; it claims the job.
+            self.scheduler.release()
+            transition.stored()
+            return job
         self._enqueue(job, reserved=True)
         transition.stored()
         self._wake()
@@ -176,12 +184,41 @@ class Intake:
             return job
         if self.current is None or self.current.id != job_id:
             # Ended already, with its last state still to be written?
-            return self.journal.holds(job_id)
+            held = self.journal.holds(job_id)
+            if held is not None or self._store.box is None:
+                return held
+            # A fleet: queued for another box, or running there. The cancel
+            # is stored whoever owns it; the owner's later writes are fenced
+            # off, and it stops the run when it hears (ADR-0026).
+            return await self._cancel_elsewhere(job_id)
         ended: Deferred[None] = Deferred()
         self._on_ended.append(ended)
         self._abandon(job_id)
         await ended  # the job's execution, its last save included, is over
         return self.journal.holds(job_id) or await self._store.get(job_id)
+
+    async def _cancel_elsewhere(self, job_id: str) -> Job | None:
+        now = self._clock.seconds()
+        stored = await self._store.get(job_id)
+        if stored is None or stored.state.terminal:
+            return stored
+        why = CANCELLED_QUEUED if stored.state is JobState.QUEUED else CANCELLED_RUNNING
+        transition = self.transitions.begin(
+            stored.moved(JobState.CANCELLED, self.clocks.wall(), last_error=why), stored.state
+        )
+        write = transition.write
+        try:
+            cancelled = await self._store.cancel(
+                job_id,
+                now=self.clocks.wall(),
+                also=None if write is None else lambda db, _job, _previous: write(db),
+            )
+        except Exception as e:
+            self.journal.refused_elsewhere(e, now)
+            raise StoreUnavailable(self.journal.error) from e
+        if cancelled is not None:
+            transition.stored()
+        return cancelled
 
     def restore(self, jobs: list[Job], requeued: Sequence[Transition] = ()) -> None:
         """Queue jobs recovered from the store at start-up (beyond any bound);
@@ -193,6 +230,47 @@ class Intake:
         for transition in requeued:
             transition.stored()
         self._wake()
+
+    # -- the fleet's queue (ADR-0026) -------------------------------------------------
+
+    def adopt(self, jobs: Sequence[Job]) -> int:
+        """Queue here the fleet's jobs this box may run (submitted at any box),
+        unless already queued or running here; how many were new. They are
+        claimed in the store before they start, so a job another box takes
+        first is only let go."""
+        new = 0
+        for job in jobs:
+            if job.id in self.scheduler or self._running(job.id) or job.sync:
+                continue
+            self._enqueue(job)
+            new += 1
+        if new:
+            self._wake()
+        return new
+
+    def let_go(self, job_ids: Sequence[str]) -> int:
+        """Forget queued jobs another box took or cancelled; how many."""
+        gone = 0
+        for job_id in job_ids:
+            if job_id not in self._callers and self.scheduler.remove(job_id) is not None:
+                gone += 1
+        return gone
+
+    def queued_here(self) -> list[str]:
+        """The ids of the asynchronous jobs queued here: the fleet may have
+        taken some."""
+        return [job.id for job in self.scheduler.jobs() if not job.sync]
+
+    def fence_current(self, job_id: str) -> bool:
+        """The running job ``job_id`` is no longer this box's (cancelled from
+        another box, or its lease ran out): stop it, writing nothing more."""
+        if self._run is None or self._run.queued.id != job_id:
+            return False
+        self._run.fence()
+        return True
+
+    def _running(self, job_id: str) -> bool:
+        return self._run is not None and self._run.queued.id == job_id
 
     def _loaded(self, model: str, seconds: float) -> None:
         """The worker loaded ``model``, in ``seconds``."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from foreman.queue.job import Job, JobState
+from foreman.queue.leases import Fenced
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Transition, Transitions
 
@@ -88,11 +89,38 @@ class Journal:
         """
         await self._write(self._transitions.begin(job, previous), now)
 
+    async def claim(self, job: Job, now: float, *, lease: float) -> Job | None:
+        """Take ``job`` (it is about to leave ``queued`` for ``loading``) for
+        this box, in one statement, if no other box took it first: the job as
+        stored, or ``None`` when it is taken, cancelled or gone (a fleet,
+        ADR-0026). Raises :class:`StoreUnavailable` as :meth:`save` does."""
+        await self._flush(now)
+        transition = self._transitions.begin(job, JobState.QUEUED)
+        write = transition.write
+        try:
+            claimed = await self._store.claim(
+                [job.id],
+                lease=lease,
+                now=job.updated_at,
+                recorder=None if write is None else lambda db, _job, _previous: write(db),
+            )
+        except Exception as e:
+            self._refused(e, now)
+            raise StoreUnavailable(self.error) from e
+        if claimed is not None:
+            transition.stored()
+        return claimed
+
     async def save_or_keep(self, job: Job, previous: JobState | None, now: float) -> bool:
-        """Store ``job``'s new state, or keep it to be written later; whether it is stored."""
+        """Store ``job``'s new state, or keep it to be written later; whether it
+        is stored. A write fenced off (the job is no longer this box's) is
+        dropped: the fleet's record of the job wins."""
         transition = self._transitions.begin(job, previous)
         try:
             await self._write(transition, now)
+        except Fenced:
+            _log_fenced(job)
+            return False
         except StoreUnavailable:
             self._kept.append(transition)
             log.warn(
@@ -108,6 +136,8 @@ class Journal:
         await self._flush(now)
         try:
             await self._store.update(transition.job, transition.write)
+        except Fenced:
+            raise  # the job is no longer this box's: nothing to keep
         except Exception as e:
             self._refused(e, now)
             raise StoreUnavailable(self.error) from e
@@ -119,6 +149,13 @@ class Journal:
             transition = self._kept[0]
             try:
                 await self._store.update(transition.job, transition.write)
+            except Fenced:
+                # Kept while the store was away, and meanwhile the job's lease
+                # ran out (another box has it now) or it was cancelled: the
+                # fleet's record wins.
+                self._kept.pop(0)
+                _log_fenced(transition.job)
+                continue
             except Exception as e:
                 self._refused(e, now)
                 raise StoreUnavailable(self.error) from e
@@ -168,6 +205,15 @@ class Journal:
                 reason=reason,
             )
         self.error = reason
+
+
+def _log_fenced(job: Job) -> None:
+    log.warn(
+        "Job {job_id} was taken from this box (its lease ran out, or it was cancelled) "
+        "before its state {state} could be written: the store keeps what the fleet did",
+        job_id=job.id,
+        state=job.state.value,
+    )
 
 
 def describe_store_error(error: Exception) -> str:

@@ -123,7 +123,7 @@ def claim(
     lease: float,
     now: float,
 ) -> Job | None:
-    """Take the first of ``candidates`` still queued, due, and nobody's (or
+    """Take the first of ``candidates`` still queued and nobody's (or
     this box's): moved to ``loading`` as a run starts it (one attempt more),
     owned by this box under a lease of ``lease`` seconds. ``None`` when every
     candidate is taken, cancelled or gone. One statement."""
@@ -139,7 +139,7 @@ def claim(
         f" lease_until = {owner.now} + :lease, started_at = COALESCE(started_at, :now),"
         " updated_at = :now, finished_at = NULL"
         f" WHERE id = (SELECT id FROM jobs WHERE id IN ({marks}) AND state = 'queued'"
-        f" AND {claimable} AND not_before <= :now ORDER BY CASE id {order} END"
+        f" AND {claimable} ORDER BY CASE id {order} END"
         f" LIMIT 1{owner.engine.skip_locked}) RETURNING *",
         parameters,
     ).fetchone()
@@ -331,6 +331,12 @@ def states(db: Connection, ids: Collection[str]) -> dict[str, tuple[JobState, st
         for job_id, state, box in rows:
             found[job_id] = (JobState(state), box)
     return found
+
+
+def running(db: Connection) -> list[tuple[str | None, str]]:
+    """The box and model of every job loading or generating now."""
+    rows = db.execute(f"SELECT DISTINCT box, model FROM jobs WHERE state IN {RUNNING}")
+    return [(box, model) for box, model in rows]
 
 
 def db_now(db: Connection, engine: Engine) -> float:

@@ -121,6 +121,10 @@ class Scheduler:
     def depth(self) -> int:
         return len(self._queued)
 
+    def get(self, job_id: str) -> Job | None:
+        """The queued job ``job_id``, if queued."""
+        return self._queued.get(job_id)
+
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._queued
 

@@ -23,6 +23,8 @@ more jobs, answers waiting sync callers, and lets the running job finish
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -80,6 +82,7 @@ class Worker(Intake, Visibility, Service):
         clocks: Clocks | None = None,
         costs: ModelCosts | None = None,
         learned_holds: bool = True,
+        lease: float = 30.0,
     ) -> None:
         self._store = store
         self.scheduler = scheduler
@@ -120,6 +123,9 @@ class Worker(Intake, Visibility, Service):
         self.journal = Journal(store, self.transitions)
         #: Fired when the running job's execution ends.
         self._on_ended: list[Deferred[None]] = []
+        #: Called when another box took a job before or while it ran here (a fleet).
+        self.on_taken: Callable[[], object] = lambda: None
+        self.takes_here: Callable[[Job], bool] = lambda job: True
         self._crew = Crew(
             journal=self.journal,
             residency=residency,
@@ -132,6 +138,7 @@ class Worker(Intake, Visibility, Service):
             stopping=lambda: self._stopping,
             loaded=self._loaded,
             activity=self.activity,
+            lease=lease,
         )
         self._pauses = Pauses(
             self.journal,
@@ -285,6 +292,8 @@ class Worker(Intake, Visibility, Service):
         finally:
             now = self._clock.seconds()
             self._run = None
+            if run.taken:
+                self.on_taken()
             self.scheduler.forget(queued.id)
             self.hold.finished(run.job, now)
             self.costs.job_ended(run.job.model, now)

@@ -119,6 +119,9 @@ class Engine(Protocol):
     skip_locked: str
     #: Whether :meth:`listen` hears anything (PostgreSQL's ``LISTEN/NOTIFY``).
     notifies: bool
+    #: Whether several foremans may share the database (then each is a box of
+    #: a fleet, ADR-0026); a SQLite file is one foreman's.
+    shared: bool
 
     def notify(self, connection: Connection, channel: str, payload: str) -> None:
         """Tell the listeners on ``channel`` (once the transaction, if any,

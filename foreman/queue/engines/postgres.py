@@ -195,6 +195,7 @@ class PostgresEngine:
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     notifies = True
+    shared = True
 
     def __init__(self, url: str) -> None:
         self._url = url

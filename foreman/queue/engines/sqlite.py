@@ -97,6 +97,7 @@ class SQLiteEngine:
     for_update = ""
     skip_locked = ""
     notifies = False
+    shared = False
 
     def __init__(self, path: Path) -> None:
         self.path = path

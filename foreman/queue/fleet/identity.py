@@ -69,9 +69,7 @@ def default_advertise_url(listen: str) -> str | None:
     return f"http://{host}:{match.group(1)}"
 
 
-def identify(
-    data_dir: Path, name: str | None, url: str | None, listen: str
-) -> BoxIdentity:
+def identify(data_dir: Path, name: str | None, url: str | None, listen: str) -> BoxIdentity:
     return BoxIdentity(
         box_id(data_dir), name or default_box_name(), url or default_advertise_url(listen)
     )
