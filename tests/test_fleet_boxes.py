@@ -157,6 +157,13 @@ def test_a_box_hears_of_jobs_waiting_and_cancelled(postgres_url: str, listener: 
         assert claimed is not None and listener.drain() == []
         assert [each.state for each, _ in result_of(a.reap_expired(now=NOW))] == [JobState.QUEUED]
         assert listener.next() == "queued 1"
+        # A box that puts a job back in the queue itself (a retry, its stop).
+        claimed = result_of(a.claim(["1"], lease=60, now=NOW))
+        assert claimed is not None
+        result_of(a.update(claimed.moved(JobState.WORKING, NOW)))
+        assert listener.drain() == []
+        result_of(a.update(claimed.moved(JobState.QUEUED, NOW, not_before=NOW + 1)))
+        assert listener.next() == "queued 1"
     finally:
         result_of(a.close())
 

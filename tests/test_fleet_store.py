@@ -20,7 +20,7 @@ from foreman.queue.job import Job, JobState
 from foreman.queue.leases import CALLER_GONE, Fenced
 from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING
 from foreman.queue.store import JobStore, Recovery
-from tests.store_engines import side
+from tests.store_engines import migrate_to, side
 from tests.test_store import failure_of, job, result_of
 
 NOW = 1_800_000_000.0
@@ -76,6 +76,26 @@ def test_the_schema_has_boxes_and_owners(
         }.items():
             db.execute(f"SELECT {columns} FROM {table}").fetchall()
     assert a.schema_version == 5
+
+
+def test_a_store_from_before_fleets_keeps_its_jobs_nobodys(store_engine: Engine) -> None:
+    migrate_to(store_engine, 4)
+    with side(store_engine) as db:
+        db.execute(
+            "INSERT INTO jobs (id, model, endpoint, body, sync, state, created_at, updated_at)"
+            " VALUES ('old', 'llama3.2', 'chat', ?, 0, 'working', ?, ?)",
+            (b"", NOW, NOW),
+        )
+    store = JobStore(store_engine, box="A")
+    recovery, unfinished = store.startup(NOW + 1)
+    try:
+        assert recovery == Recovery(requeued=1, abandoned=0)
+        assert [(each.id, each.state, each.box) for each in unfinished] == [
+            ("old", JobState.QUEUED, None)
+        ]
+        assert lease_of(store_engine, "old") == (None, None)
+    finally:
+        result_of(store.close())
 
 
 # -- inserting ----------------------------------------------------------------------------

@@ -14,19 +14,62 @@ from urllib.parse import urlsplit
 import hyperlink
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+
+import foreman
+from foreman.relay.upstream import BytesBodyProducer
+from foreman.wire.signature import sign
 
 #: A receiver owes us a status, not a body: read at most this much of one.
 MAX_RESPONSE_BODY = 64 * 1024
 
+USER_AGENT = f"foreman-webhooks/{foreman.__version__}"
+EVENT = "job.state"
+
 
 class DeliveryFailed(Exception):
     """An attempt failed for the reason given, already in words."""
+
+
+def event_headers(
+    delivery_id: int, body: bytes, timestamp: str | None, secret: str | None
+) -> Headers:
+    """An event's headers: its stable delivery id, and its signature with a secret."""
+    headers = Headers(
+        {
+            b"Content-Type": [b"application/json"],
+            b"User-Agent": [USER_AGENT.encode("ascii")],
+            b"X-Foreman-Delivery": [str(delivery_id).encode("ascii")],
+            b"X-Foreman-Event": [EVENT.encode("ascii")],
+        }
+    )
+    if timestamp is not None:
+        headers.addRawHeader(b"X-Foreman-Timestamp", timestamp.encode("ascii"))
+    if secret is not None:
+        headers.addRawHeader(b"X-Foreman-Signature", sign(secret, body).encode("ascii"))
+    return headers
+
+
+def post_event(
+    agent: IAgent, clock: IReactorTime, url: str, headers: Headers, body: bytes, timeout: float
+) -> Deferred[None]:
+    """One POST; fires when a 2xx answer has been read within ``timeout``
+    seconds, fails otherwise."""
+    requesting = agent.request(b"POST", url_bytes(url), headers, BytesBodyProducer(body))
+    answered = requesting.addCallback(read_answer)
+
+    def timed_out(result: object, timeout: float) -> Failure:
+        return Failure(DeliveryFailed(f"no complete answer within {timeout:g} s"))
+
+    # One budget for connecting, the headers and the body: a receiver that
+    # trickles bytes cannot hold an attempt open either.
+    return answered.addTimeout(timeout, clock, timed_out)
 
 
 def read_answer(response: IResponse) -> Deferred[None]:

@@ -24,6 +24,15 @@ waits until its ``next_at``, turned into a delay once and never longer than
 the backoff that set it. Within a process a step of the wall clock changes
 no wait; across a restart, one stepped back cannot hold a retry longer than
 its backoff.
+
+**Several foremans on one store** (issue 18; the store has a box id). Each
+attempt is made by one box at a time: before it, the box claims the row
+(:mod:`foreman.jobs.outbox_table`), which it cannot while another box holds
+it or once another box made an attempt of its own; a failed attempt lets the
+row go. A run that cannot claim its row ends: the box that holds it goes on.
+Every ``poll_interval`` seconds each box also claims rows that are due and
+that nobody holds, or whose holder's lease ran out (a box that died): every
+event leaves, at least once, whichever box wrote it.
 """
 
 from __future__ import annotations
@@ -36,32 +45,37 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-import foreman
+from foreman.jobs import outbox_table as table
 from foreman.jobs.delivery import (
-    DeliveryFailed,
+    EVENT,
+    USER_AGENT,
     body_timestamp,
     describe,
+    event_headers,
     for_log,
-    read_answer,
-    url_bytes,
+    post_event,
 )
+from foreman.jobs.outbox_table import DeliveryRow, StoredEvent, store_event
 from foreman.queue.engines import Connection
 from foreman.queue.store import JobStore
-from foreman.relay.upstream import BytesBodyProducer
 from foreman.wire.clocks import Clocks
-from foreman.wire.signature import sign
 
 log = Logger()
 
-USER_AGENT = f"foreman-webhooks/{foreman.__version__}"
-EVENT = "job.state"
+#: On a box: how long a claimed row is its own, in seconds of the database's
+#: clock (renewed by the heartbeat with the box's jobs); how often it looks
+#: for due rows nobody holds, and how many it claims at once.
+DELIVERY_LEASE = 60.0
+POLL_INTERVAL = 5.0
+POLL_BATCH = 20
+
+__all__ = ["EVENT", "USER_AGENT", "StoredEvent", "WebhookOutbox", "store_event"]
 
 
 @attrs.define
@@ -78,31 +92,16 @@ class _Delivery:
     last_error: str | None = None
     #: Set by ``stopService``: whatever the run's await returns, it stops there.
     stopped: bool = False
+    #: On a box: claimed already for its next attempt (by a poll).
+    held: bool = False
     timestamp: str | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.timestamp = body_timestamp(self.body)
 
-
-@attrs.frozen
-class StoredEvent:
-    """A row :func:`store_event` wrote, for :meth:`WebhookOutbox.schedule`."""
-
-    id: int
-    job_id: str
-    url: str
-    body: bytes
-    next_at: float
-
-
-def store_event(db: Connection, job_id: str, url: str, body: bytes, now: float) -> StoredEvent:
-    """Add an event to the outbox, due at ``now``, in the caller's transaction."""
-    delivery_id = db.insert_returning_id(
-        "INSERT INTO deliveries (job_id, url, body, attempt, next_at, created_at)"
-        " VALUES (?, ?, ?, 0, ?, ?)",
-        (job_id, url, body, now, now),
-    )
-    return StoredEvent(delivery_id, job_id, url, body, now)
+    @classmethod
+    def of(cls, row: DeliveryRow, *, held: bool = False) -> _Delivery:
+        return cls(**attrs.asdict(row, recurse=False), held=held)
 
 
 class WebhookOutbox(Service):
@@ -122,8 +121,17 @@ class WebhookOutbox(Service):
         agent: IAgent | None = None,
         clock: IReactorTime | None = None,
         clocks: Clocks | None = None,
+        lease: float = DELIVERY_LEASE,
+        poll_interval: float = POLL_INTERVAL,
+        poll_batch: int = POLL_BATCH,
     ) -> None:
         self._store = store
+        #: The store's box id: ``None`` when this foreman is alone on it.
+        self._box = store.box
+        self._lease = lease
+        self._poll_interval = poll_interval
+        self._poll_batch = poll_batch
+        self._poll: LoopingCall | None = None
         #: Timers: backoff waits and each attempt's timeout.
         self._clock: IReactorTime = reactor if clock is None else clock
         #: Stamps (``next_at``, ``created_at``) on ``clocks``' wall clock;
@@ -153,14 +161,37 @@ class WebhookOutbox(Service):
 
     def startService(self) -> None:
         super().startService()
-        loading = self._store.transact(_pending)
+        box, engine = self._box, self._store.engine
+        loading = self._store.transact(lambda db: table.pending(db, box, engine))
         loading.addCallbacks(self._resume, self._load_failed)
+        if box is not None:
+            self._poll = LoopingCall(lambda: Deferred.fromCoroutine(self._poll_due()))
+            self._poll.clock = self._clock
+            self._poll.start(self._poll_interval, now=False)
 
-    def _resume(self, deliveries: list[_Delivery]) -> None:
-        if deliveries:
-            log.info("Resuming {count} pending webhook(s)", count=len(deliveries))
-        for delivery in deliveries:
-            self._start(delivery)
+    def _resume(self, rows: list[DeliveryRow]) -> None:
+        if rows:
+            log.info("Resuming {count} pending webhook(s)", count=len(rows))
+        for row in rows:
+            self._start(_Delivery.of(row))
+
+    async def _poll_due(self) -> None:
+        """Claim rows that are due and that nobody holds, and send them."""
+        box, engine, now = self._box, self._store.engine, self._clocks.wall()
+        assert box is not None
+        try:
+            rows = await self._store.transact(
+                lambda db: table.claim_due(
+                    db, engine, box, now=now, lease=self._lease, limit=self._poll_batch
+                )
+            )
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("Could not look for due webhooks; looking again later")
+            return
+        for row in rows:
+            self._start(_Delivery.of(row, held=True))
 
     def _load_failed(self, failure: Failure) -> None:
         log.failure("Could not load the pending webhooks; they wait for a restart", failure)
@@ -168,6 +199,9 @@ class WebhookOutbox(Service):
     def stopService(self) -> Deferred[None]:
         """Cancel timers and attempts in flight; the rows stay for the next start."""
         super().stopService()
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
         runs = list(self._runs.values())
         for delivery, run in runs:
             delivery.stopped = True
@@ -231,6 +265,8 @@ class WebhookOutbox(Service):
             wait = due - self._clock.seconds()
             if wait > 0:
                 await deferLater(self._clock, wait)
+            if not await self._claim(delivery):
+                return  # another box holds it, made an attempt, or sent it
             failure: Failure | None = None
             try:
                 await self._attempt(delivery)
@@ -255,9 +291,11 @@ class WebhookOutbox(Service):
             delay = self.backoff(delivery.attempt)
             due = self._clock.seconds() + delay
             delivery.next_at = self._clocks.wall() + delay
-            await self._write(delivery, forget=False)
+            kept = await self._write(delivery, forget=False)
             message = "Webhook {delivery_id} for job {job_id} failed; retrying in {delay:.1f} s"
             self._log(delivery, "retrying", message, error=delivery.last_error, delay=delay)
+            if not kept:
+                return  # another box took it over meanwhile
 
     def _log(
         self,
@@ -301,57 +339,57 @@ class WebhookOutbox(Service):
 
     def _attempt(self, delivery: _Delivery) -> Deferred[None]:
         """One POST; fires when a 2xx answer has been read, fails otherwise."""
-        headers = Headers(
-            {
-                b"Content-Type": [b"application/json"],
-                b"User-Agent": [USER_AGENT.encode("ascii")],
-                b"X-Foreman-Delivery": [str(delivery.id).encode("ascii")],
-                b"X-Foreman-Event": [EVENT.encode("ascii")],
-            }
+        headers = event_headers(delivery.id, delivery.body, delivery.timestamp, self._secret)
+        return post_event(
+            self._agent, self._clock, delivery.url, headers, delivery.body, self._attempt_timeout
         )
-        if delivery.timestamp is not None:
-            headers.addRawHeader(b"X-Foreman-Timestamp", delivery.timestamp.encode("ascii"))
-        if self._secret is not None:
-            signature = sign(self._secret, delivery.body)
-            headers.addRawHeader(b"X-Foreman-Signature", signature.encode("ascii"))
-        url = url_bytes(delivery.url)
-        requesting = self._agent.request(b"POST", url, headers, BytesBodyProducer(delivery.body))
-        answered = requesting.addCallback(read_answer)
-        # One budget for connecting, the headers and the body: a receiver that
-        # trickles bytes cannot hold an attempt open either.
-        return answered.addTimeout(self._attempt_timeout, self._clock, self._timed_out)
-
-    def _timed_out(self, result: object, timeout: float) -> Failure:
-        return Failure(DeliveryFailed(f"no complete answer within {timeout:g} s"))
 
     # -- the outbox table ------------------------------------------------------------
 
-    async def _write(self, delivery: _Delivery, *, forget: bool) -> None:
-        """Delete a delivered or dropped row, or record a failed attempt."""
-
-        def write(db: Connection) -> None:
-            if forget:
-                db.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
-            else:
-                db.execute(
-                    "UPDATE deliveries SET attempt = ?, next_at = ?, last_error = ? WHERE id = ?",
-                    (delivery.attempt, delivery.next_at, delivery.last_error, delivery.id),
+    async def _claim(self, delivery: _Delivery) -> bool:
+        """On a box: claim the row for the attempt about to be made. Whether
+        the attempt is this box's to make (always, for a foreman alone)."""
+        box, engine = self._box, self._store.engine
+        if box is None:
+            return True
+        if delivery.held:
+            delivery.held = False
+            return True
+        try:
+            return await self._store.transact(
+                lambda db: table.claim(
+                    db, engine, box, delivery.id, attempt=delivery.attempt, lease=self._lease
                 )
+            )
+        except CancelledError:
+            raise
+        except Exception:
+            # A poll takes it up again once the store answers.
+            log.failure("Could not claim webhook {delivery_id}", delivery_id=delivery.id)
+            return False
+
+    async def _write(self, delivery: _Delivery, *, forget: bool) -> bool:
+        """Delete a delivered or dropped row, or record a failed attempt (on a
+        box, letting the row go). False when another box took the row over."""
+
+        def write(db: Connection) -> bool:
+            if forget:
+                table.forget(db, delivery.id)
+                return True
+            return table.record_failure(
+                db,
+                delivery.id,
+                self._box,
+                attempt=delivery.attempt,
+                next_at=delivery.next_at,
+                last_error=delivery.last_error,
+            )
 
         try:
-            await self._store.transact(write)
+            return await self._store.transact(write)
         except CancelledError:
             raise
         except Exception:
             # The schedule goes on in memory; a restart may repeat an attempt.
             log.failure("Could not record webhook {delivery_id}", delivery_id=delivery.id)
-
-
-def _pending(db: Connection) -> list[_Delivery]:
-    rows = db.execute(
-        "SELECT id, job_id, url, body, attempt, next_at, last_error FROM deliveries"
-        " ORDER BY next_at, id"
-    ).fetchall()
-    return [
-        _Delivery(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6]) for row in rows
-    ]
+            return True

@@ -24,12 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 import attrs
+from twisted.logger import Logger
 
 from foreman.queue.engines import Connection, Engine
 from foreman.queue.job import Job, JobState
 from foreman.queue.rows import COLUMNS, job_to_row, row_to_job
 from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING
 from foreman.wire.model_names import canonical_model_name
+
+log = Logger()
 
 #: The channel on which a box hears that a job changed (``NOTIFY``): the
 #: payload is ``"<state> <job id>"`` (``queued`` when one waits for a box,
@@ -82,6 +85,18 @@ class Owner:
 
     def notify(self, db: Connection, state: JobState, job_id: str) -> None:
         self.engine.notify(db, JOBS_CHANNEL, f"{state.value} {job_id}")
+
+
+def tell_the_fleet(db: Connection, owner: Owner, job: Job) -> None:
+    """After a write has committed: tell the boxes listening that ``job`` waits
+    for any box, if it does. A hint only: a failure is logged, never raised
+    (what was written stays written, and the boxes also look by themselves)."""
+    if not owner.engine.notifies or job.sync or job.state is not JobState.QUEUED or job.box:
+        return
+    try:
+        owner.notify(db, job.state, job.id)
+    except owner.engine.Error:
+        log.failure("Could not tell the other boxes of job {job_id}", job_id=job.id)
 
 
 # -- writes of the owner ---------------------------------------------------------

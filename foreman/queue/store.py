@@ -134,18 +134,15 @@ class JobStore(FleetStore):
         row = _job_to_row(job)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
-        told = self.engine.notifies and not job.sync
 
         def insert() -> Job:
-            if also is None and not told:
+            if also is None:
                 self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
-                return job
-            with self._transaction() as db:
-                db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
-                if also is not None:
+            else:
+                with self._transaction() as db:
+                    db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
                     also(db)
-                if told:
-                    owner.notify(db, job.state, job.id)
+            leases.tell_the_fleet(self._db, owner, job)
             return job
 
         return self._run(insert)
@@ -166,10 +163,12 @@ class JobStore(FleetStore):
             if also is None:
                 # The hot path (every sync job): one statement, its own transaction.
                 leases.update(self._db, owner, job, attempt)
-                return job
-            with self._transaction() as db:
-                leases.update(db, owner, job, attempt)
-                also(db)
+            else:
+                with self._transaction() as db:
+                    leases.update(db, owner, job, attempt)
+                    also(db)
+            if owner.box is not None:
+                leases.tell_the_fleet(self._db, owner, job)
             return job
 
         return self._run(update)
@@ -197,9 +196,8 @@ class JobStore(FleetStore):
                     db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
                     if also is not None:
                         also(db)
-                    if not job.sync:
-                        owner.notify(db, job.state, job.id)
-                    return job
+                leases.tell_the_fleet(self._db, owner, job)
+                return job
             except self.engine.IntegrityError:
                 # Another process sharing the database (PostgreSQL) inserted
                 # the key between the look and the insert: its job is the one.
