@@ -81,7 +81,7 @@ async def test_a_model_only_one_box_has_runs_there(fleet: Fleet) -> None:
     a = await fleet.start_box("a", *OLLAMA, "--models", "llama3.2")
     b = await fleet.start_box("b", *OLLAMA, "--models", "qwen3:8b")
     # Sent to a, whose Ollama lacks it: b's heartbeat says b has it.
-    await until(fleet.reactor, lambda: _lists(fleet, a.url, {"a", "b"}), "a to know b", 10)
+    await until(fleet.reactor, lambda: _has(fleet, a.url, "b", "qwen3:8b"), "a to know b", 10)
     ids = {"only-b": await a.jobs.submitted(chat("qwen3:8b", "only-b"))}
     ids["only-a"] = await b.jobs.submitted(chat("llama3.2", "only-a"))
     await all_done(fleet, ids)
@@ -90,6 +90,16 @@ async def test_a_model_only_one_box_has_runs_there(fleet: Fleet) -> None:
     # A model no live box has is Ollama's 404, as for one box.
     refused = await a.jobs.submit(chat("mistral", "nowhere"))
     assert refused.code == 404, refused.json()
+
+
+async def _has(fleet: Fleet, url: str, name: str, model: str) -> bool:
+    """Whether the queue report at ``url`` says box ``name`` is alive and has ``model``."""
+    response = await fleet.http.get(url + "/api/foreman/queue")
+    report = await response.json()
+    return any(
+        box["name"] == name and box["alive"] and any(m.startswith(model) for m in box["models"])
+        for box in report.get("boxes", [])
+    )
 
 
 async def _lists(fleet: Fleet, url: str, names: set[str]) -> bool:

@@ -44,6 +44,10 @@ LISTING_ARGUMENTS = ("state", "model", "limit", "before")
 NO_QUEUE = "foreman: /jobs needs the job queue, and this foreman runs with --no-queue"
 
 
+class _StoreDown(Exception):
+    """The store could not answer now (it is restarting, locked, full)."""
+
+
 class _Unavailable(Exception):
     """``/jobs`` is switched off (``--no-queue``)."""
 
@@ -75,6 +79,16 @@ class JobsAPI:
             return here
         return True if self._fleet.has_model(model) else here
 
+    async def _stored(self, store: JobStore, asked: Deferred[T]) -> T:
+        """What the store answered; a store that cannot be reached now (a
+        PostgreSQL restarting, a locked file) is :class:`_StoreDown`."""
+        try:
+            return await asked
+        except Exception as e:
+            if store.engine.is_unavailable(e):
+                raise _StoreDown(str(e).strip() or type(e).__name__) from e
+            raise
+
     def _queue(self) -> tuple[Worker, JobStore]:
         if self._worker is None or self._store is None:
             raise _Unavailable()
@@ -83,7 +97,7 @@ class JobsAPI:
     async def _job(self, job_id: str) -> Job | None:
         """The asynchronous job ``job_id``, if there is one."""
         _, store = self._queue()
-        job = await store.get(job_id)
+        job = await self._stored(store, store.get(job_id))
         return None if job is None or job.sync else job
 
     # -- submit --------------------------------------------------------------------
@@ -97,7 +111,7 @@ class JobsAPI:
         request.model = submission.model  # type: ignore[attr-defined]
         if key is not None:
             # A retry usually finds its job here, even when the queue is full.
-            known = await store.find_by_idempotency_key(key)
+            known = await self._stored(store, store.find_by_idempotency_key(key))
             if known is not None:
                 return self._accepted(request, submission.same_request, known, key)
         if await self._knows_model(submission.model) is False:
@@ -143,7 +157,9 @@ class JobsAPI:
         except ValueError:
             names = ", ".join(each.value for each in JobState)
             raise BadRequest(f"state must be one of {names}") from None
-        page = await store.listing(limit=limit + 1, state=wanted, model=model, before=before)
+        page = await self._stored(
+            store, store.listing(limit=limit + 1, state=wanted, model=model, before=before)
+        )
         jobs = page[:limit]
         following = jobs[-1].id if len(page) > limit else None
         return json_answer(request, {"jobs": [summary(job) for job in jobs], "next": following})
@@ -196,7 +212,7 @@ class JobsAPI:
             message = f"could not record the cancel ({e}); job {job_id} is still queued"
             return write_json_error(request, 503, message, {b"Retry-After": b"5"})
         # ``None``: the worker let go of it meanwhile; the store knows how it ended.
-        job = ended if ended is not None else await store.get(job_id) or job
+        job = ended if ended is not None else await self._stored(store, store.get(job_id)) or job
         if job.state is JobState.CANCELLED:
             return json_answer(request, job_view(job, self._inline_limit))
         if job.state.terminal:
@@ -215,6 +231,11 @@ class JobsAPI:
     @app.handle_errors(_Unavailable)
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
         return write_json_error(request, 501, NO_QUEUE)
+
+    @app.handle_errors(_StoreDown)
+    def store_down(self, request: IRequest, failure: Failure) -> bytes:
+        message = f"foreman: the job store cannot be reached now ({failure.value}); try again"
+        return write_json_error(request, 503, message, {b"Retry-After": b"5"})
 
     routing.answer_routing_errors(app)
 

@@ -172,6 +172,16 @@ class Intake:
     async def _cancel(self, job_id: str) -> Job | None:
         if job_id in self._callers:
             return None
+        if self._store.box is not None and not self._running(job_id):
+            # A fleet: the job may be queued for any box, or run on another;
+            # the store's cancel wins whoever owns it (ADR-0026).
+            queued = self.scheduler.remove(job_id)
+            try:
+                return await self._cancel_elsewhere(job_id)
+            except StoreUnavailable:
+                if queued is not None:
+                    self._enqueue(queued)
+                raise
         queued = self.scheduler.remove(job_id)
         if queued is not None:
             now = self._clock.seconds()
@@ -184,13 +194,7 @@ class Intake:
             return job
         if self.current is None or self.current.id != job_id:
             # Ended already, with its last state still to be written?
-            held = self.journal.holds(job_id)
-            if held is not None or self._store.box is None:
-                return held
-            # A fleet: queued for another box, or running there. The cancel
-            # is stored whoever owns it; the owner's later writes are fenced
-            # off, and it stops the run when it hears (ADR-0026).
-            return await self._cancel_elsewhere(job_id)
+            return self.journal.holds(job_id)
         ended: Deferred[None] = Deferred()
         self._on_ended.append(ended)
         self._abandon(job_id)
@@ -198,6 +202,9 @@ class Intake:
         return self.journal.holds(job_id) or await self._store.get(job_id)
 
     async def _cancel_elsewhere(self, job_id: str) -> Job | None:
+        """Cancel ``job_id`` in the fleet's store, whichever box owns it: its
+        owner's later writes are fenced off, and it stops the run when it
+        hears (the fleet's notification, or its next look)."""
         now = self._clock.seconds()
         stored = await self._store.get(job_id)
         if stored is None or stored.state.terminal:

@@ -111,6 +111,17 @@ class PostgresConnection:
         return self.raw
 
     def execute(self, sql: str, parameters: Parameters = (), /) -> Cursor:
+        try:
+            return self._execute(sql, parameters)
+        except psycopg.OperationalError:
+            # A read on its own, on a connection the server dropped (it
+            # restarted): asked again on a new connection, once. Anything
+            # else may have been done already, and fails.
+            if self._explicit or not sql.lstrip()[:6].upper() == "SELECT" or not self.raw.broken:
+                raise
+            return self._execute(sql, parameters)
+
+    def _execute(self, sql: str, parameters: Parameters) -> Cursor:
         cursor = self._ready().cursor(row_factory=_row_factory)
         if parameters:
             cursor.execute(convert_param_style(sql).encode(), parameters)

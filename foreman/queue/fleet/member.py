@@ -80,6 +80,8 @@ class FleetMember(Service):
         worker.on_transition(self._heard)
         worker.on_taken = self.refresh_soon
         worker.takes_here = self.share.has_model_here
+        # The models are known once Ollama first answers: say so at once.
+        worker.residency.inventory.on_reachable(self._beat_now)
 
     # -- the service -----------------------------------------------------------------
 
@@ -105,6 +107,10 @@ class FleetMember(Service):
 
     def _beat(self) -> Deferred[None]:
         return ensureDeferred(self.beat())
+
+    def _beat_now(self) -> None:
+        if self.running:
+            self._beat()
 
     async def beat(self) -> None:
         """Publish this box, renew its leases, take back the expired ones."""
