@@ -62,7 +62,9 @@ class Share:
         wanted = {job.id for job in mine}
         unsure = [job_id for job_id in worker.queued_here() if job_id not in wanted]
         current = worker.current
-        asked = unsure + ([current.id] if current is not None and not current.sync else [])
+        # The running job, once its claim is in (until then it is not yet this box's).
+        claimed = current is not None and not current.sync and current.box == self._me
+        asked = unsure + ([current.id] if claimed and current is not None else [])
         if not asked:
             return
         states = await self._store.states(asked)
@@ -76,9 +78,10 @@ class Share:
             ):
                 gone.append(job_id)
         worker.let_go(gone)
-        if current is not None and current.id in states:
+        if claimed and current is not None and current.id in states:
             state, box = states[current.id]
-            if state.terminal or (box is not None and box != self._me):
+            if not state.running or box != self._me:
+                # Reaped (its lease ran out), claimed elsewhere, or cancelled.
                 worker.fence_current(current.id)
 
     def has_model_here(self, job: Job) -> bool:
