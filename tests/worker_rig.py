@@ -216,6 +216,7 @@ def make_worker_rig(
     store_class: type[JobStore] = JobStore,
     wall: Callable[[], float] | None = None,
     relay_limits: dict[str, float] | None = None,
+    box: str | None = None,
     **sim_options: Any,
 ) -> WorkerRig:
     """The rig, its store on ``database`` (a new file in ``tmp_path`` by default)
@@ -241,7 +242,7 @@ def make_worker_rig(
         else Relay(agent, target, clock=clock, **relay_limits)
     )
     inventory = Inventory(HTTPClient(agent), target, clock, wall=wall)
-    store = store_class(database or default_database or tmp_path / "jobs.sqlite3", runner)
+    store = store_class(database or default_database or tmp_path / "jobs.sqlite3", runner, box=box)
     if made_stores is not None:
         made_stores.append(store)
     residency = Residency(relay, inventory, embed_model=embed_model)

@@ -218,20 +218,23 @@ class FleetMember(Service):
         if self._refresh is not None:
             self._again = True
             return
-        self._refresh = ensureDeferred(self._follow())
+        looking = ensureDeferred(self._follow())
+        if not looking.called:  # a store on the reactor's thread answers at once
+            self._refresh = looking
+            looking.addBoth(self._looked)
+
+    def _looked(self, _: object) -> None:
+        self._refresh = None
 
     async def _follow(self) -> None:
-        try:
-            while True:
-                self._again = False
-                try:
-                    await self.share.refresh()
-                except Exception as e:
-                    self._troubled(e)
-                if not self._again or not self.running:
-                    return
-        finally:
-            self._refresh = None
+        while True:
+            self._again = False
+            try:
+                await self.share.refresh()
+            except Exception as e:
+                self._troubled(e)
+            if not self._again or not self.running:
+                return
 
     def _poll(self) -> None:
         self.refresh_soon()
