@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import ensureDeferred
@@ -18,7 +19,7 @@ from tests.worker_rig import WorkerRig, fired, make_worker_rig
 
 pytestmark = pytest.mark.postgres
 
-SLOW = {"load_seconds": 1.0, "tokens_per_second": 10.0, "reply_tokens": 30}
+SLOW: dict[str, Any] = {"load_seconds": 1.0, "tokens_per_second": 10.0, "reply_tokens": 30}
 
 
 @pytest.fixture
