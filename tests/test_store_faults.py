@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from twisted.internet.defer import Deferred, fail
 from foreman.ops.health import health_report
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
+from foreman.queue.leases import Recorder
 from foreman.queue.store import Also, JobStore
 from foreman.relay.upstream import Target
 from tests.store_engines import on_each_engine
@@ -58,6 +60,21 @@ class RefusingStore(JobStore):
 
     def check_writable(self) -> Deferred[None]:
         return self._refuse() or super().check_writable()
+
+    def claim(
+        self,
+        candidates: Sequence[str],
+        *,
+        lease: float,
+        now: float,
+        recorder: Recorder | None = None,
+    ) -> Deferred[Job | None]:
+        return self._refuse() or super().claim(candidates, lease=lease, now=now, recorder=recorder)
+
+    def cancel(
+        self, job_id: str, *, now: float, also: Recorder | None = None
+    ) -> Deferred[Job | None]:
+        return self._refuse() or super().cancel(job_id, now=now, also=also)
 
 
 def make_rig(tmp_path: Path, **options: Any) -> tuple[WorkerRig, RefusingStore]:
