@@ -168,3 +168,36 @@ async def test_two_boxes_starting_at_once_on_an_empty_database(fleet: Fleet) -> 
     await all_done(fleet, ids)
 
     await until(fleet.reactor, lambda: _lists(fleet, a.url, {"a", "b"}), "both boxes", 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_its_database_a_box_says_so_serves_embeddings_and_comes_back(
+    fleet: Fleet, postgres_server: PostgresServer
+) -> None:
+    a = await fleet.start_box("a", *OLLAMA)
+    ids = {"before": await a.jobs.submitted(chat("llama3.2", "before"))}
+    await all_done(fleet, ids)
+    postgres_server.stop()
+    try:
+        refused = await a.jobs.submit(chat("llama3.2", "during"))
+        assert refused.code == 503 and refused.header("Retry-After"), refused
+        assert "error" in refused.json()
+        health = await (await fleet.http.get(a.url + "/healthz")).json()
+        assert health["status"] == "degraded", health
+        # Embeddings never touch the queue.
+        embedded = await fleet.http.post(
+            a.url + "/api/embed", json={"model": "all-minilm", "input": "still here"}
+        )
+        assert embedded.code == 200
+        await embedded.content()
+    finally:
+        postgres_server.start()
+
+    async def healthy() -> bool:
+        report = await (await fleet.http.get(a.url + "/healthz")).json()
+        return bool(report["status"] == "ok")
+
+    await until(fleet.reactor, healthy, "the box to be healthy again", 20)
+    ids["after"] = await a.jobs.submitted(chat("llama3.2", "after"))
+    await all_done(fleet, ids)
+    assert a.generations("before") == a.generations("after") == 1
