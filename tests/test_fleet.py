@@ -201,3 +201,24 @@ async def test_without_its_database_a_box_says_so_serves_embeddings_and_comes_ba
     ids["after"] = await a.jobs.submitted(chat("llama3.2", "after"))
     await all_done(fleet, ids)
     assert a.generations("before") == a.generations("after") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_running_on_one_box_is_cancelled_at_another(fleet: Fleet) -> None:
+    slow = ("--load-seconds", "0.2", "--tokens-per-second", "5", "--reply-tokens", "100")
+    a = await fleet.start_box("a", *slow)
+    b = await fleet.start_box("b", *slow, "--models", "qwen3:8b")  # cannot run it
+    job_id = await a.jobs.submitted(chat("llama3.2", "cancel-me"))
+    await until(fleet.reactor, lambda: a.generations("cancel-me") == 1, "a to start it", 15)
+    answer = await b.jobs.cancel(job_id)
+    assert answer.code == 200 and answer.json()["state"] == "cancelled", answer
+    # a stops generating within about a second (its next look), and the job stays cancelled.
+    await until(
+        fleet.reactor,
+        lambda: [call.ended for call in a.ollama.generations("cancel-me")] == ["cut"],
+        "a to stop generating",
+        5,
+    )
+    await sleep(fleet.reactor, 1.0)
+    view = await a.jobs.job(job_id)
+    assert view["state"] == "cancelled" and view["result"] is None, view
