@@ -375,9 +375,11 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         worker=queue.worker if queue else None,
         outbox=queue.outbox if queue else None,
     )
+    if queue is not None and queue.member is not None:
+        metrics.watch_fleet(queue.member)
     relay.observe(metrics.reply_delivered)
     # The status page's picture of the worker's recent runs.
-    timeline = Timeline(queue.worker, WallTime()) if queue else None
+    timeline = Timeline(queue.worker, WallTime(), fleet=queue.member) if queue else None
     api = ForemanAPI(
         relay,
         inventory,

@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 
+from tests.cli_helpers import foreman
 from tests.daemons import Daemon, wait_until_up
 from tests.fault_helpers import sleep, until
 from tests.fleet_rig import Box, Fleet
@@ -90,6 +91,27 @@ async def test_a_model_only_one_box_has_runs_there(fleet: Fleet) -> None:
     # A model no live box has is Ollama's 404, as for one box.
     refused = await a.jobs.submit(chat("mistral", "nowhere"))
     assert refused.code == 404, refused.json()
+
+    # foreman ps and /metrics at a show both boxes, each with its resident model
+    # (b's as its next heartbeat publishes it).
+    async def ps_rows() -> dict[str, list[str]]:
+        shown = await foreman(fleet.reactor, "ps", "--url", a.url)
+        assert shown.code == 0, shown.err
+        lines = shown.out.splitlines()
+        assert "fleet: 2 of 2 boxes alive" in lines, shown.out
+        table = lines[lines.index("fleet: 2 of 2 boxes alive") + 2 :]
+        return {line.split()[0]: line.split() for line in table}
+
+    async def both_resident() -> bool:
+        rows = await ps_rows()
+        return rows["a"][1:4] == ["*", "alive", "llama3.2:latest"] and rows["b"][1:3] == [
+            "alive",
+            "qwen3:8b",
+        ]
+
+    await until(fleet.reactor, both_resident, "foreman ps to show both boxes' models", 10)
+    metrics = (await (await fleet.http.get(a.url + "/metrics")).content()).decode()
+    assert 'foreman_fleet_boxes{state="alive"} 2.0' in metrics
 
 
 async def _has(fleet: Fleet, url: str, name: str, model: str) -> bool:

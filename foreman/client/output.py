@@ -103,7 +103,58 @@ def ps_report(ps: Mapping[str, Any], queue: Mapping[str, Any], now: float) -> st
         headers = ["ID", "MODEL", "ENDPOINT", "PRIORITY", "STATE", "POSITION", "WAITED", "AGE"]
         headers.append("ATTEMPT")
         parts.append(table(headers, rows))
+    boxes = [box for box in queue.get("boxes") or [] if isinstance(box, Mapping)]
+    if boxes:
+        parts += ["", boxes_report(boxes)]
     return "\n".join(parts)
+
+
+def boxes_report(boxes: Sequence[Mapping[str, Any]]) -> str:
+    """A fleet's boxes (the queue report's ``boxes``): this one marked ``*``."""
+    alive = sum(1 for box in boxes if box.get("alive") is True)
+    rows = [
+        [
+            plain(box.get("name")) + (" *" if box.get("this") is True else ""),
+            box_state(box),
+            plain(box.get("resident")),
+            running(box.get("running")),
+            waiting_by_model(box.get("waiting")),
+            seen(box),
+        ]
+        for box in boxes
+    ]
+    headers = ["BOX", "STATE", "RESIDENT", "RUNNING", "WAITING", "SEEN"]
+    return f"fleet: {alive} of {len(boxes)} boxes alive\n" + table(headers, rows)
+
+
+def seen(box: Mapping[str, Any]) -> str:
+    if box.get("this") is True:
+        return "now"
+    seconds = box.get("seen_seconds_ago")
+    return f"{duration(seconds)} ago" if isinstance(seconds, int | float) else "-"
+
+
+def box_state(box: Mapping[str, Any]) -> str:
+    if box.get("alive") is not True:
+        return "gone"
+    return "alive" if box.get("answering") is not False else "alive, ollama silent"
+
+
+def running(job: Any) -> str:
+    if not isinstance(job, Mapping):
+        return "-"
+    return f"{plain(job.get('id'))} ({plain(job.get('model'))}, {plain(job.get('state'))})"
+
+
+def waiting_by_model(waiting: Any) -> str:
+    """``{"llama3.2:latest": 3}`` as ``3 (llama3.2:latest 3)``; ``0`` when empty."""
+    if not isinstance(waiting, Mapping):
+        return "-"
+    counts = {str(model): n for model, n in waiting.items() if isinstance(n, int) and n > 0}
+    if not counts:
+        return "0"
+    each = ", ".join(f"{model} {n}" for model, n in counts.items())
+    return f"{sum(counts.values())} ({each})"
 
 
 def waited(job: Mapping[str, Any]) -> str:

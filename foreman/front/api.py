@@ -107,6 +107,7 @@ class ForemanAPI:
             store=self._store,
             simulated=self._simulated,
             timeline=self._timeline,
+            fleet=self._fleet,
         ).app.resource()
         return _Guarded(self.app.resource(), guard)
 
@@ -124,7 +125,11 @@ class ForemanAPI:
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         report = health_report(
-            self._inventory, self._relay.target, simulated=self._simulated, worker=self._worker
+            self._inventory,
+            self._relay.target,
+            simulated=self._simulated,
+            worker=self._worker,
+            fleet=self._fleet,
         )
         return _whole(request, json.dumps(report).encode())
 

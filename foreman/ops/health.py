@@ -85,11 +85,16 @@ def _model_costs(worker: Worker, inventory: Inventory) -> list[LoadCost]:
 
 
 def health_report(
-    inventory: Inventory, target: Target, *, simulated: bool, worker: Worker | None = None
+    inventory: Inventory,
+    target: Target,
+    *,
+    simulated: bool,
+    worker: Worker | None = None,
+    fleet: FleetMember | None = None,
 ) -> dict[str, Any]:
     queue: dict[str, Any] | None = None
     store: dict[str, Any] | None = None
-    degraded = inventory.degraded
+    degraded = inventory.degraded or (fleet is not None and fleet.error is not None)
     if worker is not None:
         queue = {
             "depth": worker.scheduler.depth,
@@ -120,4 +125,23 @@ def health_report(
         "resident_models": list(inventory.resident),
         "queue": queue,
         "store": store,
+        **({} if fleet is None else {"fleet": fleet_health(fleet)}),
+    }
+
+
+def fleet_health(fleet: FleetMember) -> dict[str, Any]:
+    """``/healthz``'s ``fleet``: who this box is, how many boxes live, and why
+    its heartbeat fails, if it does (ADR-0026)."""
+    boxes = fleet.report()
+    return {
+        "box": fleet.identity.name,
+        "box_id": fleet.identity.id,
+        "url": fleet.identity.url,
+        "boxes_alive": sum(1 for box in boxes if box["alive"]),
+        "boxes_gone": sum(1 for box in boxes if not box["alive"]),
+        "lease_seconds": fleet.lease,
+        "store_reachable": fleet.error is None,
+        "error": fleet.error,
+        "last_heartbeat_at": _timestamp(fleet.last_heartbeat_at),
+        "heartbeat_failures": fleet.heartbeat_failures,
     }

@@ -24,10 +24,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from foreman.http.connections import Connections
+from foreman.ops.fleet_metrics import FleetCollector
 from foreman.queue.job import JobState
 from foreman.wire.priority import Priority
 
 if TYPE_CHECKING:
+    from foreman.queue.fleet.member import FleetMember
     from foreman.queue.worker import Worker
     from foreman.relay.inventory import Inventory
 
@@ -167,6 +169,10 @@ class ForemanMetrics:
             if worker_transitions is not None:
                 worker_transitions(self._state.job_moved)
                 worker_transitions(self.job_moved)
+
+    def watch_fleet(self, fleet: FleetMember) -> None:
+        """In a fleet: the boxes, at every scrape (:mod:`foreman.ops.fleet_metrics`)."""
+        self.registry.register(FleetCollector(fleet))
 
     def watch_connections(self, connections: Connections) -> None:
         """Read the site's open client connections at every scrape."""

@@ -42,6 +42,7 @@ from foreman.ops.status_access import (
 )
 from foreman.ops.timeline import Timeline
 from foreman.queue.engines import Connection
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Outcome, Relay
@@ -151,6 +152,7 @@ class StatusPage:
         store: JobStore | None,
         simulated: bool,
         timeline: Timeline | None = None,
+        fleet: FleetMember | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._inventory = inventory
@@ -160,6 +162,7 @@ class StatusPage:
         self._store = store
         self._simulated = simulated
         self._timeline = timeline
+        self._fleet = fleet
         self._now = now
         self.sessions = Sessions(now)
         self._page = _Page.load()
@@ -253,10 +256,16 @@ class StatusPage:
         return {
             "generated_at": timestamp(now),
             "health": health_report(
-                self._inventory, self._relay.target, simulated=self._simulated, worker=worker
+                self._inventory,
+                self._relay.target,
+                simulated=self._simulated,
+                worker=worker,
+                fleet=self._fleet,
             ),
             "resident": await self._resident_models(now),
-            "queue": None if worker is None else queue_report(worker, self._inventory, now),
+            "queue": None
+            if worker is None
+            else queue_report(worker, self._inventory, now, self._fleet),
             "recent_jobs": None if self._store is None else await self._recent_jobs(),
             "timeline": None if self._timeline is None else self._timeline.report(),
         }

@@ -21,6 +21,8 @@ from typing import Any
 
 import attrs
 
+from foreman.ops.fleet_lanes import lanes, published
+from foreman.queue.fleet.member import FleetMember
 from foreman.queue.job import Job, JobState
 from foreman.queue.worker import Worker
 from foreman.wire.clocks import ReactorTime
@@ -111,13 +113,18 @@ class Timeline:
         *,
         max_runs: int = MAX_RUNS,
         window: float = WINDOW_SECONDS,
+        fleet: FleetMember | None = None,
     ) -> None:
         self._worker = worker
         self._clock = clock
         self.window = window
+        self._fleet = fleet
         self._runs: deque[Run] = deque(maxlen=max_runs)
         self._running: dict[str, Run] = {}
         worker.on_transition(self.transition)
+        if fleet is not None:
+            # This box's runs go out with its heartbeat, for the other boxes' timelines.
+            fleet.history = self.published
 
     # -- listening ---------------------------------------------------------------
 
@@ -201,8 +208,19 @@ class Timeline:
         self._prune()
         return list(self._runs)
 
+    def published(self) -> list[dict[str, Any]]:
+        """The recent runs as this box publishes them to the fleet."""
+        return published(self.runs(), self._clock.seconds())
+
     def report(self) -> dict[str, Any]:
-        """The ``timeline`` of ``/ui/status.json``."""
+        """The ``timeline`` of ``/ui/status.json``; in a fleet, with each box's
+        lane (``boxes``)."""
+        report = self._report()
+        if self._fleet is not None:
+            report["boxes"] = lanes(self._fleet, self._worker, self._clock.seconds(), self.window)
+        return report
+
+    def _report(self) -> dict[str, Any]:
         now = self._clock.seconds()
         worker = self._worker
         policy = worker.scheduler.policy

@@ -67,8 +67,17 @@ class FleetMember(Service):
         self.started_at = wall()
         #: The boxes as last read, this one included.
         self.boxes: list[BoxRecord] = []
+        #: When they were read, on ``clock``: a box's ``seen_seconds_ago`` counts from then.
+        self.read_at = clock.seconds()
         #: Why the last heartbeat failed; ``None`` while they succeed.
         self.error: str | None = None
+        #: Heartbeats that failed since start (``/metrics``).
+        self.heartbeat_failures = 0
+        #: When the last heartbeat succeeded (wall clock); ``None`` before the first.
+        self.last_heartbeat_at: float | None = None
+        #: This box's recent runs, published with its heartbeat for the other
+        #: boxes' timelines (set by :class:`foreman.ops.timeline.Timeline`).
+        self.history: Callable[[], list[dict[str, Any]]] | None = None
         self.share = Share(store, worker, identity.id, lease=lease)
         self._beating = LoopingCall(self._beat)
         self._beating.clock = clock
@@ -131,10 +140,13 @@ class FleetMember(Service):
                     previous=previous.value,
                 )
             self.boxes = await self._store.boxes(lease=self.lease)
+            self.read_at = self._clock.seconds()
             self.share.boxes = self.boxes
         except Exception as e:
+            self.heartbeat_failures += 1
             self._troubled(e)
             return
+        self.last_heartbeat_at = self._wall()
         if self.error is not None:
             log.info("The fleet's store answers again: heartbeats go on")
             self.error = None
@@ -144,6 +156,9 @@ class FleetMember(Service):
     def record(self) -> BoxRecord:
         worker = self._worker
         inventory = worker.residency.inventory
+        report = summary(worker)
+        if self.history is not None:
+            report["runs"] = self.history()
         return BoxRecord(
             id=self.identity.id,
             name=self.identity.name,
@@ -151,9 +166,15 @@ class FleetMember(Service):
             models=tuple(sorted(inventory.model_names)),
             resident=worker.residency.worker_model,
             answering=not worker.outage.target_silent,
-            report=summary(worker),
+            report=report,
             started_at=self.started_at,
         )
+
+    def seen(self, box: BoxRecord) -> tuple[float, bool]:
+        """How long ago ``box`` last published, and whether it is alive, now:
+        the store's answer at the last heartbeat, aged since."""
+        seen = box.seen_seconds_ago + max(0.0, self._clock.seconds() - self.read_at)
+        return seen, box.alive and seen <= self.lease
 
     def report(self) -> list[dict[str, Any]]:
         """Every box the fleet's store knows, for the queue report and the
@@ -163,6 +184,9 @@ class FleetMember(Service):
             this = box.id == self.identity.id
             if this:
                 box = attrs.evolve(self.record(), alive=True, seen_seconds_ago=0.0)
+                seen, alive = 0.0, True
+            else:
+                seen, alive = self.seen(box)
             report = box.report or {}
             shown.append(
                 {
@@ -170,8 +194,8 @@ class FleetMember(Service):
                     "name": box.name,
                     "url": box.url,
                     "this": this,
-                    "alive": box.alive,
-                    "seen_seconds_ago": round(box.seen_seconds_ago, 3),
+                    "alive": alive,
+                    "seen_seconds_ago": round(seen, 3),
                     "answering": box.answering,
                     "models": list(box.models),
                     "resident": box.resident,
