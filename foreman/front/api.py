@@ -268,13 +268,17 @@ class ForemanAPI:
             priority = parse_priority(request.getHeader(PRIORITY_HEADER), Priority.INTERACTIVE)
         except UnknownPriority as e:
             return write_json_error(request, 400, f"{PRIORITY_HEADER.decode()}: {e}")
-        if await self._inventory.knows_model(model) is False:
+        if await self._inventory.knows_model(model) is False and not self._fleet_has(model):
             return write_json_error(request, 404, model_not_found(model))
         call = GenerationCall(
             endpoint=endpoint, model=model, body=raw, stream=stream, priority=priority
         )
         await self._generation.run(call, request)
         return None
+
+    def _fleet_has(self, model: str) -> bool:
+        """Whether another live box of a fleet has ``model`` (a call then goes there)."""
+        return self._fleet is not None and self._fleet.has_model(model)
 
     # -- anything else under /api/ and /v1/ ------------------------------------
 

@@ -178,6 +178,9 @@ class FleetMember(Service):
                     "running": report.get("running"),
                     "waiting": report.get("waiting", {}),
                     "activity": report.get("activity"),
+                    "interactive_waiting": report.get("interactive_waiting", 0),
+                    "average_job_seconds": report.get("average_job_seconds"),
+                    "load_seconds": report.get("load_seconds", {}),
                 }
             )
         return shown
