@@ -407,6 +407,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         metrics=metrics,
         timeline=timeline,
         fleet=queue.member if queue else None,
+        fleet_calls=generation if isinstance(generation, FleetGeneration) else None,
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
     guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths), fleet=fleet_secret)

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.postgres
 OLLAMA = ("--load-seconds", "0.3", "--tokens-per-second", "40", "--reply-tokens", "8")
 
 
-async def knows(fleet: Fleet, at: Box, name: str, **wanted: Any) -> bool:
+async def knows(fleet: Fleet, at: Box, name: str, token: str | None = None, **wanted: Any) -> bool:
     """Whether ``at``'s queue report shows box ``name`` alive with ``wanted``."""
-    response = await fleet.http.get(at.url + "/api/foreman/queue")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await fleet.http.get(at.url + "/api/foreman/queue", headers=headers)
     report = await response.json()
     for box in report.get("boxes", []):
         if box["name"] == name and box["alive"]:
@@ -153,3 +154,84 @@ async def test_a_caller_hanging_up_at_one_box_stops_the_generation_on_the_other(
         5,
     )
     assert time.monotonic() - left < 2.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_box_shows_the_fleets_models_and_embeds_with_any_boxs_embedder(
+    fleet: Fleet,
+) -> None:
+    a = await fleet.start_box("a", *OLLAMA, "--models", "llama3.2")
+    b = await fleet.start_box("b", *OLLAMA, "--models", "qwen3:8b,all-minilm")
+    await in_thread(lambda: chat_once(b.url, "qwen3:8b", "resident"))
+    await until(fleet.reactor, lambda: knows(fleet, a, "b", resident="qwen3"), "b's resident", 10)
+
+    async def names(path: str) -> set[str]:
+        response = await fleet.http.get(a.url + path)
+        assert response.code == 200
+        return {entry["name"] for entry in (await response.json())["models"]}
+
+    assert await names("/api/tags") == {"llama3.2:latest", "qwen3:8b", "all-minilm:latest"}
+    await until(
+        fleet.reactor,
+        lambda: _holds(fleet, a, "qwen3:8b"),
+        "a's /api/ps to show what b holds",
+        10,
+    )
+
+    def listed() -> set[str]:
+        client = openai_client(a.url)
+        try:
+            return {model.id for model in client.models.list()}
+        finally:
+            client.close()
+
+    assert await in_thread(listed) == {"llama3.2:latest", "qwen3:8b", "all-minilm:latest"}
+    embedded = await fleet.http.post(
+        a.url + "/api/embed", json={"model": "all-minilm", "input": "far"}
+    )
+    assert embedded.code == 200, await embedded.text()
+    assert len((await embedded.json())["embeddings"]) == 1
+    shown = await fleet.http.post(a.url + "/api/show", json={"model": "qwen3:8b"})
+    assert shown.code == 200
+    await shown.content()
+    nowhere = await fleet.http.post(a.url + "/api/embed", json={"model": "nomic", "input": "x"})
+    assert nowhere.code == 404
+    await nowhere.content()
+
+
+async def _holds(fleet: Fleet, at: Box, model: str) -> bool:
+    response = await fleet.http.get(at.url + "/api/ps")
+    return any(entry["name"] == model for entry in (await response.json())["models"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_boxes_with_a_token_forward_with_the_fleets_secret_not_the_callers(
+    fleet: Fleet,
+) -> None:
+    token_file = fleet.tmp_path / "token"
+    token_file.write_text("callers-secret\n")
+    guarded = ("--token-file", str(token_file))
+    a = await fleet.start_box("a", *OLLAMA, "--models", "llama3.2", extra=guarded)
+    b = await fleet.start_box("b", *OLLAMA, "--models", "qwen3:8b", extra=guarded)
+    await until(
+        fleet.reactor,
+        lambda: knows(fleet, a, "b", "callers-secret", model="qwen3"),
+        "a to know b",
+        10,
+    )
+    body = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "guarded"}]}
+    body["stream"] = False
+    refused = await fleet.http.post(b.url + "/api/chat", json=body)
+    assert refused.code == 401  # b is guarded
+    await refused.content()
+    wrong = await fleet.http.post(
+        a.url + "/api/chat", json=body, headers={"Authorization": "Bearer wrong"}
+    )
+    assert wrong.code == 401  # nothing is forwarded for a caller a refuses
+    await wrong.content()
+    answered = await fleet.http.post(
+        a.url + "/api/chat", json=body, headers={"Authorization": "Bearer callers-secret"}
+    )
+    assert answered.code == 200, await answered.text()
+    assert "guarded" in (await answered.json())["message"]["content"]
+    assert b.generations("guarded") == 1

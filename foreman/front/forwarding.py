@@ -28,6 +28,7 @@ from foreman.front.placement import Candidate, candidates
 from foreman.relay.forward import Outcome, Relay
 from foreman.relay.generation import GenerationCall, GenerationRunner
 from foreman.relay.upstream import BytesBodyProducer, Target
+from foreman.wire.model_names import canonical_model_name
 
 log = Logger()
 
@@ -96,6 +97,38 @@ class FleetGeneration:
             return False
         self.forwarded += 1
         return True
+
+    async def elsewhere(self, request: IRequest, model: str, body: bytes | None) -> bool:
+        """Relay a call that names ``model`` (an embedding, ``/api/show``) to
+        another box whose Ollama has it, one holding it loaded first; whether
+        one answered. Never queued there: it is relayed as the box would."""
+        if request.getHeader(FORWARDED_HEADER) is not None:
+            return False
+        wanted = canonical_model_name(model)
+        having = [
+            box
+            for box in self._boxes()
+            if not box.get("this")
+            and box.get("alive")
+            and box.get("answering")
+            and box.get("url")
+            and wanted in {canonical_model_name(m) for m in box.get("models", ())}
+        ]
+        having.sort(
+            key=lambda box: wanted not in {canonical_model_name(m) for m in box.get("loaded", ())}
+        )
+        for box in having:
+            relay = self._relay_to(str(box["url"]))
+            request.requestHeaders.setRawHeaders(FORWARDED_HEADER, [self._me.encode("ascii")])
+            try:
+                producer = None if body is None else BytesBodyProducer(body)
+                attempt = await relay.relay(request, request.method, request.path, producer)
+            finally:
+                request.requestHeaders.removeHeader(FORWARDED_HEADER)
+            if attempt.outcome is not Outcome.UNREACHABLE:
+                self.forwarded += 1
+                return True
+        return False
 
     def _relay_to(self, url: str) -> Relay:
         relay = self._relays.get(url)

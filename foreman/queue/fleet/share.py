@@ -141,4 +141,7 @@ def summary(worker: Worker) -> dict[str, Any]:
         "load_seconds": {
             name: round(worker.costs.load_seconds(name), 3) for name in sorted(models)
         },
+        # Ollama's own entries, for the fleet's /api/tags, /v1/models and /api/ps.
+        "tags": worker.residency.inventory.tags_entries,
+        "ps": worker.residency.inventory.ps_entries,
     }
