@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.web.http_headers import Headers
 
 from tests.fault_helpers import in_thread, ollama_client, until
 from tests.fleet_rig import Box, Fleet
@@ -22,7 +23,7 @@ OLLAMA = ("--load-seconds", "0.3", "--tokens-per-second", "40", "--reply-tokens"
 
 async def knows(fleet: Fleet, at: Box, name: str, token: str | None = None, **wanted: Any) -> bool:
     """Whether ``at``'s queue report shows box ``name`` alive with ``wanted``."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {token}"} if token else {}
     response = await fleet.http.get(at.url + "/api/foreman/queue", headers=headers)
     report = await response.json()
     for box in report.get("boxes", []):
@@ -219,18 +220,23 @@ async def test_boxes_with_a_token_forward_with_the_fleets_secret_not_the_callers
         "a to know b",
         10,
     )
-    body = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "guarded"}]}
-    body["stream"] = False
+    body: dict[str, Any] = {
+        "model": "qwen3:8b",
+        "messages": [{"role": "user", "content": "guarded"}],
+        "stream": False,
+    }
     refused = await fleet.http.post(b.url + "/api/chat", json=body)
     assert refused.code == 401  # b is guarded
     await refused.content()
     wrong = await fleet.http.post(
-        a.url + "/api/chat", json=body, headers={"Authorization": "Bearer wrong"}
+        a.url + "/api/chat", json=body, headers=Headers({b"Authorization": [b"Bearer wrong"]})
     )
     assert wrong.code == 401  # nothing is forwarded for a caller a refuses
     await wrong.content()
     answered = await fleet.http.post(
-        a.url + "/api/chat", json=body, headers={"Authorization": "Bearer callers-secret"}
+        a.url + "/api/chat",
+        json=body,
+        headers=Headers({b"Authorization": [b"Bearer callers-secret"]}),
     )
     assert answered.code == 200, await answered.text()
     assert "guarded" in (await answered.json())["message"]["content"]
