@@ -29,6 +29,7 @@ from foreman.config import (
     check_exposure,
 )
 from foreman.front.api import ForemanAPI
+from foreman.front.forwarding import FleetGeneration
 from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.http.cors import OriginPolicy
 from foreman.http.site import ForemanSite
@@ -360,6 +361,23 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         queue, queue_services = build_queue(config, reactor, relay, inventory)
         queue_services.setServiceParent(root)
         generation = queue.worker
+    fleet_secret: str | None = None
+    if queue is not None and queue.member is not None:
+        # A fleet: a sync call runs on the box where it starts soonest (ADR-0027).
+        fleet_secret = queue.store.fleet_secret()
+        generation = FleetGeneration(
+            queue.worker,
+            queue.member.report,
+            agent,
+            me=queue.member.identity.id,
+            name=queue.member.identity.name,
+            secret=fleet_secret,
+            relay_options={
+                "clock": reactor,
+                "load_timeout": config.load_timeout,
+                "stall_timeout": config.stall_timeout,
+            },
+        )
 
     jobs = JobsAPI(
         inventory,
@@ -391,9 +409,10 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         metrics=metrics,
         timeline=timeline,
         fleet=queue.member if queue else None,
+        fleet_calls=generation if isinstance(generation, FleetGeneration) else None,
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
-    guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths))
+    guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths), fleet=fleet_secret)
     site = ForemanSite(
         api.resource(guard),
         max_body_size=config.max_body_size,

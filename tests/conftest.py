@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from foreman.config import Config
 from foreman.queue.engines import Engine
 from foreman.service import Foreman, build_foreman
 from tests.daemons import Daemon
+from tests.fleet_rig import Fleet
 from tests.http_helpers import StreamingClient
 from tests.ollama_process import OllamaProcess
 from tests.postgres_server import PostgresServer, find_bindir, missing_reason, required
@@ -296,3 +298,16 @@ def new_postgres_database(postgres_server: PostgresServer) -> Iterator[NewPostgr
 def postgres_url(new_postgres_database: NewPostgresDatabase) -> str:
     """The URL of a new, empty database on ``postgres_server``, for this test alone."""
     return new_postgres_database()
+
+
+@pytest_twisted.async_yield_fixture
+async def fleet(
+    tmp_path: Path, postgres_url: str, http: HTTPClient, reactor: Any, daemons: list[Daemon]
+) -> AsyncIterator[Fleet]:
+    made = Fleet(tmp_path, postgres_url, http, reactor, daemons)
+    yield made
+    for daemon in daemons:
+        if daemon.process.poll() is None:
+            daemon.process.send_signal(signal.SIGKILL)
+            daemon.process.wait(timeout=20)
+    made.stop_all()

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from treq.client import HTTPClient
 
 from tests.cli_helpers import foreman
-from tests.daemons import Daemon, wait_until_up
+from tests.daemons import wait_until_up
 from tests.fault_helpers import sleep, until
 from tests.fleet_rig import Box, Fleet
 from tests.jobs_http import chat
@@ -26,19 +23,6 @@ pytestmark = pytest.mark.postgres
 MODELS = ("llama3.2", "qwen3:8b", "gemma3:12b")
 #: Every box's Ollama: loads that cost something, answers of a few tenths of a second.
 OLLAMA = ("--load-seconds", "0.4", "--tokens-per-second", "40", "--reply-tokens", "8")
-
-
-@pytest_twisted.async_yield_fixture
-async def fleet(
-    tmp_path: Path, postgres_url: str, http: HTTPClient, reactor: Any, daemons: list[Daemon]
-) -> AsyncIterator[Fleet]:
-    made = Fleet(tmp_path, postgres_url, http, reactor, daemons)
-    yield made
-    for daemon in daemons:
-        if daemon.process.poll() is None:
-            daemon.process.send_signal(signal.SIGKILL)
-            daemon.process.wait(timeout=20)
-    made.stop_all()
 
 
 async def all_done(

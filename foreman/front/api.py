@@ -24,6 +24,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import NotFound
 
+from foreman.front.fleet_face import (
+    merged,
+    openai_model_body,
+    openai_models_body,
+    ps_body,
+    tags_body,
+)
+from foreman.front.forwarding import FleetGeneration
 from foreman.http import routing
 from foreman.http.auth import BearerTokenGuard
 from foreman.http.errors import (
@@ -39,6 +47,7 @@ from foreman.ops.health import health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.ops.timeline import Timeline
+from foreman.queue.boxes import BoxRecord
 from foreman.queue.fleet.member import FleetMember
 from foreman.queue.store import JobStore
 from foreman.queue.worker import Worker
@@ -48,6 +57,7 @@ from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.relay.upstream_body import request_body_producer
 from foreman.wire.endpoints import Endpoint, endpoint_named, is_cloud_model
+from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import PRIORITY_HEADER, Priority, UnknownPriority, parse_priority
 
 
@@ -83,9 +93,11 @@ class ForemanAPI:
         metrics: ForemanMetrics | None = None,
         timeline: Timeline | None = None,
         fleet: FleetMember | None = None,
+        fleet_calls: FleetGeneration | None = None,
     ) -> None:
         self._relay = relay
         self._fleet = fleet
+        self._fleet_calls = fleet_calls
         self._inventory = inventory
         self._generation = generation
         self._worker = worker
@@ -160,6 +172,10 @@ class ForemanAPI:
             await self._relay.forward(request, b"GET", b"/api/tags", None)
             return None
         request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        others = self._other_boxes()
+        if others:
+            entries = merged(self._inventory.tags_entries, others, "tags")
+            return _whole(request, tags_body(entries))
         return _whole(request, self._inventory.tags_body)
 
     @app.route("/jobs", branch=True)
@@ -182,10 +198,35 @@ class ForemanAPI:
     # -- relayed as they are -------------------------------------------------
 
     @app.route("/api/version", methods=["GET", "HEAD"])
-    @app.route("/api/ps", methods=["GET", "HEAD"])
-    @app.route("/api/show", methods=["POST"])
     def passthrough(self, request: IRequest) -> Deferred[None]:
         return self._relay_as_is(request)
+
+    @app.route("/api/ps", methods=["GET", "HEAD"])
+    async def ps(self, request: IRequest) -> bytes | None:
+        others = self._other_boxes()
+        if not others:
+            await self._relay_as_is(request)
+            return None
+        # A fleet: what this box's Ollama holds, then what the others hold.
+        attempt = await self._relay.fetch(b"GET", b"/api/ps")
+        own: list[Any] = []
+        if attempt.body is not None and attempt.status == 200:
+            try:
+                listed = json.loads(attempt.body).get("models")
+            except (ValueError, AttributeError):
+                listed = None
+            own = [entry for entry in listed or [] if isinstance(entry, dict)]
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return _whole(request, ps_body(merged(own, others, "ps")))
+
+    @app.route("/api/show", methods=["POST"])
+    async def show(self, request: IRequest) -> bytes | None:
+        raw, parsed = read_json(request)
+        model = _model_of(parsed)
+        if model is not None and await self._elsewhere(request, model, raw):
+            return None
+        await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
+        return None
 
     @app.route("/api/pull", methods=["POST"])
     @app.route("/api/push", methods=["POST"])
@@ -235,8 +276,22 @@ class ForemanAPI:
 
     @app.route("/v1/models", methods=["GET", "HEAD"])
     @app.route("/v1/models/<string:model>", methods=["GET", "HEAD"])
-    def models(self, request: IRequest, model: str | None = None) -> Deferred[None]:
-        return self._relay_as_is(request)
+    def models(self, request: IRequest, model: str | None = None) -> Deferred[None] | bytes | None:
+        others = self._other_boxes()
+        if not others or self._inventory.tags_body is None:
+            return self._relay_as_is(request)
+        entries = merged(self._inventory.tags_entries, others, "tags")
+        if model is not None:
+            wanted = canonical_model_name(model)
+            entries = [
+                e for e in entries if canonical_model_name(str(e.get("model") or "")) == wanted
+            ]
+            if not entries or canonical_model_name(model) in self._inventory.model_names:
+                return self._relay_as_is(request)  # Ollama's own answer, or its 404
+            request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+            return _whole(request, openai_model_body(entries[0]))
+        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+        return _whole(request, openai_models_body(entries))
 
     @app.route("/api/embed", methods=["POST"])
     @app.route("/api/embeddings", methods=["POST"])
@@ -247,6 +302,9 @@ class ForemanAPI:
         if model is not None and not is_cloud_model(model):
             request.model = model  # type: ignore[attr-defined]
             if await self._inventory.knows_model(model) is False:
+                # A fleet: a box whose Ollama has it embeds, never queued.
+                if await self._elsewhere(request, model, raw):
+                    return None
                 return write_json_error(request, 404, embedding_model_not_found(model))
         await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
         return None
@@ -273,13 +331,29 @@ class ForemanAPI:
             priority = parse_priority(request.getHeader(PRIORITY_HEADER), Priority.INTERACTIVE)
         except UnknownPriority as e:
             return write_json_error(request, 400, f"{PRIORITY_HEADER.decode()}: {e}")
-        if await self._inventory.knows_model(model) is False:
+        if await self._inventory.knows_model(model) is False and not self._fleet_has(model):
             return write_json_error(request, 404, model_not_found(model))
         call = GenerationCall(
             endpoint=endpoint, model=model, body=raw, stream=stream, priority=priority
         )
         await self._generation.run(call, request)
         return None
+
+    def _other_boxes(self) -> list[BoxRecord]:
+        return [] if self._fleet is None else self._fleet.others()
+
+    async def _elsewhere(self, request: IRequest, model: str, raw: bytes) -> bool:
+        """Relay a call for ``model`` to another box when this box's Ollama
+        lacks it and another's has it (a fleet); whether it was."""
+        if self._fleet_calls is None or not self._fleet_has(model):
+            return False
+        if await self._inventory.knows_model(model) is not False:
+            return False
+        return await self._fleet_calls.elsewhere(request, model, raw)
+
+    def _fleet_has(self, model: str) -> bool:
+        """Whether another live box of a fleet has ``model`` (a call then goes there)."""
+        return self._fleet is not None and self._fleet.has_model(model)
 
     # -- anything else under /api/ and /v1/ ------------------------------------
 

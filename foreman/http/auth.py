@@ -21,9 +21,17 @@ OPEN_PATHS = frozenset({b"/healthz"})
 class BearerTokenGuard:
     """Checks ``Authorization: Bearer <token>`` in constant time."""
 
-    def __init__(self, token: str | None, *, open_paths: frozenset[bytes] = OPEN_PATHS) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        *,
+        open_paths: frozenset[bytes] = OPEN_PATHS,
+        fleet: str | None = None,
+    ) -> None:
         self._expected = b"Bearer " + token.encode("utf-8") if token else None
         self._open_paths = open_paths
+        #: What another box of a fleet presents when it forwards a call (ADR-0027).
+        self._fleet = b"Bearer " + fleet.encode("utf-8") if fleet else None
 
     @property
     def enabled(self) -> bool:
@@ -40,7 +48,8 @@ class BearerTokenGuard:
         # Both compared, always, so the time taken tells nothing.
         by_header = hmac.compare_digest(presented, self._expected)
         by_api_key = hmac.compare_digest(api_key, self._expected)
-        return by_header or by_api_key
+        by_fleet = self._fleet is not None and hmac.compare_digest(presented, self._fleet)
+        return by_header or by_api_key or by_fleet
 
     def refuse(self, request: IRequest) -> bytes:
         message = "unauthorized: a valid Bearer token (or x-api-key) is required"

@@ -8,6 +8,7 @@ database's clock, is younger than the lease.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import attrs
@@ -62,6 +63,16 @@ def publish(db: Connection, engine: Engine, record: BoxRecord) -> None:
             "started_at": record.started_at,
         },
     )
+
+
+def fleet_secret(db: Connection) -> str:
+    """The secret the boxes present to each other (made by the first to ask)."""
+    db.execute(
+        "INSERT INTO fleet (name, value) VALUES ('secret', ?) ON CONFLICT (name) DO NOTHING",
+        (secrets.token_urlsafe(32),),
+    )
+    (value,) = db.execute("SELECT value FROM fleet WHERE name = 'secret'").fetchone()
+    return str(value)
 
 
 def every(db: Connection, engine: Engine, lease: float) -> list[BoxRecord]:

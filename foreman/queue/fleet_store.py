@@ -137,6 +137,10 @@ class FleetStore:
         on the database's clock."""
         return self._run(lambda: boxes.publish(self._db, self.engine, record))
 
+    def fleet_secret(self) -> str:
+        """The fleet's shared secret (blocking: for start-up)."""
+        return boxes.fleet_secret(self._db)
+
     def boxes(self, *, lease: float) -> Deferred[list[BoxRecord]]:
         """Every box that published, by name; alive while its heartbeat is at
         most ``lease`` seconds old."""

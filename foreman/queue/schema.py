@@ -104,6 +104,15 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE deliveries ADD COLUMN box TEXT;
     ALTER TABLE deliveries ADD COLUMN lease_until REAL;
     """,
+    # 6: what a fleet's boxes share beyond the queue: the secret one box
+    # presents to another when it forwards a call (ADR-0027), made by the
+    # first box that needs it.
+    """
+    CREATE TABLE fleet (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -190,6 +199,15 @@ POSTGRES_MIGRATIONS: Sequence[str] = (
     CREATE INDEX jobs_by_box ON jobs (box, state) WHERE box IS NOT NULL;
     ALTER TABLE deliveries ADD COLUMN box TEXT COLLATE "C";
     ALTER TABLE deliveries ADD COLUMN lease_until DOUBLE PRECISION;
+    """,
+    # 6: what a fleet's boxes share beyond the queue: the secret one box
+    # presents to another when it forwards a call (ADR-0027), made by the
+    # first box that needs it.
+    """
+    CREATE TABLE fleet (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     """,
 )
 

@@ -67,6 +67,10 @@ class Inventory:
         #: ``/api/tags`` exactly as the target last sent it.
         self.tags_body: bytes | None = None
         self.model_names: frozenset[str] = frozenset()
+        #: ``/api/tags``' and ``/api/ps``' model entries as last read (a fleet's
+        #: boxes publish them, ADR-0027).
+        self.tags_entries: list[dict[str, Any]] = []
+        self.ps_entries: list[dict[str, Any]] = []
         #: Each model's size in bytes, as ``/api/tags`` says (canonical names).
         self.sizes: dict[str, int] = {}
         #: Names of the models the target has loaded, from ``/api/ps``.
@@ -156,6 +160,8 @@ class Inventory:
         )
         self.sizes = _sizes(_field(tags, "models"))
         self.resident = tuple(_names(_field(ps, "models")))
+        self.tags_entries = _entries(_field(tags, "models"))
+        self.ps_entries = _entries(_field(ps, "models"))
         found_version = _field(version, "version")
         self.ollama_version = found_version if isinstance(found_version, str) else None
         self.last_poll_at = self._wall()
@@ -176,6 +182,7 @@ class Inventory:
         """Read ``/api/ps`` now; raises if the target cannot say."""
         ps = json.loads(await self._get(b"/api/ps"))
         self.resident = tuple(_names(_field(ps, "models")))
+        self.ps_entries = _entries(_field(ps, "models"))
         return self.resident
 
     async def _optional_json(self, path: bytes) -> Any:
@@ -299,3 +306,10 @@ def _sizes(models: Any) -> dict[str, int]:
             if isinstance(name, str) and isinstance(size, int) and size > 0:
                 sizes[canonical_model_name(name)] = size
     return sizes
+
+
+def _entries(models: Any) -> list[dict[str, Any]]:
+    """The model objects of a listing, as they came."""
+    if not isinstance(models, list):
+        return []
+    return [entry for entry in models if isinstance(entry, dict)]

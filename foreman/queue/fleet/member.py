@@ -202,9 +202,20 @@ class FleetMember(Service):
                     "running": report.get("running"),
                     "waiting": report.get("waiting", {}),
                     "activity": report.get("activity"),
+                    "interactive_waiting": report.get("interactive_waiting", 0),
+                    "average_job_seconds": report.get("average_job_seconds"),
+                    "load_seconds": report.get("load_seconds", {}),
+                    "loaded": [
+                        str(entry.get("model") or entry.get("name"))
+                        for entry in report.get("ps") or []
+                    ],
                 }
             )
         return shown
+
+    def others(self) -> list[BoxRecord]:
+        """The other boxes alive now, as they last published."""
+        return [box for box in self.boxes if box.alive and box.id != self.identity.id]
 
     def has_model(self, model: str) -> bool:
         """Whether a live box's Ollama has ``model`` (any name Ollama takes for it)."""

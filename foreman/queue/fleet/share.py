@@ -122,15 +122,26 @@ class Share:
 
 
 def summary(worker: Worker) -> dict[str, Any]:
-    """A box's queue in brief, for the fleet's views: what runs, and what
-    waits here, by model."""
+    """A box's queue in brief, for the fleet's views and for placing calls
+    (ADR-0027): what runs, what waits here by model, the people's calls
+    waiting, the average job time, and what a load of each model costs here."""
     current = worker.current
-    waiting = Counter(canonical_model_name(job.model) for job in worker.scheduler.jobs())
+    queued = list(worker.scheduler.jobs())
+    waiting = Counter(canonical_model_name(job.model) for job in queued)
+    models = worker.residency.inventory.model_names
     return {
         "running": None
         if current is None
         else {"id": current.id, "model": current.model, "state": current.state.value},
         "waiting": dict(sorted(waiting.items())),
+        "interactive_waiting": sum(1 for job in queued if not job.batch),
         "depth": worker.scheduler.depth,
         "activity": worker.activity.now,
+        "average_job_seconds": round(worker.average_job_seconds, 3),
+        "load_seconds": {
+            name: round(worker.costs.load_seconds(name), 3) for name in sorted(models)
+        },
+        # Ollama's own entries, for the fleet's /api/tags, /v1/models and /api/ps.
+        "tags": worker.residency.inventory.tags_entries,
+        "ps": worker.residency.inventory.ps_entries,
     }
