@@ -98,6 +98,46 @@ async def test_a_model_only_one_box_has_runs_there(fleet: Fleet) -> None:
     assert 'foreman_fleet_boxes{state="alive"} 2.0' in metrics
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_job_sent_to_an_idle_box_runs_on_the_box_its_model_is_resident_on(
+    fleet: Fleet,
+) -> None:
+    # gemma3:12b: a load (estimated from its size, 5.9 s, by a box that has
+    # loaded nothing) costs more than one job can save, so its jobs do not
+    # spread to a second box one at a time.
+    a = await fleet.start_box("a", *OLLAMA)
+    b = await fleet.start_box("b", *OLLAMA)
+    # Both idle, nothing resident: whichever claims it first runs it.
+    first = {"first": await a.jobs.submitted(chat("gemma3:12b", "first"))}
+    await all_done(fleet, first)
+    holder, other = (a, b) if a.generations("first") else (b, a)
+    # The other box hears of the resident model from the holder's heartbeat,
+    # and uses it from its next look at the fleet's queue (every second at least).
+    await until(
+        fleet.reactor,
+        lambda: _holds(fleet, other.url, holder.name, "gemma3:12b"),
+        "the other box to know the resident model",
+        10,
+    )
+    await sleep(fleet.reactor, 1.5)
+    # A job for that model sent to the other box, idle: the holder runs it,
+    # and nobody loads the model again.
+    second = {"second": await other.jobs.submitted(chat("gemma3:12b", "second"))}
+    await all_done(fleet, second)
+    assert (holder.generations("second"), other.generations("second")) == (1, 0)
+    assert await other.loads(fleet.http) == 0
+
+
+async def _holds(fleet: Fleet, url: str, name: str, model: str) -> bool:
+    """Whether the queue report at ``url`` says box ``name`` holds ``model`` resident."""
+    response = await fleet.http.get(url + "/api/foreman/queue")
+    report = await response.json()
+    return any(
+        box["name"] == name and (box["resident"] or "").startswith(model)
+        for box in report.get("boxes", [])
+    )
+
+
 async def _has(fleet: Fleet, url: str, name: str, model: str) -> bool:
     """Whether the queue report at ``url`` says box ``name`` is alive and has ``model``."""
     response = await fleet.http.get(url + "/api/foreman/queue")

@@ -52,8 +52,9 @@ class Intake:
     transitions: Transitions
     draining: bool
     average_job_seconds: float
-    #: Whether this box runs an asynchronous job submitted here (a fleet may
-    #: leave it to a box whose Ollama has its model, ADR-0026).
+    #: Whether this box queues an asynchronous job submitted here at once (a
+    #: fleet may leave it to the fleet's queue: another box's Ollama has its
+    #: model, or another box runs it or holds it resident, ADR-0026).
     takes_here: Callable[[Job], bool]
 
     if TYPE_CHECKING:  # the worker's own, and its visibility's
@@ -145,7 +146,8 @@ class Intake:
             return stored
         self._arrived(job)
         if not self.takes_here(job):
-            # A fleet: another box's Ollama has the model; it claims the job.
+            # A fleet: the job is left to the fleet's queue (another box's
+            # Ollama has the model, or another box holds it); a box claims it.
             self.scheduler.release()
             transition.stored()
             return job

@@ -88,7 +88,7 @@ class FleetMember(Service):
         self._again = False
         worker.on_transition(self._heard)
         worker.on_taken = self.refresh_soon
-        worker.takes_here = self.share.has_model_here
+        worker.takes_here = self.share.takes_at_submit
         # The models are known once Ollama first answers: say so at once.
         worker.residency.inventory.on_reachable(self._beat_now)
 

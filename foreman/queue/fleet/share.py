@@ -88,6 +88,19 @@ class Share:
         """Whether this box's Ollama has ``job``'s model (else another box's does)."""
         return canonical_model_name(job.model) in self._worker.residency.inventory.model_names
 
+    def takes_at_submit(self, job: Job) -> bool:
+        """Whether a job submitted at this box is queued here at once: its model
+        is here, and no other live box runs it or holds it resident (as of the
+        last look), unless it is this box's resident model too. Otherwise the
+        look that the job's ``NOTIFY`` brings decides, as for any job of the
+        fleet's queue: the box holding the model takes it, and it spreads here
+        only when its queue pays. (Queued here at once, an idle box would start
+        it, and load its model, before that look.)"""
+        if not self.has_model_here(job):
+            return False
+        model = canonical_model_name(job.model)
+        return model not in self.elsewhere or model == self._resident()
+
     def _busy_elsewhere(self, running: list[tuple[str | None, str]]) -> set[str]:
         busy = {
             canonical_model_name(model) for box, model in running if box not in (None, self._me)
