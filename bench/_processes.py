@@ -60,10 +60,12 @@ def _process(command: list[str], ready_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def simulated_ollama(*arguments: str) -> Iterator[str]:
-    """A simulated Ollama in its own process; yields its base URL."""
+def simulated_ollama(*arguments: str, script: Path | None = None) -> Iterator[str]:
+    """A simulated Ollama in its own process (``python -m foreman.testing``, or
+    ``script``, which takes the same options); yields its base URL."""
     port = free_port()
-    command = [str(BIN / "python"), "-m", "foreman.testing"]
+    program = ["-m", "foreman.testing"] if script is None else [str(script)]
+    command = [str(BIN / "python"), *program]
     command += ["--listen", f"tcp:{port}:interface=127.0.0.1", *arguments]
     with _process(command, f"http://127.0.0.1:{port}/api/version"):
         yield f"http://127.0.0.1:{port}"

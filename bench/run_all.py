@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 #: In the order they run; a script that is not there yet is left out.
-SCRIPTS = ("overhead", "dialects", "scheduler", "jobs", "soak")
+SCRIPTS = ("overhead", "dialects", "scheduler", "jobs", "fleet", "soak")
 
 Row = tuple[str, str, str]
 
@@ -219,6 +219,40 @@ def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
             yield f"jobs, {scenario}: {what}", f"{measured[key]:.2f} ms", targets.get(key, "")
 
 
+def _fleet_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    runs, t = figures["runs"], figures["targets"]
+    counts = sorted(runs, key=int)
+    yield (
+        f"fleet: batch makespan, {' / '.join(counts)} boxes",
+        " / ".join(f"{runs[c]['makespan_s']:.1f} s" for c in counts),
+        "",
+    )
+    for count in ("2", "3"):
+        if f"speedup_{count}" in t:
+            speedup = t[f"speedup_{count}"]
+            yield (
+                f"fleet: {count} boxes over 1, speed-up",
+                f"{speedup['measured']:.2f}x",
+                f"≥ {speedup['target']:g}x",
+            )
+    yield (
+        f"fleet: model loads (allowed: models + boxes), {' / '.join(counts)} boxes",
+        " / ".join(f"{runs[c]['loads']} ({runs[c]['loads_allowed']})" for c in counts),
+        "≤ allowed",
+    )
+    if "submit_to_start_p50_ms" in t:
+        yield (
+            "fleet: submit to start on an idle fleet of 2, p50",
+            f"{t['submit_to_start_p50_ms']['measured']:.1f} ms",
+            f"≤ {t['submit_to_start_p50_ms']['target']:g} ms",
+        )
+    yield (
+        f"fleet: database statements per job, {' / '.join(counts)} boxes",
+        " / ".join(f"{runs[c]['statements_per_job']:.1f}" for c in counts),
+        "",
+    )
+
+
 def _soak_rows(figures: dict[str, Any]) -> Iterator[Row]:
     t, minutes = figures["targets"], figures["settings"]["minutes"]
     yield (
@@ -246,6 +280,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "dialects": _dialects_rows,
     "scheduler": _scheduler_rows,
     "jobs": _jobs_rows,
+    "fleet": _fleet_rows,
     "soak": _soak_rows,
 }
 
