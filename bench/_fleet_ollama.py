@@ -6,7 +6,9 @@
 ``python -m foreman.testing``'s simulator and options, with the four chat
 models of :data:`MODEL_NAMES` installed (two of them ``bench/_simulator.py``'s,
 not built-in models), or those ``--only a,b`` names, one loaded at a time
-(``--max-loaded-models 1`` unless told otherwise), and one more path:
+(``--max-loaded-models 1`` unless told otherwise), each model's load taking
+``--load-seconds`` or its own time in ``--loads a=1.5,b=2`` if named there,
+and one more path:
 ``GET /bench/record`` answers what it did as JSON: its loads, in order, and
 the model of every chat it answered, in order (foreman's model loads, chats
 without messages, left out).
@@ -90,6 +92,13 @@ def serve(reactor: Any, argv: list[str]) -> Deferred[None]:
         at = argv.index("--only")
         wanted = argv[at + 1].split(",")
         argv = argv[:at] + argv[at + 2 :]
+    loads: dict[str, float] = {}
+    if "--loads" in argv:
+        at = argv.index("--loads")
+        for each in argv[at + 1].split(","):
+            name, _, seconds = each.partition("=")
+            loads[canonical_model_name(name)] = float(seconds)
+        argv = argv[:at] + argv[at + 2 :]
     options = parse_args(argv)
     sim = build_simulator(options, reactor)
     for name in wanted:
@@ -102,6 +111,8 @@ def serve(reactor: Any, argv: list[str]) -> Deferred[None]:
     for model in sim.installed_models():
         if model.key not in keep:
             sim.library.remove(model.name)
+        elif model.key in loads:
+            sim.add_model(attrs.evolve(model, load_seconds=loads[model.key]))
     resource: IResource = Root(sim)
     site = Site(resource, timeout=None, parsePOSTFormSubmission=False)
     site.noisy = False

@@ -38,7 +38,13 @@ Targets (issue 18): 2 boxes at least 1.8x faster than 1, 3 boxes at least
 2.5x; loads no more than the minimum plus one per box; submit to start on
 an idle fleet at most 50 ms at p50.
 
-Usage: ``python bench/fleet.py [--quick] [--json FILE] [--keep-logs DIR]``
+Part 2 (issue 19, ``bench/_fleet_agents.py``): one address for every client,
+closed-loop agents on four models through one box of a fleet of two against
+two boxes used separately, and the added time to first token of a call one
+box forwards to another. ``--only batch`` runs the first part (1-3 above),
+``--only agents`` the second.
+
+Usage: ``python bench/fleet.py [--quick] [--only batch|agents] [--json FILE] [--keep-logs DIR]``
 """
 
 from __future__ import annotations
@@ -214,8 +220,10 @@ def fleet(
     models: list[tuple[str, ...]],
     settings: Settings,
     keep_logs: Path | None,
+    ollama_options: tuple[str, ...] = OLLAMA,
 ) -> Iterator[tuple[Database, list[Box]]]:
-    """A box for each of ``models``, whose Ollama has those models, on a fresh database."""
+    """A box for each of ``models``, whose Ollama has those models (and
+    ``ollama_options``), on a fresh database."""
     database = Database(server, f"fleet_{run}")
     script = HERE / "_fleet_ollama.py"
     with ExitStack() as stack:
@@ -224,7 +232,7 @@ def fleet(
         for index, installed in enumerate(models):
             name = f"box-{index + 1}"
             only = ("--only", ",".join(installed))
-            ollama = stack.enter_context(simulated_ollama(*OLLAMA, *only, script=script))
+            ollama = stack.enter_context(simulated_ollama(*ollama_options, *only, script=script))
             logs = None
             if keep_logs is not None:
                 logs = keep_logs / f"{run}-{name}"
@@ -526,27 +534,19 @@ async def run(reactor: Any, arguments: argparse.Namespace) -> dict[str, Any]:
     http = HTTPClient(Agent(reactor, pool=pool))
     server = Postgres()
     results: dict[str, Any] = {"settings": asdict(settings), "runs": {}}
+    parts = {"batch", "agents"} if arguments.only is None else {arguments.only}
     try:
         server.start()
         with server.connect() as admin:
             admin.execute("CREATE EXTENSION pg_stat_statements")
             admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(BOX_ROLE)))
-        for count in settings.boxes:
-            print(f"{count} box(es) ...", file=sys.stderr, flush=True)
-            every = [settings.models] * count
-            with fleet(server, str(count), every, settings, keep_logs) as (database, boxes):
-                results["runs"][str(count)] = await batch_run(
-                    reactor, http, database, boxes, settings
-                )
-            await pool.closeCachedConnections()
-        print("idle fleet ...", file=sys.stderr, flush=True)
-        half = len(settings.models) // 2
-        split = [settings.models[:half], settings.models[half:]]
-        with fleet(server, "idle", split, settings, keep_logs) as (database, boxes):
-            results["idle"] = await idle_starts(reactor, http, database, boxes, settings)
-        await pool.closeCachedConnections()
-        print("direct ...", file=sys.stderr, flush=True)
-        results["direct"] = await direct_run(http, settings)
+        if "batch" in parts:
+            await batch_part(reactor, http, pool, server, settings, keep_logs, results)
+        if "agents" in parts:
+            # Imported here: bench/_fleet_agents.py takes its helpers from this module.
+            from bench import _fleet_agents
+
+            results["agents"] = await _fleet_agents.run(reactor, server, arguments.quick, keep_logs)
     finally:
         await pool.closeCachedConnections()
         server.close()
@@ -554,12 +554,40 @@ async def run(reactor: Any, arguments: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def batch_part(
+    reactor: Any,
+    http: HTTPClient,
+    pool: HTTPConnectionPool,
+    server: Postgres,
+    settings: Settings,
+    keep_logs: Path | None,
+    results: dict[str, Any],
+) -> None:
+    """The first part: the batch on 1, 2 and 3 boxes, the idle fleet, direct."""
+    for count in settings.boxes:
+        print(f"{count} box(es) ...", file=sys.stderr, flush=True)
+        every = [settings.models] * count
+        with fleet(server, str(count), every, settings, keep_logs) as (database, boxes):
+            results["runs"][str(count)] = await batch_run(reactor, http, database, boxes, settings)
+        await pool.closeCachedConnections()
+    print("idle fleet ...", file=sys.stderr, flush=True)
+    half = len(settings.models) // 2
+    split = [settings.models[:half], settings.models[half:]]
+    with fleet(server, "idle", split, settings, keep_logs) as (database, boxes):
+        results["idle"] = await idle_starts(reactor, http, database, boxes, settings)
+    await pool.closeCachedConnections()
+    print("direct ...", file=sys.stderr, flush=True)
+    results["direct"] = await direct_run(http, settings)
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     runs = results["runs"]
-    one = runs["1"]["makespan_s"]
     found: dict[str, Any] = {}
+    if "agents" in results:
+        found.update(results["agents"]["targets"])
     for count, wanted in TARGET_SPEEDUP.items():
-        if str(count) in runs:
+        if str(count) in runs and "1" in runs:
+            one = runs["1"]["makespan_s"]
             speedup = one / runs[str(count)]["makespan_s"]
             found[f"speedup_{count}"] = {"measured": speedup, "target": wanted}
             found[f"speedup_{count}"]["met"] = speedup >= wanted
@@ -587,6 +615,17 @@ def _met(target: dict[str, Any]) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
+    parts = []
+    if results["runs"]:
+        parts.append(batch_report(results))
+    if "agents" in results:
+        from bench import _fleet_agents
+
+        parts.append(_fleet_agents.report(results["agents"]))
+    return "\n\n".join(parts)
+
+
+def batch_report(results: dict[str, Any]) -> str:
     settings, runs, direct = results["settings"], results["runs"], results.get("direct")
     t = results["targets"]
     counts = sorted(runs, key=int)
@@ -720,6 +759,11 @@ def main() -> None:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--keep-logs", type=Path, help="keep every foreman's log in this directory"
+        )
+        parser.add_argument(
+            "--only",
+            choices=("batch", "agents"),
+            help="run only the first part (the batch) or the second (agents, forwarding)",
         )
 
     bench_main(

@@ -222,6 +222,11 @@ def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
 def _fleet_rows(figures: dict[str, Any]) -> Iterator[Row]:
     runs, t = figures["runs"], figures["targets"]
     counts = sorted(runs, key=int)
+    yield from _fleet_batch_rows(runs, t, counts) if runs else ()
+    yield from _fleet_agents_rows(figures.get("agents"), t)
+
+
+def _fleet_batch_rows(runs: dict[str, Any], t: dict[str, Any], counts: list[str]) -> Iterator[Row]:
     yield (
         f"fleet: batch makespan, {' / '.join(counts)} boxes",
         " / ".join(f"{runs[c]['makespan_s']:.1f} s" for c in counts),
@@ -251,6 +256,22 @@ def _fleet_rows(figures: dict[str, Any]) -> Iterator[Row]:
         " / ".join(f"{runs[c]['statements_per_job']:.1f}" for c in counts),
         "",
     )
+
+
+def _fleet_agents_rows(agents: dict[str, Any] | None, t: dict[str, Any]) -> Iterator[Row]:
+    if agents is not None:
+        fleet, apart = agents["fleet"], agents["apart"]
+        yield (
+            "fleet: 4 agents through one box of 2 / 2 boxes apart, calls (loads)",
+            f"{fleet['calls']} ({fleet['loads']}) / {apart['calls']} ({apart['loads']})",
+            "",
+        )
+        added = t["added_ttft_p50_ms"]
+        yield (
+            "fleet: time to first token added by forwarding, p50",
+            f"{added['measured']:.2f} ms",
+            f"≤ {added['target']:g} ms",
+        )
 
 
 def _soak_rows(figures: dict[str, Any]) -> Iterator[Row]:
