@@ -17,6 +17,7 @@ caller's dialect, or a stream cut with the dialect's error) is the caller's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IRequest
 
-from foreman.front.placement import Candidate, candidates
+from foreman.front.placement import Candidate, Homes, candidates
 from foreman.relay.forward import Outcome, Relay
 from foreman.relay.generation import GenerationCall, GenerationRunner
 from foreman.relay.upstream import BytesBodyProducer, Target
@@ -49,7 +50,9 @@ class FleetGeneration:
         name: str,
         secret: str,
         relay_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._local = local
         self._boxes = boxes
         self._agent = agent
@@ -58,6 +61,8 @@ class FleetGeneration:
         self._secret = secret
         self._relay_options = dict(relay_options or {})
         self._relays: dict[str, Relay] = {}
+        #: Where each model's calls go (affinity: a model stays where it is loaded).
+        self.homes = Homes()
         #: Calls sent to another box, and those that came back to be run here.
         self.forwarded = 0
         self.fell_back = 0
@@ -67,7 +72,8 @@ class FleetGeneration:
 
     async def _run(self, call: GenerationCall, request: IRequest) -> None:
         if request.getHeader(FORWARDED_HEADER) is None:
-            for candidate in candidates(call.model, self._boxes()):
+            found = candidates(call.model, self._boxes())
+            for candidate in self.homes.order(call.model, found, self._clock()):
                 if candidate.this:
                     break
                 if await self._forward(candidate, call, request):

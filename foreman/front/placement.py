@@ -81,3 +81,44 @@ def _candidate(model: str, box: Mapping[str, Any], this: bool) -> Candidate:
         wait_seconds=ahead * job_seconds,
         load_seconds=load,
     )
+
+
+#: A model called again within this long keeps the box it was placed on.
+HOME_SECONDS = 60.0
+
+
+class Homes:
+    """Which box each model's calls go to, as this box placed them (ADR-0027).
+
+    A model called through this box keeps going to the box its last call went
+    to while it is called at least every :data:`HOME_SECONDS` and that box can
+    take it: agents in closed loops then keep their models where they are
+    loaded, instead of a model loading on one box and then another. A model
+    without a home gets the box with the fewest models at home, then the
+    soonest start (a box that holds it first, this box on a tie).
+    """
+
+    def __init__(self) -> None:
+        self._homes: dict[str, tuple[str, float]] = {}
+
+    def order(self, model: str, found: list[Candidate], now: float) -> list[Candidate]:
+        """``found`` (soonest start first) with ``model``'s home first."""
+        if not found:
+            return found
+        wanted = canonical_model_name(model)
+        home = self._homes.get(wanted)
+        chosen: Candidate | None = None
+        if home is not None and now - home[1] <= HOME_SECONDS:
+            chosen = next((c for c in found if c.id == home[0]), None)
+        if chosen is None:
+            active = self._active(now, other_than=wanted)
+            chosen = min(found, key=lambda c: (active.get(c.id, 0), found.index(c)))
+        self._homes[wanted] = (chosen.id, now)
+        return [chosen, *(c for c in found if c is not chosen)]
+
+    def _active(self, now: float, *, other_than: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for model, (box, at) in self._homes.items():
+            if model != other_than and now - at <= HOME_SECONDS:
+                counts[box] = counts.get(box, 0) + 1
+        return counts
