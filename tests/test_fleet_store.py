@@ -153,15 +153,26 @@ def test_a_claim_takes_the_first_candidate_still_queued_in_the_order_given(
     db_now = result_of(a.db_now())
     assert box == "A" and lease is not None and db_now < lease <= db_now + LEASE
 
+    # A box's own job in ``loading`` is its to claim again (the store refused
+    # the run's next write); the others' are not. The worker never offers the
+    # job it runs: each claimed job leaves the candidates here.
+    again = result_of(a.claim(["2"], lease=LEASE, now=NOW + 2))
+    assert again is not None and again.attempt == 3  # the same attempt
+    assert result_of(b.claim(["2"], lease=LEASE, now=NOW + 2)) is None
+    candidates.remove("2")
     assert result_of(b.claim(candidates, lease=LEASE, now=NOW)) == job("b-sync", sync=True).moved(
         JobState.LOADING, NOW, attempt=1, box="B"
     )
+    candidates.remove("b-sync")
     third = result_of(a.claim(candidates, lease=LEASE, now=NOW + 1))
     assert third is not None and (third.id, third.started_at) == ("3", NOW + 1)
+    candidates.remove("3")
     fourth = result_of(a.claim(candidates, lease=LEASE, now=NOW))
     assert fourth is not None and fourth.id == "1"
+    candidates.remove("1")
     last = result_of(a.claim(candidates, lease=LEASE, now=NOW))
     assert last is not None and last.id == "later"
+    candidates.remove("later")
     assert result_of(a.claim(candidates, lease=LEASE, now=NOW)) is None
     assert result_of(a.claim([], lease=LEASE, now=NOW)) is None
 
@@ -177,7 +188,7 @@ def test_a_sync_job_is_claimed_only_by_its_own_box(boxes: tuple[JobStore, JobSto
 def test_a_claim_writes_what_its_recorder_writes_in_its_transaction(
     boxes: tuple[JobStore, JobStore], store_engine: Engine
 ) -> None:
-    a, _ = boxes
+    a, b = boxes
     insert(a, job("1"))
     with side(store_engine) as db:
         db.execute("CREATE TABLE marks (job_id TEXT, previous TEXT)")
@@ -193,7 +204,8 @@ def test_a_claim_writes_what_its_recorder_writes_in_its_transaction(
 
     claimed = result_of(a.claim(["1"], lease=LEASE, now=NOW, recorder=recorder))
     assert told == [claimed]
-    assert result_of(a.claim(["1"], lease=LEASE, now=NOW, recorder=recorder)) is None
+    # Another box finds it taken: its recorder writes nothing.
+    assert result_of(b.claim(["1"], lease=LEASE, now=NOW, recorder=recorder)) is None
     assert len(told) == 1
 
     def failing(db: Connection, claimed: Job, previous: JobState) -> None:

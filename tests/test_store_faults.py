@@ -325,3 +325,24 @@ def test_metrics_show_the_pause_and_the_refused_writes(tmp_path: Path) -> None:
     rig.run_until(rig.all_finished)
     assert 'foreman_worker_paused{reason="store_unwritable"} 0.0' in metrics.render().decode()
     rig.stop()
+
+
+@on_each_engine
+def test_a_write_refused_after_the_claim_leaves_the_job_to_run_again(tmp_path: Path) -> None:
+    # Found by the property above: the claim stored the job ``loading``, the
+    # store then refused its ``working``; the job went back to the worker's
+    # queue while the store still said ``loading``, and the next claim must
+    # take it again (not leave the caller a 503 and the job loading for ever).
+    rig, store = make_rig(tmp_path, load_seconds=0.5, tokens_per_second=20.0, reply_tokens=8)
+    waiting, request = sync_call(rig, "refused-then-run")
+    rig.worker.startService()
+    rig.flush()
+    store.refusing = True
+    rig.clock.advance(1.0)
+    rig.flush()
+    store.refusing = False
+    rig.run_until(rig.all_finished, limit=60)
+    assert waiting.called and request.responseCode in (None, 200)
+    assert rig.generation_markers() == ["refused-then-run"]
+    (job,) = rig.jobs()
+    assert job.state is JobState.DONE and job.attempt == 1

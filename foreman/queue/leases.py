@@ -141,20 +141,28 @@ def claim(
     """Take the first of ``candidates`` still queued and nobody's (or
     this box's): moved to ``loading`` as a run starts it (one attempt more),
     owned by this box under a lease of ``lease`` seconds. ``None`` when every
-    candidate is taken, cancelled or gone. One statement."""
+    candidate is taken, cancelled or gone. One statement.
+
+    A job this box already holds ``loading`` is taken again as it is (its
+    attempt unchanged): a run claimed it, then the store refused the run's
+    next write, so the job went back to the worker's queue while the store
+    still says ``loading`` (ADR-0023)."""
     if not candidates:
         return None
     parameters: dict[str, object] = {f"c{index}": each for index, each in enumerate(candidates)}
     marks = ", ".join(f":c{index}" for index in range(len(candidates)))
     order = " ".join(f"WHEN :c{index} THEN {index}" for index in range(len(candidates)))
     claimable = "box IS NULL" if owner.box is None else "(box IS NULL OR box = :me)"
+    held = "box IS NULL" if owner.box is None else "box = :me"
     parameters.update(me=owner.box, lease=lease, now=now)
     row = db.execute(
-        "UPDATE jobs SET state = 'loading', attempt = attempt + 1, box = :me,"
+        "UPDATE jobs SET attempt = CASE WHEN state = 'loading' THEN attempt ELSE attempt + 1 END,"
+        " state = 'loading', box = :me,"
         f" lease_until = {owner.now} + :lease, started_at = COALESCE(started_at, :now),"
         " updated_at = :now, finished_at = NULL"
-        f" WHERE id = (SELECT id FROM jobs WHERE id IN ({marks}) AND state = 'queued'"
-        f" AND {claimable} ORDER BY CASE id {order} END"
+        f" WHERE id = (SELECT id FROM jobs WHERE id IN ({marks})"
+        f" AND ((state = 'queued' AND {claimable}) OR (state = 'loading' AND {held}))"
+        f" ORDER BY CASE id {order} END"
         f" LIMIT 1{owner.engine.skip_locked}) RETURNING *",
         parameters,
     ).fetchone()
