@@ -367,7 +367,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         fleet_secret = queue.store.fleet_secret()
         generation = FleetGeneration(
             queue.worker,
-            queue.member.report,
+            queue.member.placing,
             agent,
             me=queue.member.identity.id,
             name=queue.member.identity.name,

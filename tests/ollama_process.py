@@ -104,6 +104,16 @@ class OllamaProcess:
             found.extend(numbered.values())
         return found
 
+    def requests(self, method: str, path: str) -> int:
+        """How many ``method`` requests for ``path`` it received, over every run."""
+        wanted = (method, path)
+        return sum(
+            1
+            for _, log in self.runs
+            for line in log.read_text(errors="replace").splitlines()
+            if (called := CALL.match(line)) and called.group(2, 3) == wanted
+        )
+
     def generations(self, asked: str) -> list[Call]:
         """The calls that asked ``asked``, in any dialect (foreman's model loads ask nothing)."""
         return [call for call in self.calls() if call.asked == asked]

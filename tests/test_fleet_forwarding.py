@@ -66,7 +66,8 @@ async def test_a_call_for_a_model_only_another_box_has_streams_back_through_this
     fleet: Fleet,
 ) -> None:
     slow = ("--load-seconds", "0.2", "--tokens-per-second", "20", "--reply-tokens", "20")
-    a = await fleet.start_box("a", *slow, "--models", "llama3.2")
+    # a lists its Ollama's models once a minute: asked again, it would be per call.
+    a = await fleet.start_box("a", *slow, "--models", "llama3.2", extra=("--poll-interval", "60"))
     b = await fleet.start_box("b", *slow, "--models", "qwen3:8b")
     await until(fleet.reactor, lambda: knows(fleet, a, "b", model="qwen3"), "a to know b", 10)
     times, text = await in_thread(lambda: stream_chat(a.url, "qwen3:8b", "far-away"))
@@ -86,9 +87,13 @@ async def test_a_call_for_a_model_only_another_box_has_streams_back_through_this
         finally:
             client.close()
 
+    listed = a.ollama.requests("GET", "/api/tags")
     assert "openai-far" in await in_thread(lambda: ask("qwen3:8b", "openai-far"))
     assert "openai-near" in await in_thread(lambda: ask("llama3.2", "openai-near"))
     assert b.generations("openai-far") == 1 and a.generations("openai-near") == 1
+    # A call the fleet places elsewhere does not first ask a's Ollama for its
+    # models (a round trip that was most of what forwarding added).
+    assert a.ollama.requests("GET", "/api/tags") == listed
 
 
 @pytest_twisted.ensureDeferred

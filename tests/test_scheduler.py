@@ -375,3 +375,18 @@ def test_positions_follow_the_plan_through_a_batch_turn() -> None:
     assert scheduler.position("batch", LLAMA, T0 + 5, job_seconds=2.0) == 4
     # Without the time moving on, the batch job would look last.
     assert [each.id for each in scheduler.ordered(LLAMA, T0 + 5)][-1] == "batch"
+
+
+def test_the_counts_by_model_and_class_follow_every_way_in_and_out() -> None:
+    people = job("p1", priority=Priority.INTERACTIVE)
+    batch = [job(f"b{n}", GEMMA, priority=Priority.BATCH) for n in range(3)]
+    scheduler = queued(people, *batch)
+    assert scheduler.interactive_depth == 1
+    assert scheduler.waiting_by_model() == {GEMMA: 3, LLAMA: 1}
+    scheduler.add(people, reserved=False)  # seen again: not counted twice
+    assert scheduler.interactive_depth == 1
+    scheduler.take(people, T0)
+    scheduler.remove("b0")
+    assert scheduler.remove("b0") is None  # gone already: nothing changes
+    assert scheduler.interactive_depth == 0
+    assert scheduler.waiting_by_model() == {GEMMA: 2}

@@ -301,10 +301,10 @@ class ForemanAPI:
         model = _model_of(parsed)
         if model is not None and not is_cloud_model(model):
             request.model = model  # type: ignore[attr-defined]
+            # A fleet: a box whose Ollama has it embeds, never queued.
+            if await self._elsewhere(request, model, raw):
+                return None
             if await self._inventory.knows_model(model) is False:
-                # A fleet: a box whose Ollama has it embeds, never queued.
-                if await self._elsewhere(request, model, raw):
-                    return None
                 return write_json_error(request, 404, embedding_model_not_found(model))
         await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
         return None
@@ -331,7 +331,9 @@ class ForemanAPI:
             priority = parse_priority(request.getHeader(PRIORITY_HEADER), Priority.INTERACTIVE)
         except UnknownPriority as e:
             return write_json_error(request, 400, f"{PRIORITY_HEADER.decode()}: {e}")
-        if await self._inventory.knows_model(model) is False and not self._fleet_has(model):
+        # A model some box of a fleet has is placed without asking this
+        # box's Ollama again (a round trip on every forwarded call).
+        if not self._fleet_has(model) and await self._inventory.knows_model(model) is False:
             return write_json_error(request, 404, model_not_found(model))
         call = GenerationCall(
             endpoint=endpoint, model=model, body=raw, stream=stream, priority=priority
@@ -344,10 +346,14 @@ class ForemanAPI:
 
     async def _elsewhere(self, request: IRequest, model: str, raw: bytes) -> bool:
         """Relay a call for ``model`` to another box when this box's Ollama
-        lacks it and another's has it (a fleet); whether it was."""
+        lacks it and another's has it (a fleet); whether it was.
+
+        This box's Ollama is judged by its last listing, not asked again: the
+        fleet knows the model, so a round trip here would only delay the call.
+        """
         if self._fleet_calls is None or not self._fleet_has(model):
             return False
-        if await self._inventory.knows_model(model) is not False:
+        if canonical_model_name(model) in self._inventory.model_names:
             return False
         return await self._fleet_calls.elsewhere(request, model, raw)
 

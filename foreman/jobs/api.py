@@ -74,10 +74,9 @@ class JobsAPI:
 
     async def _knows_model(self, model: str) -> bool | None:
         """Does this box's Ollama have ``model``, or, in a fleet, a live box's?"""
-        here = await self._inventory.knows_model(model)
-        if here or self._fleet is None:
-            return here
-        return True if self._fleet.has_model(model) else here
+        if self._fleet is not None and self._fleet.has_model(model):
+            return True
+        return await self._inventory.knows_model(model)
 
     async def _stored(self, store: JobStore, asked: Deferred[T]) -> T:
         """What the store answered; a store that cannot be reached now (a

@@ -46,8 +46,9 @@ class Scheduler:
         self._seen: dict[str, Job] = {}
         #: When each job of this process first arrived, on the reactor's clock.
         self._arrived: dict[str, float] = {}
-        #: Queued jobs per model (canonical name).
+        #: Queued jobs per model (canonical name), and people's jobs of them.
         self._per_model: Counter[str] = Counter()
+        self._interactive = 0
         self._reserved = 0
 
     # -- admission -----------------------------------------------------------
@@ -82,6 +83,7 @@ class Scheduler:
         ready = job.not_before if ready_at is None else ready_at
         if job.id not in self._queued:
             self._per_model[canonical_model_name(job.model)] += 1
+            self._interactive += not job.batch
         self._queued[job.id] = job
         if arrival == job.created_at and ready == job.not_before:
             self._seen[job.id] = job
@@ -105,6 +107,7 @@ class Scheduler:
         self.turns.started(seen, now)
 
     def _count_out(self, job: Job) -> None:
+        self._interactive -= not job.batch
         model = canonical_model_name(job.model)
         self._per_model[model] -= 1
         if self._per_model[model] <= 0:
@@ -127,6 +130,15 @@ class Scheduler:
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._queued
+
+    @property
+    def interactive_depth(self) -> int:
+        """How many of the queued jobs are people's (not batch work)."""
+        return self._interactive
+
+    def waiting_by_model(self) -> dict[str, int]:
+        """How many jobs wait for each model (canonical names), in name order."""
+        return dict(sorted(self._per_model.items()))
 
     def queued_for(self, model: str) -> int:
         """How many jobs wait for ``model``."""

@@ -153,11 +153,13 @@ class FleetMember(Service):
         if reaped:
             self.refresh_soon()
 
-    def record(self) -> BoxRecord:
+    def record(self, *, runs: bool = True) -> BoxRecord:
+        """This box as it is now; with ``runs``, its recent runs too (for
+        the other boxes' status pages)."""
         worker = self._worker
         inventory = worker.residency.inventory
         report = summary(worker)
-        if self.history is not None:
+        if runs and self.history is not None:
             report["runs"] = self.history()
         return BoxRecord(
             id=self.identity.id,
@@ -176,14 +178,15 @@ class FleetMember(Service):
         seen = box.seen_seconds_ago + max(0.0, self._clock.seconds() - self.read_at)
         return seen, box.alive and seen <= self.lease
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self, *, runs: bool = True) -> list[dict[str, Any]]:
         """Every box the fleet's store knows, for the queue report and the
-        status page: this one as it is now, the others as last published."""
+        status page: this one as it is now, the others as last published.
+        Without ``runs``, this box's recent runs are left out."""
         shown = []
-        for box in self.boxes or [attrs.evolve(self.record(), alive=True)]:
+        for box in self.boxes or [attrs.evolve(self.record(runs=runs), alive=True)]:
             this = box.id == self.identity.id
             if this:
-                box = attrs.evolve(self.record(), alive=True, seen_seconds_ago=0.0)
+                box = attrs.evolve(self.record(runs=runs), alive=True, seen_seconds_ago=0.0)
                 seen, alive = 0.0, True
             else:
                 seen, alive = self.seen(box)
@@ -212,6 +215,11 @@ class FleetMember(Service):
                 }
             )
         return shown
+
+    def placing(self) -> list[dict[str, Any]]:
+        """The boxes as placement reads them, on every sync call: the report
+        without this box's recent runs, which placement does not read."""
+        return self.report(runs=False)
 
     def others(self) -> list[BoxRecord]:
         """The other boxes alive now, as they last published."""

@@ -18,7 +18,6 @@ What a box may take draws the fleet's drain by model:
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from foreman.queue.boxes import BoxRecord
@@ -139,15 +138,13 @@ def summary(worker: Worker) -> dict[str, Any]:
     (ADR-0027): what runs, what waits here by model, the people's calls
     waiting, the average job time, and what a load of each model costs here."""
     current = worker.current
-    queued = list(worker.scheduler.jobs())
-    waiting = Counter(canonical_model_name(job.model) for job in queued)
     models = worker.residency.inventory.model_names
     return {
         "running": None
         if current is None
         else {"id": current.id, "model": current.model, "state": current.state.value},
-        "waiting": dict(sorted(waiting.items())),
-        "interactive_waiting": sum(1 for job in queued if not job.batch),
+        "waiting": worker.scheduler.waiting_by_model(),
+        "interactive_waiting": worker.scheduler.interactive_depth,
         "depth": worker.scheduler.depth,
         "activity": worker.activity.now,
         "average_job_seconds": round(worker.average_job_seconds, 3),
