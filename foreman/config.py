@@ -19,6 +19,7 @@ from foreman.http.site import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFA
 from foreman.queue.engines import mask_password
 from foreman.queue.order import DEFAULT_BATCH_MAX_WAIT, DEFAULT_MAX_WAIT, DEFAULT_SWAP_QUANTUM
 from foreman.queue.outage import DEFAULT_CALLER_WAIT
+from foreman.queue.scheduler import DEFAULT_MAX_BATCH_QUEUE as DEFAULT_MAX_BATCH_QUEUE
 from foreman.relay.inflight import DEFAULT_LOAD_TIMEOUT, DEFAULT_STALL_TIMEOUT
 
 DEFAULT_LISTEN = "tcp:11435:interface=127.0.0.1"
@@ -104,6 +105,8 @@ class Config:
     #: The small embedding model kept loaded beside the worker model.
     embed_model: str | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
+    #: Batch jobs that may wait: their own bound, far above people's.
+    max_batch_queue: int = DEFAULT_MAX_BATCH_QUEUE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     job_ttl: float = DEFAULT_JOB_TTL
     #: The hold for a model whose callers' return is not known yet (ADR-0024);

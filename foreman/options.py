@@ -19,6 +19,7 @@ from foreman.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LISTEN,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH_QUEUE,
     DEFAULT_MAX_QUEUE,
     DEFAULT_OLLAMA_URL,
     Config,
@@ -143,6 +144,13 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "FOREMAN_MAX_QUEUE",
         str(DEFAULT_MAX_QUEUE),
         "Queued generation jobs beyond which callers get 503 + Retry-After.",
+    ),
+    (
+        "max-batch-queue",
+        "FOREMAN_MAX_BATCH_QUEUE",
+        str(DEFAULT_MAX_BATCH_QUEUE),
+        "Queued batch jobs (their own bound, apart from --max-queue) beyond which"
+        " a submit gets 503 + Retry-After.",
     ),
     (
         "max-attempts",
@@ -376,7 +384,7 @@ class ForemanOptions(usage.Options):
         except ValueError:
             raise usage.UsageError("--swap-rule must be learned or fixed") from None
         counts: dict[str, int] = {}
-        for name in ("max-queue", "max-attempts"):
+        for name in ("max-queue", "max-batch-queue", "max-attempts"):
             try:
                 counts[name] = int(self[name])
             except ValueError:
@@ -417,6 +425,7 @@ class ForemanOptions(usage.Options):
             keep_alive=keep_alive,
             embed_model=self["embed-model"] or None,
             max_queue=counts["max-queue"],
+            max_batch_queue=counts["max-batch-queue"],
             max_attempts=counts["max-attempts"],
             job_ttl=job_ttl,
             swap_grace=swap_grace,

@@ -232,6 +232,7 @@ def build_queue(
                 config.batch_max_wait,
                 swap_quantum=config.swap_quantum if config.swap_rule is SwapRule.LEARNED else 0,
             ),
+            max_batch_queue=config.max_batch_queue,
         ),
         residency,
         relay,

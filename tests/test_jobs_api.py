@@ -225,7 +225,9 @@ async def test_a_full_queue_is_a_503_with_retry_after(
     reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman, http: HTTPClient
 ) -> None:
     sim = await start_simulator(tokens_per_second=5.0, reply_tokens=10_000)
-    running = await start_foreman(sim.url, max_queue=1)
+    # /jobs are batch work by default: --max-batch-queue bounds them, and
+    # --max-queue the people's calls, each apart from the other.
+    running = await start_foreman(sim.url, max_queue=1, max_batch_queue=1)
     jobs = JobsClient(http, running.url)
     endless = await hold_the_worker(jobs, reactor)
     waiting = await jobs.submitted(chat("llama3.2", "waiting"))
@@ -235,6 +237,11 @@ async def test_a_full_queue_is_a_503_with_retry_after(
         "error": "server busy, please try again.  maximum pending requests exceeded"
     }
     assert int(refused.header("Retry-After") or 0) >= 1
+    person = await jobs.submitted({**chat("llama3.2", "a person"), "priority": "interactive"})
+    assert (await jobs.submit({**chat("llama3.2", "another"), "priority": "interactive"})).code == (
+        503
+    )
+    assert (await jobs.cancel(person)).code == 200
     # A retry of an accepted submit still finds its job, full queue or not.
     key = {"Idempotency-Key": "k"}
     await jobs.call("POST", f"/jobs/{waiting}/cancel")

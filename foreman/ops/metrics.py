@@ -304,9 +304,8 @@ class _StateCollector(Collector):
         by_class = GaugeMetricFamily(
             "foreman_queued_jobs", "Generation jobs waiting to run, by class.", labels=["priority"]
         )
-        waiting = dict.fromkeys(Priority, 0)
-        for job in worker.scheduler.jobs():
-            waiting[job.priority] += 1
+        people = worker.scheduler.interactive_depth
+        waiting = {Priority.INTERACTIVE: people, Priority.BATCH: worker.scheduler.depth - people}
         for priority, count in waiting.items():
             by_class.add_metric([priority.value], float(count))
         yield by_class

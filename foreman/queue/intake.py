@@ -95,7 +95,7 @@ class Intake:
             priority=call.priority,
         )
         try:
-            self.scheduler.reserve()
+            self.scheduler.reserve(job.priority)
         except QueueFull:
             self._refuse_busy(request)
             return
@@ -104,12 +104,12 @@ class Intake:
             await self._store.insert(job, transition.write)
         except CancelledError:
             # The caller left while the row was being written.
-            self.scheduler.release()
+            self.scheduler.release(job.priority)
             cancelled = job.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
             self._save_soon(cancelled, None)
             raise
         except Exception as e:
-            self.scheduler.release()
+            self.scheduler.release(job.priority)
             log.failure("Could not record a new job")
             self._store_refused(e)
             message = "foreman: could not record the job; see its log"
@@ -128,7 +128,7 @@ class Intake:
         return ensureDeferred(self._submit(job))
 
     async def _submit(self, job: Job) -> Job:
-        self.scheduler.reserve()
+        self.scheduler.reserve(job.priority)
         # The job and its first event (``queued``) in one transaction: a 202
         # means both are stored. During a stop it is stored all the same and
         # runs after the next start.
@@ -136,19 +136,19 @@ class Intake:
         try:
             stored = await self._store.insert_unless_known(job, transition.write)
         except BaseException as e:
-            self.scheduler.release()
+            self.scheduler.release(job.priority)
             if isinstance(e, Exception) and not isinstance(e, CancelledError):
                 self._store_refused(e)
             raise
         if stored.id != job.id:
             # A retried submit (same Idempotency-Key): the first one's job.
-            self.scheduler.release()
+            self.scheduler.release(job.priority)
             return stored
         self._arrived(job)
         if not self.takes_here(job):
             # A fleet: the job is left to the fleet's queue (another box's
             # Ollama has the model, or another box holds it); a box claims it.
-            self.scheduler.release()
+            self.scheduler.release(job.priority)
             transition.stored()
             return job
         self._enqueue(job, reserved=True)

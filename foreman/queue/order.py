@@ -29,13 +29,13 @@ drain by model.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Protocol
 
 import attrs
 
 from foreman.queue.job import Job
+from foreman.queue.lanes import Lane, Ready, arrival
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
 
@@ -88,55 +88,6 @@ class Policy:
         return self.quantum(waiting) - (now - max(turns.since, waiting.created_at))
 
 
-def arrival(job: Job) -> tuple[float, str]:
-    """Arrival order: creation time, ties by id (ids are ULIDs)."""
-    return (job.created_at, job.id)
-
-
-class _Lane:
-    """One class's ready jobs: the oldest overall and the oldest per model.
-
-    Heaps with lazy removal, so that a whole plan costs O(n log n).
-    """
-
-    def __init__(self) -> None:
-        self._all: list[tuple[float, str, Job]] = []
-        self._by_model: dict[str, list[tuple[float, str, Job]]] = {}
-        self._taken: set[str] = set()
-        self.size = 0
-
-    def add(self, job: Job) -> None:
-        entry = (job.created_at, job.id, job)
-        heapq.heappush(self._all, entry)
-        heapq.heappush(self._by_model.setdefault(canonical_model_name(job.model), []), entry)
-        self.size += 1
-
-    def take(self, job: Job) -> None:
-        self._taken.add(job.id)
-        self.size -= 1
-
-    def oldest(self) -> Job | None:
-        return self._head(self._all)
-
-    def oldest_for(self, model: str | None) -> Job | None:
-        if model is None:
-            return None
-        return self._head(self._by_model.get(model, []))
-
-    def oldest_other(self, model: str | None) -> Job | None:
-        """The oldest job for any model but ``model``."""
-        heads = (
-            self._head(heap) for name, heap in self._by_model.items() if name != model and heap
-        )
-        found = [job for job in heads if job is not None]
-        return min(found, key=arrival, default=None)
-
-    def _head(self, heap: list[tuple[float, str, Job]]) -> Job | None:
-        while heap and heap[0][1] in self._taken:
-            heapq.heappop(heap)
-        return heap[0][2] if heap else None
-
-
 @attrs.define
 class Turns:
     """What the order remembers between choices: when a batch job last
@@ -162,13 +113,16 @@ class Turns:
             self.since = now
 
 
-class _Ready:
-    """The ready jobs of both classes, as one choice sees them."""
+class ReadyJobs:
+    """The ready jobs of both classes, as one choice sees them: the
+    scheduler's lanes (kept between choices), a plan's view of them, or
+    lanes made for a list of jobs."""
 
-    def __init__(self, jobs: Iterable[Job] = ()) -> None:
-        self.lanes = {Priority.INTERACTIVE: _Lane(), Priority.BATCH: _Lane()}
-        for job in jobs:
-            self.add(job)
+    def __init__(self, lanes: Mapping[Priority, Ready] | None = None) -> None:
+        self.lanes: Mapping[Priority, Ready] = lanes or {
+            Priority.INTERACTIVE: Lane(),
+            Priority.BATCH: Lane(),
+        }
 
     def add(self, job: Job) -> None:
         self.lanes[job.priority].add(job)
@@ -195,7 +149,7 @@ def _batch_turn_due(oldest: Job, policy: Policy, now: float, turns: Turns) -> bo
 
 
 def _within(
-    lane: _Lane,
+    lane: Ready,
     policy: Policy,
     resident: str | None,
     now: float,
@@ -224,7 +178,10 @@ def choose(
     jobs: Iterable[Job], policy: Policy, resident: str | None, now: float, turns: Turns
 ) -> Job | None:
     """The job to start at ``now`` among ``jobs`` (all ready), or ``None``."""
-    return _Ready(jobs).choose(policy, resident, now, turns)
+    ready = ReadyJobs()
+    for job in jobs:
+        ready.add(job)
+    return ready.choose(policy, resident, now, turns)
 
 
 def plan(
@@ -239,13 +196,30 @@ def plan(
     arrives and each takes ``job_seconds``; the first choice is made at
     ``start``. A job backing off joins when its ``not_before`` comes.
     """
+    ready = ReadyJobs()
+    later = []
+    for job in jobs:
+        if job.not_before <= start:
+            ready.add(job)
+        else:
+            later.append(job)
+    return planned(ready, later, policy, resident, start, turns, job_seconds)
+
+
+def planned(
+    ready: ReadyJobs,
+    later: Iterable[Job],
+    policy: Policy,
+    resident: str | None,
+    start: float,
+    turns: Turns,
+    job_seconds: float,
+) -> Iterator[Job]:
+    """:func:`plan` from ``ready`` (the jobs ready at ``start``, changed as
+    the plan goes) and ``later`` (those that are not yet)."""
     turns = attrs.evolve(turns)
     now = start
-    later = sorted(
-        (job for job in jobs if job.not_before > now), key=lambda job: (job.not_before, job.id)
-    )
-    ready = _Ready(job for job in jobs if job.not_before <= now)
-    waiting = iter(later)
+    waiting = iter(sorted(later, key=lambda job: (job.not_before, job.id)))
     upcoming = next(waiting, None)
     while True:
         while upcoming is not None and upcoming.not_before <= now:
@@ -263,3 +237,8 @@ def plan(
         turns.started(job, now)
         resident = canonical_model_name(job.model)
         now += job_seconds
+
+
+def planned_lanes(lanes: Mapping[Priority, Lane]) -> ReadyJobs:
+    """The scheduler's lanes as a plan reads them, leaving them as they are."""
+    return ReadyJobs({priority: lane.planned() for priority, lane in lanes.items()})

@@ -96,7 +96,7 @@ class Pauses:
             now = self._clocks.now()
         self._refuse_waiting_callers(now)
         wake_at = outage.next_probe_at
-        for job in self._scheduler.jobs():
+        for job in self._scheduler.sync_jobs():
             if job.sync:
                 wake_at = min(wake_at, outage.caller_deadline(self._scheduler.arrival(job)))
         await self._sleep(wake_at)
@@ -106,13 +106,13 @@ class Pauses:
         outage = self._outage
         return any(
             job.sync and now >= outage.caller_deadline(self._scheduler.arrival(job))
-            for job in self._scheduler.jobs()
+            for job in self._scheduler.sync_jobs()
         )
 
     def _refuse_waiting_callers(self, now: float) -> None:
         """Sync callers whose wait for the target is over get ``503``."""
         outage = self._outage
-        for job in list(self._scheduler.jobs()):
+        for job in self._scheduler.sync_jobs():
             if job.sync and now >= outage.caller_deadline(self._scheduler.arrival(job)):
                 message = outage.refusal()
                 self._scheduler.remove(job.id)

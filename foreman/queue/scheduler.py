@@ -20,23 +20,36 @@ Without an arrival given, the stored fields stand in (the tests of the order).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import attrs
 
 from foreman.queue.job import Job
-from foreman.queue.order import Policy, Turns, arrival, choose, plan
+from foreman.queue.lanes import Lane, arrival
+from foreman.queue.order import Policy, ReadyJobs, Turns, planned, planned_lanes
 from foreman.wire.model_names import canonical_model_name
+from foreman.wire.priority import Priority
 
 
 class QueueFull(Exception):
-    """The queue holds ``max_queue`` jobs already."""
+    """The queue holds as many jobs of the class as it takes already."""
+
+
+#: Batch work waits in bulk: its own bound, far above people's (ADR-0028).
+DEFAULT_MAX_BATCH_QUEUE = 100_000
 
 
 class Scheduler:
-    def __init__(self, max_queue: int, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        max_queue: int,
+        policy: Policy | None = None,
+        max_batch_queue: int = DEFAULT_MAX_BATCH_QUEUE,
+    ) -> None:
         self.max_queue = max_queue
+        self.max_batch_queue = max_batch_queue
         self.policy = policy or Policy()
         self.turns = Turns()
         #: The jobs as stored, by id.
@@ -46,22 +59,38 @@ class Scheduler:
         self._seen: dict[str, Job] = {}
         #: When each job of this process first arrived, on the reactor's clock.
         self._arrived: dict[str, float] = {}
+        #: The ready jobs by class (as seen), kept between choices.
+        self._lanes = {priority: Lane() for priority in Priority}
+        #: Jobs not ready yet (backing off): (ready at, id, entry token, job as
+        #: seen); an entry counts while its token is the job's.
+        self._later: list[tuple[float, str, int, Job]] = []
+        self._tokens: dict[str, int] = {}
+        self._entered = 0
+        #: The latest time the queue was looked at: a job ready by then is ready.
+        self._now = float("-inf")
         #: Queued jobs per model (canonical name), and people's jobs of them.
         self._per_model: Counter[str] = Counter()
         self._interactive = 0
-        self._reserved = 0
+        #: The sync calls waiting (their callers wait with them).
+        self._sync: dict[str, Job] = {}
+        self._reserved = dict.fromkeys(Priority, 0)
 
     # -- admission -----------------------------------------------------------
 
-    def reserve(self) -> None:
-        """Claim a place for a job about to be stored, or raise :class:`QueueFull`."""
-        if len(self._queued) + self._reserved >= self.max_queue:
+    def reserve(self, priority: Priority = Priority.INTERACTIVE, count: int = 1) -> None:
+        """Claim places for ``count`` jobs of a class about to be stored, or
+        raise :class:`QueueFull`: people's calls are bounded by ``max_queue``,
+        batch work by ``max_batch_queue``."""
+        batch = priority is Priority.BATCH
+        queued = self.depth - self._interactive if batch else self._interactive
+        limit = self.max_batch_queue if batch else self.max_queue
+        if queued + self._reserved[priority] + count > limit:
             raise QueueFull()
-        self._reserved += 1
+        self._reserved[priority] += count
 
-    def release(self) -> None:
-        """Give back a place claimed by :meth:`reserve` that was not used."""
-        self._reserved -= 1
+    def release(self, priority: Priority = Priority.INTERACTIVE, count: int = 1) -> None:
+        """Give back places claimed by :meth:`reserve` that were not used."""
+        self._reserved[priority] -= count
 
     def add(
         self,
@@ -78,35 +107,48 @@ class Scheduler:
         start. Each defaults to the job's stored field.
         """
         if reserved:
-            self._reserved -= 1
+            self._reserved[job.priority] -= 1
         arrival = self._arrived.setdefault(job.id, job.created_at if arrived is None else arrived)
         ready = job.not_before if ready_at is None else ready_at
-        if job.id not in self._queued:
-            self._per_model[canonical_model_name(job.model)] += 1
-            self._interactive += not job.batch
+        if job.id in self._queued:
+            self._out(self._queued[job.id])
+        self._per_model[canonical_model_name(job.model)] += 1
+        self._interactive += not job.batch
+        if job.sync:
+            self._sync[job.id] = job
         self._queued[job.id] = job
-        if arrival == job.created_at and ready == job.not_before:
-            self._seen[job.id] = job
+        seen = job
+        if arrival != job.created_at or ready != job.not_before:
+            seen = attrs.evolve(job, created_at=arrival, not_before=ready)
+        self._seen[job.id] = seen
+        if ready <= self._now:
+            self._lanes[job.priority].add(seen)
         else:
-            self._seen[job.id] = attrs.evolve(job, created_at=arrival, not_before=ready)
+            self._entered += 1
+            self._tokens[job.id] = self._entered
+            heapq.heappush(self._later, (ready, job.id, self._entered, seen))
 
     def remove(self, job_id: str) -> Job | None:
         """Take a job out for good (cancelled, its caller gone)."""
-        self._seen.pop(job_id, None)
         self._arrived.pop(job_id, None)
-        job = self._queued.pop(job_id, None)
+        job = self._queued.get(job_id)
         if job is not None:
-            self._count_out(job)
+            self._out(job)
         return job
 
     def take(self, job: Job, now: float) -> None:
         """Take ``job`` out of the queue to start it at ``now``."""
-        seen = self._seen.pop(job.id)
-        del self._queued[job.id]
-        self._count_out(job)
+        seen = self._seen[job.id]
+        self._out(self._queued[job.id])
         self.turns.started(seen, now)
 
-    def _count_out(self, job: Job) -> None:
+    def _out(self, job: Job) -> None:
+        """``job`` leaves the queue (its arrival is kept: see :meth:`forget`)."""
+        del self._queued[job.id]
+        seen = self._seen.pop(job.id)
+        self._lanes[job.priority].take(seen)
+        self._tokens.pop(job.id, None)  # its entry in the later heap, if any, is dead
+        self._sync.pop(job.id, None)
         self._interactive -= not job.batch
         model = canonical_model_name(job.model)
         self._per_model[model] -= 1
@@ -140,6 +182,10 @@ class Scheduler:
         """How many jobs wait for each model (canonical names), in name order."""
         return dict(sorted(self._per_model.items()))
 
+    def sync_jobs(self) -> list[Job]:
+        """The sync calls waiting, whose callers wait with them."""
+        return list(self._sync.values())
+
     def queued_for(self, model: str) -> int:
         """How many jobs wait for ``model``."""
         return self._per_model.get(canonical_model_name(model), 0)
@@ -147,17 +193,18 @@ class Scheduler:
     def oldest_other(self, resident: str | None) -> Job | None:
         """The person's call for another model than ``resident`` that the
         quantum would give a turn (the oldest), as the order sees it."""
-        others = [
-            job
-            for job in self._seen.values()
-            if not job.batch and canonical_model_name(job.model) != resident
-        ]
-        return min(others, key=arrival, default=None)
+        ready = self._lanes[Priority.INTERACTIVE].oldest_other(resident)
+        backing_off = (
+            seen
+            for *_, seen in self._pending()
+            if not seen.batch and canonical_model_name(seen.model) != resident
+        )
+        return min([*backing_off, *([ready] if ready else [])], key=arrival, default=None)
 
     def pick(self, resident: str | None, now: float) -> Job | None:
         """The job to run now, without removing it; ``None`` if none is ready."""
-        ready = [job for job in self._seen.values() if job.not_before <= now]
-        chosen = choose(ready, self.policy, resident, now, self.turns)
+        self._promote(now)
+        chosen = ReadyJobs(self._lanes).choose(self.policy, resident, now, self.turns)
         return None if chosen is None else self._queued[chosen.id]
 
     def overdue(self, job: Job, now: float) -> bool:
@@ -176,26 +223,51 @@ class Scheduler:
         """When ``job`` may start, on the reactor's clock."""
         return self._seen.get(job.id, job).not_before
 
+    def planned(
+        self, resident: str | None, start: float, job_seconds: float = 0.0
+    ) -> Iterator[Job]:
+        """The queued jobs in the order they will run if no more arrive (the
+        next choice made at ``start``, each job taking ``job_seconds``), as
+        far as they are read: the first k cost about k log k, whatever the
+        depth. Read it at once: it reads the queue as it is."""
+        later = [seen for *_, seen in self._pending()]
+        ready = planned_lanes(self._lanes)
+        for job in planned(ready, later, self.policy, resident, start, self.turns, job_seconds):
+            yield self._queued[job.id]
+
     def ordered(self, resident: str | None, start: float, job_seconds: float = 0.0) -> list[Job]:
-        """Every queued job in the order it will run if no more arrive: the
-        next choice is made at ``start`` and each job takes ``job_seconds``."""
-        jobs = list(self._seen.values())
-        planned = plan(jobs, self.policy, resident, start, self.turns, job_seconds)
-        return [self._queued[job.id] for job in planned]
+        """Every queued job in the order it will run if no more arrive."""
+        return list(self.planned(resident, start, job_seconds))
 
     def position(
         self, job_id: str, resident: str | None, start: float, job_seconds: float = 0.0
     ) -> int:
         """1 for the job that runs next, 2 for the one after, and so on."""
-        for index, job in enumerate(self.ordered(resident, start, job_seconds), start=1):
+        if job_id not in self._queued:
+            raise KeyError(job_id)
+        for index, job in enumerate(self.planned(resident, start, job_seconds), start=1):
             if job.id == job_id:
                 return index
         raise KeyError(job_id)
 
     def next_ready_at(self, now: float) -> float | None:
         """When the earliest job still backing off becomes ready."""
-        waiting = [job.not_before for job in self._seen.values() if job.not_before > now]
-        return min(waiting, default=None)
+        self._promote(now)
+        return self._later[0][0] if self._later else None
 
     def jobs(self) -> Iterable[Job]:
         return self._queued.values()
+
+    def _pending(self) -> Iterator[tuple[float, str, int, Job]]:
+        """The live entries of jobs not yet ready."""
+        return (entry for entry in self._later if self._tokens.get(entry[1]) == entry[2])
+
+    def _promote(self, now: float) -> None:
+        """Jobs ready by ``now`` join their lanes."""
+        self._now = max(self._now, now)
+        later, tokens = self._later, self._tokens
+        while later and (later[0][0] <= self._now or tokens.get(later[0][1]) != later[0][2]):
+            _, job_id, token, seen = heapq.heappop(later)
+            if tokens.get(job_id) == token:
+                del tokens[job_id]
+                self._lanes[seen.priority].add(seen)

@@ -205,7 +205,7 @@ class Worker(Intake, Visibility, Service):
         # Nothing could serve them after a restart (asynchronous jobs simply
         # stay queued).
         wall = self.clocks.wall()
-        for job in list(self.scheduler.jobs()):
+        for job in self.scheduler.sync_jobs():
             if job.sync:
                 self.scheduler.remove(job.id)
                 self._save_soon(job.moved(JobState.FAILED, wall, **STOPPED), job.state)
