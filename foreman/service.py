@@ -34,6 +34,10 @@ from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.http.cors import OriginPolicy
 from foreman.http.site import ForemanSite
 from foreman.jobs.api import JobsAPI
+from foreman.jobs.batches import table as batch_table
+from foreman.jobs.batches.api import BatchesAPI, FilesAPI
+from foreman.jobs.batches.api import build as build_batches
+from foreman.jobs.batches.progress import BatchProgress
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox
 from foreman.ops.drain import Drain
@@ -195,6 +199,7 @@ class Queue:
     outbox: WebhookOutbox
     #: This box's part in a fleet, when the store is shared.
     member: FleetMember | None = None
+    progress: BatchProgress | None = None
 
 
 def build_queue(
@@ -248,6 +253,9 @@ def build_queue(
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
     worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
+    # A batch's counts move in the transaction that ends each of its lines.
+    progress = BatchProgress(store, outbox, clocks.wall)
+    worker.record_transitions(progress)
     try:
         recovery = recover_queue(store, worker, clocks.wall())
         costs.remembered(store.known_load_costs())
@@ -291,8 +299,29 @@ def build_queue(
     inventory.on_reachable(target_reachable)
 
     if math.isfinite(config.job_ttl):
-        ttl_sweeper(store, reactor, config.job_ttl, clocks.wall).setServiceParent(services)
-    return Queue(store, worker, residency, recovery, outbox, member), services
+        ttl_sweeper(
+            store,
+            reactor,
+            config.job_ttl,
+            clocks.wall,
+            also=lambda cutoff: store.transact(lambda db: batch_table.prune(db, cutoff)),
+        ).setServiceParent(services)
+    # Batches a stopped foreman left finalizing are finished once it runs.
+    reactor.callWhenRunning(progress.resume)
+    return Queue(store, worker, residency, recovery, outbox, member, progress), services
+
+
+def _batches(queue: Queue, jobs: JobsAPI) -> tuple[FilesAPI, BatchesAPI]:
+    """OpenAI's Files and Batch APIs on the queue (ADR-0029)."""
+    assert queue.progress is not None
+    return build_batches(
+        queue.store,
+        queue.worker,
+        queue.worker.clocks.wall,
+        knows_model=jobs.knows_model,
+        outbox=queue.outbox,
+        progress=queue.progress,
+    )
 
 
 def _remember_in(store: JobStore, clocks: Clocks) -> Remember:
@@ -411,6 +440,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         timeline=timeline,
         fleet=queue.member if queue else None,
         fleet_calls=generation if isinstance(generation, FleetGeneration) else None,
+        batches=None if queue is None else _batches(queue, jobs),
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
     guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths), fleet=fleet_secret)

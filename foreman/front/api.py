@@ -43,6 +43,7 @@ from foreman.http.errors import (
 from foreman.http.forms import form_field
 from foreman.http.routing import read_body, read_json
 from foreman.jobs.api import JobsAPI
+from foreman.jobs.batches.api import BatchesAPI, FilesAPI
 from foreman.ops.health import health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
@@ -94,6 +95,7 @@ class ForemanAPI:
         timeline: Timeline | None = None,
         fleet: FleetMember | None = None,
         fleet_calls: FleetGeneration | None = None,
+        batches: tuple[FilesAPI, BatchesAPI] | None = None,
     ) -> None:
         self._relay = relay
         self._fleet = fleet
@@ -103,6 +105,10 @@ class ForemanAPI:
         self._worker = worker
         self._store = store
         self._jobs = None if jobs is None else jobs.app.resource()
+        self._files: IResource | None = None
+        self._batches: IResource | None = None
+        if batches is not None:
+            self._files, self._batches = (api.app.resource() for api in batches)
         self._simulated = simulated
         self._ui: IResource | None = None
         self._metrics = metrics
@@ -189,6 +195,23 @@ class ForemanAPI:
         if not request.postpath:
             request.postpath = [b""]
         return self._jobs
+
+    @app.route("/v1/files", branch=True)
+    def files(self, request: IRequest) -> IResource | Deferred[None]:
+        return self._mounted(request, self._files)
+
+    @app.route("/v1/batches", branch=True)
+    def batches(self, request: IRequest) -> IResource | Deferred[None]:
+        return self._mounted(request, self._batches)
+
+    def _mounted(self, request: IRequest, app: IResource | None) -> IResource | Deferred[None]:
+        """An app of foreman's own under a ``/v1`` path (ADR-0029); without
+        the queue, Ollama answers the path, as for any other."""
+        if app is None:
+            return self._relay_as_is(request)
+        if not request.postpath:
+            request.postpath = [b""]
+        return app
 
     @app.route("/ui", branch=True)
     def ui(self, request: IRequest) -> IResource | bytes:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,8 +72,11 @@ class JobsAPI:
         self._store = store
         self._inline_limit = inline_limit
 
-    async def _knows_model(self, model: str) -> bool | None:
+    def knows_model(self, model: str) -> Deferred[bool | None]:
         """Does this box's Ollama have ``model``, or, in a fleet, a live box's?"""
+        return ensureDeferred(self._knows_model(model))
+
+    async def _knows_model(self, model: str) -> bool | None:
         if self._fleet is not None and self._fleet.has_model(model):
             return True
         return await self._inventory.knows_model(model)

@@ -138,7 +138,7 @@ def parse_submission(document: Any) -> Submission:
     if not model:
         raise BadRequest("model is required")
     webhook_url = document.get("state_webhook_url")
-    if webhook_url is not None and not _is_http_url(webhook_url):
+    if webhook_url is not None and not is_http_url(webhook_url):
         raise BadRequest("state_webhook_url must be an absolute http:// or https:// URL")
     metadata = document.get("metadata")
     try:
@@ -182,7 +182,7 @@ def _checked(route: Endpoint, document: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _is_http_url(value: object) -> bool:
+def is_http_url(value: object) -> bool:
     if not isinstance(value, str):
         return False
     try:

@@ -9,6 +9,7 @@ Each job enters the scheduler with its stamps read on the reactor's clock
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from foreman.http.errors import SERVER_BUSY, answer_with_error
 from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
 from foreman.queue.callers import Callers
 from foreman.queue.costs import ModelCosts
+from foreman.queue.engines import Connection
 from foreman.queue.execution import Execution
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
@@ -32,6 +34,7 @@ from foreman.queue.ulid import new_ulid
 from foreman.relay.generation import GenerationCall
 from foreman.wire.clocks import Clocks
 from foreman.wire.model_names import canonical_model_name
+from foreman.wire.priority import Priority
 
 log = Logger()
 
@@ -156,6 +159,56 @@ class Intake:
         self._wake()
         return job
 
+    def submit_many(
+        self, jobs: Sequence[Job], also: Callable[[Connection], None] | None = None
+    ) -> Deferred[list[Job]]:
+        """Queue asynchronous jobs as one (a batch): all stored in one
+        transaction, with ``also(connection)``, or none; fails with
+        :class:`QueueFull` when a class cannot take all of its jobs."""
+        return ensureDeferred(self._submit_many(jobs, also))
+
+    async def _submit_many(
+        self, jobs: Sequence[Job], also: Callable[[Connection], None] | None
+    ) -> list[Job]:
+        counts = Counter(job.priority for job in jobs)
+        reserved: list[Priority] = []
+        try:
+            for priority, count in counts.items():
+                self.scheduler.reserve(priority, count)
+                reserved.append(priority)
+        except QueueFull:
+            for priority in reserved:
+                self.scheduler.release(priority, counts[priority])
+            raise
+        transitions = [self.transitions.begin(job, None) for job in jobs]
+        writes = [write for t in transitions if (write := t.write) is not None]
+
+        def write_all(db: Connection) -> None:
+            for write in writes:
+                write(db)
+            if also is not None:
+                also(db)
+
+        try:
+            stored = await self._store.insert_many(jobs, write_all)
+        except BaseException as e:
+            for priority, count in counts.items():
+                self.scheduler.release(priority, count)
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
+                self._store_refused(e)
+            raise
+        for model in {job.model for job in stored}:
+            self._arrived(next(job for job in stored if job.model == model))
+        for job in stored:
+            if self.takes_here(job):
+                self._enqueue(job, reserved=True)
+            else:
+                self.scheduler.release(job.priority)
+        for transition in transitions:
+            transition.stored()
+        self._wake()
+        return stored
+
     def _store_refused(self, error: Exception) -> None:
         """A new job's row was refused: the store is troubled (``/healthz``
         says so) and the worker pauses until it takes writes again."""
@@ -256,6 +309,14 @@ class Intake:
         if new:
             self._wake()
         return new
+
+    def withdraw(self, batch_id: str) -> list[Job]:
+        """Take a batch's queued lines out of the queue, before its cancel is
+        stored; should that fail, :meth:`adopt` puts them back."""
+        taken = [job for job in self.scheduler.jobs() if job.batch_id == batch_id]
+        for job in taken:
+            self.scheduler.remove(job.id)
+        return taken
 
     def let_go(self, job_ids: Sequence[str]) -> int:
         """Forget queued jobs another box took or cancelled; how many."""

@@ -79,6 +79,10 @@ class Job:
     #: while an asynchronous job waits for any box to claim it, and on a store
     #: without a box id (one foreman alone).
     box: str | None = None
+    #: The batch the job is a line of (``/v1/batches``, or a list sent to
+    #: ``POST /jobs``), and the line's ``custom_id`` (ADR-0029).
+    batch_id: str | None = None
+    custom_id: str | None = None
 
     @property
     def batch(self) -> bool:

@@ -8,6 +8,8 @@ running (each return written with its recorded transition), and the TTL sweep.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -88,9 +90,15 @@ def recover_queue(store: JobStore, worker: Worker, now: float) -> Recovery:
 
 
 def ttl_sweeper(
-    store: JobStore, clock: IReactorTime, ttl: float, wall: WallClock | None = None
+    store: JobStore,
+    clock: IReactorTime,
+    ttl: float,
+    wall: WallClock | None = None,
+    *,
+    also: Callable[[float], Deferred[int]] | None = None,
 ) -> TimerService:
-    """Deletes finished jobs (and, with them, their artifacts) older than ``ttl``.
+    """Deletes finished jobs (and, with them, their artifacts) older than ``ttl``;
+    ``also(cutoff)`` sweeps what else ends with them (finished batches).
 
     The sweep runs on the reactor's clock; a job's age is read on the wall
     clock its ``finished_at`` was stamped with (``wall``; the reactor's by default).
@@ -98,8 +106,11 @@ def ttl_sweeper(
     stamp = wall or clock.seconds
 
     def sweep() -> Deferred[int]:
-        swept = store.sweep(stamp() - ttl)
+        cutoff = stamp() - ttl
+        swept = store.sweep(cutoff)
         swept.addCallback(_log_sweep)
+        if also is not None:
+            swept.addCallback(lambda deleted: also(cutoff).addCallback(lambda _: deleted))
         return swept
 
     sweeper = TimerService(min(SWEEP_INTERVAL, ttl), sweep)

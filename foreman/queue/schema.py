@@ -113,6 +113,52 @@ MIGRATIONS: Sequence[str] = (
         value TEXT NOT NULL
     );
     """,
+    # 7: batches (issue 20, ADR-0029): the files callers upload and the files
+    # a batch's answers are gathered into, the batches, and which batch and
+    # line (``custom_id``) each of a batch's jobs is.
+    """
+    ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+    ALTER TABLE jobs ADD COLUMN custom_id TEXT;
+    CREATE INDEX jobs_by_batch ON jobs (batch_id, state) WHERE batch_id IS NOT NULL;
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        endpoint TEXT,
+        input_file_id TEXT,
+        completion_window TEXT,
+        metadata TEXT,
+        state TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        in_progress_at REAL,
+        finalizing_at REAL,
+        completed_at REAL,
+        cancelling_at REAL,
+        cancelled_at REAL,
+        expires_at REAL,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        webhook_url TEXT,
+        idempotency_key TEXT,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX batches_by_idempotency_key ON batches (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX batches_by_state ON batches (state);
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        content BLOB NOT NULL,
+        batch_id TEXT
+    );
+    CREATE INDEX files_by_batch ON files (batch_id) WHERE batch_id IS NOT NULL;
+    """,
 )
 
 
@@ -208,6 +254,50 @@ POSTGRES_MIGRATIONS: Sequence[str] = (
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # 7: batches (issue 20, ADR-0029).
+    """
+    ALTER TABLE jobs ADD COLUMN batch_id TEXT COLLATE "C";
+    ALTER TABLE jobs ADD COLUMN custom_id TEXT;
+    CREATE INDEX jobs_by_batch ON jobs (batch_id, state) WHERE batch_id IS NOT NULL;
+    CREATE TABLE batches (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        kind TEXT NOT NULL,
+        endpoint TEXT,
+        input_file_id TEXT COLLATE "C",
+        completion_window TEXT,
+        metadata TEXT,
+        state TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        completed INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        in_progress_at DOUBLE PRECISION,
+        finalizing_at DOUBLE PRECISION,
+        completed_at DOUBLE PRECISION,
+        cancelling_at DOUBLE PRECISION,
+        cancelled_at DOUBLE PRECISION,
+        expires_at DOUBLE PRECISION,
+        output_file_id TEXT COLLATE "C",
+        error_file_id TEXT COLLATE "C",
+        webhook_url TEXT,
+        idempotency_key TEXT,
+        finished_at DOUBLE PRECISION
+    );
+    CREATE UNIQUE INDEX batches_by_idempotency_key ON batches (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX batches_by_state ON batches (state);
+    CREATE TABLE files (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        purpose TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        content BYTEA NOT NULL,
+        batch_id TEXT COLLATE "C"
+    );
+    CREATE INDEX files_by_batch ON files (batch_id) WHERE batch_id IS NOT NULL;
     """,
 )
 

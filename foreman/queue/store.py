@@ -20,12 +20,12 @@ and :mod:`foreman.queue.leases`'.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from foreman.queue import leases, schema
@@ -144,6 +144,30 @@ class JobStore(FleetStore):
                     also(db)
             leases.tell_the_fleet(self._db, owner, job)
             return job
+
+        return self._run(insert)
+
+    def insert_many(self, jobs: Sequence[Job], also: Also | None = None) -> Deferred[list[Job]]:
+        """Store new jobs all at once (a batch): one transaction with
+        ``also(connection)``, so either every job is stored or none."""
+        owner = self._owner
+        owned = [leases.owned(owner, job) for job in jobs]
+        rows = [_job_to_row(job) for job in owned]
+        if not rows:
+            return succeed([])
+        names = ", ".join(rows[0])
+        marks = ", ".join(f":{name}" for name in rows[0])
+
+        def insert() -> list[Job]:
+            with self._transaction() as db:
+                db.executemany(f"INSERT INTO jobs ({names}) VALUES ({marks})", rows)
+                if also is not None:
+                    also(db)
+            # One hint wakes the listening boxes; each then reads the queue.
+            waiting = next((job for job in owned if not job.box), None)
+            if waiting is not None:
+                leases.tell_the_fleet(self._db, owner, waiting)
+            return owned
 
         return self._run(insert)
 

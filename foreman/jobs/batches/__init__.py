@@ -1,0 +1,1 @@
+"""Batches on the durable queue: OpenAI's Files and Batch APIs, lists of ``/jobs`` (ADR-0029)."""

@@ -1,0 +1,451 @@
+"""OpenAI's Files and Batch APIs on ``/v1/files`` and ``/v1/batches`` (ADR-0029).
+
+Two Klein apps, mounted by :class:`foreman.front.api.ForemanAPI` ahead of the
+relay's ``/v1`` catch-all, so that the ``openai`` SDK's ``files`` and
+``batches`` resources work against foreman unchanged. A batch is made whole
+or not at all: its input is read and checked line by line first
+(:mod:`foreman.jobs.batches.lines`), then the batch row and one job per line
+(the batch class) are stored in one transaction, and the worker drains them
+by model with everything else. Errors are OpenAI's error objects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from foreman.http import routing
+from foreman.http.dialects import DIALECT_JSON
+from foreman.http.errors import SERVER_BUSY
+from foreman.http.multipart import form_parts
+from foreman.http.routing import BadRequest, json_answer
+from foreman.jobs.batches import table
+from foreman.jobs.batches.lines import BATCH_ENDPOINTS, LineError, read_lines
+from foreman.jobs.batches.objects import batch_object, file_object, new_batch_id, new_file_id
+from foreman.jobs.batches.progress import BatchProgress, record_event
+from foreman.jobs.events import Outbox
+from foreman.jobs.outbox import StoredEvent
+from foreman.jobs.requests import idempotency_key, is_http_url
+from foreman.queue.engines import Connection
+from foreman.queue.job import Job
+from foreman.queue.scheduler import QueueFull
+from foreman.queue.settlement import CANCELLED_QUEUED
+from foreman.queue.store import JobStore
+from foreman.queue.ulid import new_ulid
+from foreman.queue.worker import Worker
+
+log = Logger()
+
+#: OpenAI's only completion window; foreman runs a batch until it is done.
+COMPLETION_WINDOW = "24h"
+WINDOW_SECONDS = 24 * 3600.0
+MAX_METADATA_KEYS = 16
+
+
+class ApiError(Exception):
+    """An OpenAI error object to answer with."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        line: int | None = None,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.line = line
+        self.headers = headers or {}
+
+
+def _error_answer(request: IRequest, failure: Failure) -> bytes:
+    error = failure.value
+    if isinstance(error, BadRequest):
+        error = ApiError(400, str(error))
+    assert isinstance(error, ApiError)
+    kind = "invalid_request_error" if error.status < 500 else "server_error"
+    value: dict[str, Any] = {
+        "message": error.message,
+        "type": kind,
+        "param": error.param,
+        "code": error.code,
+    }
+    if error.line is not None:
+        value["line"] = error.line
+    body = json.dumps({"error": value}, separators=(",", ":")).encode() + b"\n"
+    request.setResponseCode(error.status)
+    request.setHeader(b"Content-Type", DIALECT_JSON)
+    for name, header in error.headers.items():
+        request.setHeader(name, header)
+    return body
+
+
+def _unexpected(request: IRequest, failure: Failure, store: JobStore) -> bytes:
+    """A fault, not a refusal: the store cannot answer now (503), else a 500; never a traceback."""
+    if isinstance(failure.value, Exception) and store.engine.is_unavailable(failure.value):
+        error = ApiError(
+            503,
+            f"foreman: the job store cannot be reached now ({failure.value}); try again",
+            headers={b"Retry-After": b"5"},
+        )
+    else:
+        log.failure("The batch API failed", failure)
+        error = ApiError(500, "foreman: the request failed; see its log")
+    return _error_answer(request, Failure(error))
+
+
+def _page(request: IRequest, objects: list[dict[str, Any]], more: bool) -> bytes:
+    return json_answer(
+        request,
+        {
+            "object": "list",
+            "data": objects,
+            "first_id": objects[0]["id"] if objects else None,
+            "last_id": objects[-1]["id"] if objects else None,
+            "has_more": more,
+        },
+    )
+
+
+def _argument(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return None if not values else bytes(values[-1]).decode("utf-8", "replace") or None
+
+
+def _limit(request: IRequest, default: int, most: int) -> int:
+    text = _argument(request, "limit")
+    if text is None:
+        return default
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit must be a whole number from 1 to {most}", param="limit")
+    return limit
+
+
+class _Surface:
+    """What both apps share: the store, the worker and the time."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        worker: Worker,
+        wall: Callable[[], float],
+        *,
+        knows_model: Callable[[str], Deferred[bool | None]],
+        outbox: Outbox,
+        progress: BatchProgress,
+    ) -> None:
+        self.store = store
+        self.worker = worker
+        self.wall = wall
+        self.knows_model = knows_model
+        self.outbox = outbox
+        self.progress = progress
+
+
+class FilesAPI:
+    """``/v1/files``: the files batches read and write."""
+
+    app = Klein()
+
+    def __init__(self, surface: _Surface) -> None:
+        self._s = surface
+
+    @app.route("/", methods=["POST"])
+    async def upload(self, request: IRequest) -> bytes:
+        parts = form_parts(request.getHeader(b"content-type"), routing.read_body(request))
+        purpose = parts.get("purpose")
+        upload = parts.get("file")
+        if upload is None:
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+        if purpose is None or purpose.content.decode("utf-8", "replace").strip() != "batch":
+            raise ApiError(
+                400,
+                "foreman keeps files for batches only: purpose must be 'batch'.",
+                param="purpose",
+            )
+        now = self._s.wall()
+        row = table.FileRow(
+            new_file_id(now), "batch", upload.filename or "upload.jsonl", len(upload.content), now
+        )
+        await self._s.store.transact(lambda db: table.insert_file(db, row, upload.content))
+        return json_answer(request, file_object(row))
+
+    @app.route("/", methods=["GET"])
+    async def listing(self, request: IRequest) -> bytes:
+        limit = _limit(request, 10_000, 10_000)
+        order = _argument(request, "order") or "desc"
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "order must be asc or desc", param="order")
+        purpose, after = _argument(request, "purpose"), _argument(request, "after")
+        rows = await self._s.store.transact(
+            lambda db: table.list_files(
+                db, purpose=purpose, after=after, limit=limit + 1, newest_first=order == "desc"
+            )
+        )
+        return _page(request, [file_object(row) for row in rows[:limit]], len(rows) > limit)
+
+    @app.route("/<file_id>", methods=["GET"])
+    async def show(self, request: IRequest, file_id: str) -> bytes:
+        return json_answer(request, file_object(await self._file(file_id)))
+
+    @app.route("/<file_id>/content", methods=["GET"])
+    async def content(self, request: IRequest, file_id: str) -> bytes:
+        await self._file(file_id)
+        content = await self._s.store.transact(lambda db: table.file_content(db, file_id))
+        if content is None:
+            raise _no_file(file_id)
+        request.setHeader(b"Content-Type", b"application/jsonl")
+        request.setHeader(b"Content-Length", b"%d" % len(content))
+        return content
+
+    @app.route("/<file_id>", methods=["DELETE"])
+    async def delete(self, request: IRequest, file_id: str) -> bytes:
+        deleted = await self._s.store.transact(lambda db: table.delete_file(db, file_id))
+        if not deleted:
+            raise _no_file(file_id)
+        return json_answer(request, {"id": file_id, "object": "file", "deleted": True})
+
+    async def _file(self, file_id: str) -> table.FileRow:
+        row = await self._s.store.transact(lambda db: table.get_file(db, file_id))
+        if row is None:
+            raise _no_file(file_id)
+        return row
+
+    @app.handle_errors(ApiError, BadRequest)
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
+        return _error_answer(request, failure)
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        return _unexpected(request, failure, self._s.store)
+
+    routing.answer_routing_errors(app)
+
+
+def _no_file(file_id: str) -> ApiError:
+    return ApiError(404, f"No such File object: {file_id}", param="id")
+
+
+def _no_batch(batch_id: str) -> ApiError:
+    return ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+
+
+class BatchesAPI:
+    """``/v1/batches``: OpenAI's Batch API on the durable queue."""
+
+    app = Klein()
+
+    def __init__(self, surface: _Surface) -> None:
+        self._s = surface
+
+    @app.route("/", methods=["POST"])
+    async def create(self, request: IRequest) -> bytes:
+        _, document = routing.read_json(request)
+        if not isinstance(document, dict):
+            raise ApiError(400, "The body must be a JSON object.")
+        key = idempotency_key(request.getHeader(b"idempotency-key"))
+        store = self._s.store
+        if key is not None:
+            known = await store.transact(lambda db: table.batch_by_idempotency_key(db, key))
+            if known is not None:
+                return json_answer(request, batch_object(known))
+        endpoint = document.get("endpoint")
+        if endpoint not in BATCH_ENDPOINTS:
+            allowed = ", ".join(BATCH_ENDPOINTS)
+            raise ApiError(400, f"endpoint must be one of {allowed}.", param="endpoint")
+        window = document.get("completion_window", COMPLETION_WINDOW)
+        if window != COMPLETION_WINDOW:
+            raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
+        metadata = _metadata(document.get("metadata"))
+        webhook_url = _webhook_url(document.get("state_webhook_url"))
+        file_id = document.get("input_file_id")
+        if not isinstance(file_id, str):
+            raise ApiError(
+                400, "Missing required parameter: 'input_file_id'.", param="input_file_id"
+            )
+        content = await store.transact(lambda db: table.file_content(db, file_id))
+        if content is None:
+            raise _no_file(file_id)
+        try:
+            lines = read_lines(content, endpoint)
+        except LineError as e:
+            raise ApiError(400, str(e), code=e.code, param=e.param, line=e.line) from None
+        for model in sorted({line.submission.model for line in lines}):
+            if await self._s.knows_model(model) is False:
+                first = next(line for line in lines if line.submission.model == model)
+                raise ApiError(
+                    400,
+                    f"model '{model}' not found (line {first.number}): pull it into Ollama first.",
+                    code="model_not_found",
+                    param="body.model",
+                    line=first.number,
+                )
+        now = self._s.wall()
+        batch = table.BatchRow(
+            id=new_batch_id(now),
+            kind="openai",
+            state="in_progress",
+            total=len(lines),
+            created_at=now,
+            endpoint=endpoint,
+            input_file_id=file_id,
+            completion_window=window,
+            metadata=metadata,
+            in_progress_at=now,
+            expires_at=now + WINDOW_SECONDS,
+            webhook_url=webhook_url,
+            idempotency_key=key,
+        )
+        jobs = [
+            _line_job(line.submission.job(new_ulid(now), now, None), batch.id, line.custom_id)
+            for line in lines
+        ]
+        event: list[StoredEvent | None] = []
+
+        def also(db: Connection) -> None:
+            table.insert_batch(db, batch)
+            event.append(record_event(db, batch, "in_progress", None, now))
+
+        try:
+            await self._s.worker.submit_many(jobs, also)
+        except QueueFull:
+            retry = b"%d" % self._s.worker.retry_after()
+            raise ApiError(
+                503,
+                f"{SERVER_BUSY} (the batch's {len(jobs)} requests are more than"
+                " --max-batch-queue leaves room for)",
+                headers={b"Retry-After": retry},
+            ) from None
+        if event and event[0] is not None:
+            self._s.outbox.schedule(event[0])
+        return json_answer(request, batch_object(batch))
+
+    @app.route("/", methods=["GET"])
+    async def listing(self, request: IRequest) -> bytes:
+        limit = _limit(request, 20, 100)
+        after = _argument(request, "after")
+        rows = await self._s.store.transact(
+            lambda db: table.list_batches(db, kind="openai", after=after, limit=limit + 1)
+        )
+        return _page(request, [batch_object(row) for row in rows[:limit]], len(rows) > limit)
+
+    @app.route("/<batch_id>", methods=["GET"])
+    async def show(self, request: IRequest, batch_id: str) -> bytes:
+        return json_answer(request, batch_object(await self._batch(batch_id)))
+
+    @app.route("/<batch_id>/cancel", methods=["POST"])
+    async def cancel(self, request: IRequest, batch_id: str) -> bytes:
+        batch = await self._batch(batch_id)
+        if batch.state != "in_progress":
+            if batch.state in ("cancelling", "cancelled"):
+                return json_answer(request, batch_object(batch))
+            raise ApiError(409, f"Cannot cancel a batch with status '{batch.state}'.")
+        worker = self._s.worker
+        withdrawn = worker.withdraw(batch_id)
+        now = self._s.wall()
+
+        def cancel(db: Connection) -> tuple[bool, StoredEvent | None]:
+            if not table.start_cancel(db, batch_id, now):
+                return False, None
+            cancelled = table.cancel_queued_lines(db, batch_id, now, CANCELLED_QUEUED)
+            finalizing = table.count_ended(
+                db, batch_id, completed=0, failed=0, cancelled=len(cancelled), now=now
+            )
+            moved = table.get_batch(db, batch_id)
+            assert moved is not None
+            return finalizing, record_event(db, moved, "cancelling", "in_progress", now)
+
+        try:
+            finalizing, stored = await self._s.store.transact(cancel)
+        except Exception:
+            worker.adopt(withdrawn)
+            raise
+        if stored is not None:
+            self._s.outbox.schedule(stored)
+        if finalizing:
+            await self._s.progress.finish_soon(batch_id)
+        return json_answer(request, batch_object(await self._batch(batch_id)))
+
+    async def _batch(self, batch_id: str) -> table.BatchRow:
+        row = await self._s.store.transact(lambda db: table.get_batch(db, batch_id))
+        if row is None or row.kind != "openai":
+            raise _no_batch(batch_id)
+        return row
+
+    @app.handle_errors(ApiError, BadRequest)
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
+        return _error_answer(request, failure)
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        return _unexpected(request, failure, self._s.store)
+
+    routing.answer_routing_errors(app)
+
+
+def _line_job(job: Job, batch_id: str, custom_id: str) -> Job:
+    return attrs.evolve(job, batch_id=batch_id, custom_id=custom_id)
+
+
+def _metadata(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS:
+        raise ApiError(
+            400,
+            f"metadata must be an object of at most {MAX_METADATA_KEYS} string values.",
+            param="metadata",
+        )
+    for key, item in value.items():
+        if not isinstance(item, str) or len(key) > 64 or len(item) > 512:
+            raise ApiError(
+                400,
+                "metadata keys are at most 64 characters and values strings of at most 512.",
+                param="metadata",
+            )
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _webhook_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and is_http_url(value):
+        return value
+    raise ApiError(
+        400,
+        "state_webhook_url must be an absolute http:// or https:// URL",
+        param="state_webhook_url",
+    )
+
+
+def build(
+    store: JobStore,
+    worker: Worker,
+    wall: Callable[[], float],
+    *,
+    knows_model: Callable[[str], Deferred[bool | None]],
+    outbox: Outbox,
+    progress: BatchProgress,
+) -> tuple[FilesAPI, BatchesAPI]:
+    surface = _Surface(
+        store, worker, wall, knows_model=knows_model, outbox=outbox, progress=progress
+    )
+    return FilesAPI(surface), BatchesAPI(surface)

@@ -1,0 +1,214 @@
+"""OpenAI's Batch API on foreman, driven by the official ``openai`` SDK over sockets (issue 20)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import openai
+import pytest
+import pytest_twisted
+
+from tests.conftest import StartForeman, StartSimulator
+from tests.fault_helpers import sleep, until
+from tests.sdk_helpers import in_thread, openai_client
+
+CHAT = "/v1/chat/completions"
+
+
+def request_line(custom_id: str, model: str, text: str, url: str = CHAT, **body: Any) -> bytes:
+    line = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    }
+    return json.dumps(line).encode() + b"\n"
+
+
+def upload(client: openai.OpenAI, content: bytes) -> str:
+    made = client.files.create(file=("requests.jsonl", io.BytesIO(content)), purpose="batch")
+    assert made.purpose == "batch" and made.bytes == len(content)
+    return made.id
+
+
+def create(client: openai.OpenAI, content: bytes, **more: Any) -> Any:
+    file_id = upload(client, content)
+    return client.batches.create(
+        input_file_id=file_id, endpoint=CHAT, completion_window="24h", **more
+    )
+
+
+async def finished(reactor: Any, client: openai.OpenAI, batch_id: str, seconds: float = 30) -> Any:
+    seen: list[Any] = []
+
+    async def ended() -> bool:
+        batch = await in_thread(lambda: client.batches.retrieve(batch_id))
+        seen.append(batch)
+        return batch.status in ("completed", "cancelled", "failed", "expired")
+
+    await until(reactor, ended, f"batch {batch_id} to end", seconds)
+    return seen[-1]
+
+
+def chats(sim: Any) -> list[str]:
+    """The models of the chats the simulated Ollama was asked, in order."""
+    return [json.loads(r.body)["model"] for r in sim.sim.requests if r.path == CHAT]
+
+
+def output_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_runs_to_completed_and_every_custom_id_has_its_answer(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator(tokens_per_second=200, reply_tokens=4)
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    models = ("llama3.2", "qwen3:8b", "llama3.2", "qwen3:8b", "llama3.2", "qwen3:8b")
+    content = b"".join(
+        request_line(f"line-{n}", model, f"question {n}") for n, model in enumerate(models)
+    )
+    batch = await in_thread(lambda: create(client, content, metadata={"job": "nightly"}))
+    assert batch.status == "in_progress" and batch.request_counts.total == 6
+    assert batch.metadata == {"job": "nightly"} and batch.endpoint == CHAT
+    done = await finished(reactor, client, batch.id)
+    assert done.status == "completed" and done.completed_at is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    assert done.error_file_id is None
+    lines = await in_thread(lambda: output_lines(client, done.output_file_id))
+    assert sorted(line["custom_id"] for line in lines) == [f"line-{n}" for n in range(6)]
+    for line in lines:
+        number = line["custom_id"].removeprefix("line-")
+        response = line["response"]
+        assert response["status_code"] == 200 and line["error"] is None
+        assert response["body"]["object"] == "chat.completion"
+        assert response["body"]["model"].startswith(models[int(number)].split(":")[0])
+    # Lines for one model drained together: two loads, not six.
+    asked = chats(sim)
+    switches = sum(1 for a, b in zip(asked, asked[1:], strict=False) if a != b)
+    assert switches == 1, asked
+    # The batch and its files are listed; the output file is batch_output.
+    listed = await in_thread(lambda: client.batches.list(limit=10))
+    assert [each.id for each in listed.data] == [batch.id]
+    out = await in_thread(lambda: client.files.retrieve(done.output_file_id))
+    assert out.purpose == "batch_output"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_batch_keeps_what_finished_and_runs_nothing_more(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator(tokens_per_second=20, reply_tokens=10)
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    content = b"".join(request_line(f"c-{n}", "llama3.2", f"slow {n}") for n in range(8))
+    batch = await in_thread(lambda: create(client, content))
+
+    async def some_done() -> bool:
+        got = await in_thread(lambda: client.batches.retrieve(batch.id))
+        return got.request_counts.completed >= 1
+
+    await until(reactor, some_done, "a line to finish", 20)
+    cancelling = await in_thread(lambda: client.batches.cancel(batch.id))
+    assert cancelling.status in ("cancelling", "cancelled")
+    ended = await finished(reactor, client, batch.id)
+    assert ended.status == "cancelled" and ended.cancelled_at is not None
+    completed = ended.request_counts.completed
+    assert 1 <= completed < 8
+    answers = await in_thread(lambda: output_lines(client, ended.output_file_id))
+    not_run = await in_thread(lambda: output_lines(client, ended.error_file_id))
+    assert len(answers) == completed
+    assert len(answers) + len(not_run) == 8
+    assert all(line["error"]["code"] == "batch_cancelled" for line in not_run)
+    generated = len(chats(sim))
+    await sleep(reactor, 1.0)
+    assert len(chats(sim)) == generated
+    assert generated == completed
+
+
+BAD_FILES = [
+    (b"{not json\n", "invalid_json_line", 1),
+    (
+        request_line("a", "llama3.2", "x") + request_line("a", "llama3.2", "y"),
+        "duplicate_custom_id",
+        2,
+    ),
+    (
+        request_line("a", "llama3.2", "x") + request_line("b", "no-such-model", "y"),
+        "model_not_found",
+        2,
+    ),
+    (
+        request_line("a", "llama3.2", "x")
+        + request_line("b", "llama3.2", "y", url="/v1/completions"),
+        "mismatched_endpoint",
+        2,
+    ),
+    (b"\n\n", "empty_file", None),
+]
+
+
+@pytest.mark.parametrize(("content", "code", "line"), BAD_FILES)
+@pytest_twisted.ensureDeferred
+async def test_a_bad_input_file_is_refused_whole_with_the_sdks_exception(
+    start_simulator: StartSimulator,
+    start_foreman: StartForeman,
+    content: bytes,
+    code: str,
+    line: int | None,
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await in_thread(lambda: create(client, content))
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == code and error.get("line") == line, error
+    # Nothing half-made: no batch, no job.
+    assert (await in_thread(lambda: client.batches.list())).data == []
+    assert running.foreman.queue is not None
+    assert sum((await running.foreman.queue.store.count_by_state()).values()) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_and_batches_refuse_what_they_cannot_do_in_openais_words(
+    start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    with pytest.raises(openai.NotFoundError):
+        await in_thread(lambda: client.batches.retrieve("batch_nope"))
+    with pytest.raises(openai.NotFoundError):
+        await in_thread(lambda: client.files.retrieve("file-nope"))
+    with pytest.raises(openai.NotFoundError):
+        await in_thread(
+            lambda: client.batches.create(
+                input_file_id="file-nope", endpoint=CHAT, completion_window="24h"
+            )
+        )
+    with pytest.raises(openai.BadRequestError):
+        await in_thread(
+            lambda: client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="assistants")
+        )
+    file_id = await in_thread(lambda: upload(client, request_line("a", "llama3.2", "x")))
+    with pytest.raises(openai.BadRequestError):
+        await in_thread(
+            lambda: client.batches.create(
+                input_file_id=file_id, endpoint="/v1/moderations", completion_window="24h"
+            )
+        )
+    listed = await in_thread(lambda: client.files.list())
+    assert [each.id for each in listed.data] == [file_id]
+    deleted = await in_thread(lambda: client.files.delete(file_id))
+    assert deleted.deleted is True
+    with pytest.raises(openai.NotFoundError):
+        await in_thread(lambda: client.files.content(file_id))
