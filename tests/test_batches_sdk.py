@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from typing import Any
 
@@ -92,7 +93,7 @@ async def test_a_batch_runs_to_completed_and_every_custom_id_has_its_answer(
         assert response["body"]["model"].startswith(models[int(number)].split(":")[0])
     # Lines for one model drained together: two loads, not six.
     asked = chats(sim)
-    switches = sum(1 for a, b in zip(asked, asked[1:], strict=False) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(asked) if a != b)
     assert switches == 1, asked
     # The batch and its files are listed; the output file is batch_output.
     listed = await in_thread(lambda: client.batches.list(limit=10))
