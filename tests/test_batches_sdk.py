@@ -11,9 +11,11 @@ import openai
 import pytest
 import pytest_twisted
 
+from foreman.wire.signature import verify
 from tests.conftest import StartForeman, StartSimulator
 from tests.fault_helpers import sleep, until
 from tests.sdk_helpers import in_thread, openai_client
+from tests.webhook_receiver import WebhookReceiver
 
 CHAT = "/v1/chat/completions"
 
@@ -213,3 +215,64 @@ async def test_files_and_batches_refuse_what_they_cannot_do_in_openais_words(
     assert deleted.deleted is True
     with pytest.raises(openai.NotFoundError):
         await in_thread(lambda: client.files.content(file_id))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_persons_chat_during_a_batch_goes_before_the_batchs_waiting_lines(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator(tokens_per_second=40, reply_tokens=8)  # 0.2 s a line
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    content = b"".join(request_line(f"b-{n}", "llama3.2", f"bulk {n}") for n in range(20))
+    batch = await in_thread(lambda: create(client, content))
+
+    async def under_way() -> bool:
+        got = await in_thread(lambda: client.batches.retrieve(batch.id))
+        return got.request_counts.completed >= 2
+
+    await until(reactor, under_way, "the batch to be under way", 20)
+    reply = await in_thread(
+        lambda: client.chat.completions.create(
+            model="qwen3:8b", messages=[{"role": "user", "content": "a person"}]
+        )
+    )
+    assert "a person" in (reply.choices[0].message.content or "")
+    # The person waited for the line running, a load, and their own answer:
+    # not for the batch's other lines, nor for its model's drain.
+    order = chats(sim)
+    person = order.index("qwen3:8b")
+    assert person <= 4, order
+    done = await finished(reactor, client, batch.id)
+    assert done.request_counts.completed == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batchs_state_changes_are_signed_webhook_events(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    receiver = WebhookReceiver(reactor)
+    receiver.listen()
+    try:
+        sim = await start_simulator(tokens_per_second=200, reply_tokens=4)
+        running = await start_foreman(sim.url, webhook_secret="s3cret")
+        client = openai_client(running.url)
+        content = b"".join(request_line(f"w-{n}", "llama3.2", f"hook {n}") for n in range(3))
+        hook = receiver.url("/batch-hook")
+        batch = await in_thread(
+            lambda: create(client, content, extra_body={"state_webhook_url": hook})
+        )
+        second = await receiver.arrived(2)
+        first = receiver.received[0]
+        events = [json.loads(each.body) for each in (first, second)]
+        assert [(e["batch_id"], e["state"]) for e in events] == [
+            (batch.id, "in_progress"),
+            (batch.id, "completed"),
+        ]
+        assert events[1]["previous_state"] == "finalizing"
+        assert events[1]["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert events[1]["output_file_id"] is not None
+        for each in (first, second):
+            assert verify("s3cret", each.body, each.headers["x-foreman-signature"])
+    finally:
+        await receiver.close()

@@ -9,8 +9,9 @@ has an id its caller never sees, and is cancelled by hanging up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -22,8 +23,16 @@ from foreman.http import routing
 from foreman.http.errors import SERVER_BUSY, model_not_found, write_json_error
 from foreman.http.routing import BadRequest, json_answer
 from foreman.jobs.artifacts import artifact_content
+from foreman.jobs.batches.objects import new_batch_id
+from foreman.jobs.batches.table import (
+    BatchRow,
+    batch_by_idempotency_key,
+    batch_job_ids,
+    insert_batch,
+)
 from foreman.jobs.requests import idempotency_key, parse_submission
 from foreman.jobs.views import job_view, summary
+from foreman.queue.engines import Connection
 from foreman.queue.fleet.member import FleetMember
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
@@ -108,8 +117,10 @@ class JobsAPI:
     async def submit(self, request: IRequest) -> bytes:
         worker, store = self._queue()
         _, document = routing.read_json(request)
-        submission = parse_submission(document)
         key = idempotency_key(request.getHeader(b"idempotency-key"))
+        if isinstance(document, list):
+            return await self._submit_list(request, document, key)
+        submission = parse_submission(document)
         request.model = submission.model  # type: ignore[attr-defined]
         if key is not None:
             # A retry usually finds its job here, even when the queue is full.
@@ -133,6 +144,62 @@ class JobsAPI:
             retry = b"%d" % worker.retry_after()
             return write_json_error(request, 503, message, {b"Retry-After": retry})
         return self._accepted(request, submission.same_request, stored, key)
+
+    async def _submit_list(self, request: IRequest, documents: list[Any], key: str | None) -> bytes:
+        """Many jobs in one request (ADR-0029): all stored in one transaction,
+        or none; one id each, in the list's order; a retry with the same
+        ``Idempotency-Key`` finds the same ids."""
+        worker, store = self._queue()
+        if not documents:
+            raise BadRequest("a list of jobs must hold at least one job")
+        submissions = []
+        for index, document in enumerate(documents):
+            try:
+                submissions.append(parse_submission(document))
+            except BadRequest as e:
+                raise BadRequest(f"job {index}: {e}") from None
+        if key is not None:
+            known = await self._known_list(store, key)
+            if known is not None:
+                return _accepted_list(request, *known)
+        for model in sorted({submission.model for submission in submissions}):
+            if await self._knows_model(model) is False:
+                return write_json_error(request, 404, model_not_found(model))
+        now = worker.clocks.wall()
+        batch = BatchRow(
+            id=new_batch_id(now),
+            kind="jobs",
+            state="in_progress",
+            total=len(submissions),
+            created_at=now,
+            in_progress_at=now,
+            idempotency_key=key,
+        )
+        jobs = [
+            attrs.evolve(submission.job(new_ulid(now), now, None), batch_id=batch.id)
+            for submission in submissions
+        ]
+        try:
+            await uncancellable(worker.submit_many(jobs, lambda db: insert_batch(db, batch)))
+        except QueueFull:
+            retry = b"%d" % worker.retry_after()
+            return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+        except Exception:
+            known = None if key is None else await self._known_list(store, key)
+            if known is not None:  # the same list, sent twice at once: the first one's
+                return _accepted_list(request, *known)
+            log.failure("Could not record a list of jobs")
+            retry = b"%d" % worker.retry_after()
+            message = "foreman: could not record the jobs; see its log"
+            return write_json_error(request, 503, message, {b"Retry-After": retry})
+        return _accepted_list(request, batch.id, [job.id for job in jobs])
+
+    async def _known_list(self, store: JobStore, key: str) -> tuple[str, list[str]] | None:
+        def known(db: Connection) -> tuple[str, list[str]] | None:
+            batch = batch_by_idempotency_key(db, key)
+            return None if batch is None else (batch.id, batch_job_ids(db, batch.id))
+
+        return await self._stored(store, store.transact(known))
 
     @staticmethod
     def _accepted(
@@ -240,6 +307,11 @@ class JobsAPI:
         return write_json_error(request, 503, message, {b"Retry-After": b"5"})
 
     routing.answer_routing_errors(app)
+
+
+def _accepted_list(request: IRequest, batch_id: str, job_ids: list[str]) -> bytes:
+    jobs = [{"job_id": job_id} for job_id in job_ids]
+    return json_answer(request, {"batch_id": batch_id, "jobs": jobs}, 202)
 
 
 def uncancellable(work: Deferred[T]) -> Deferred[T]:

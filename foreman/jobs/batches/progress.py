@@ -120,7 +120,12 @@ class BatchProgress:
         )
         if not finishing.called:
             self._finishing[batch_id] = finishing
-            finishing.addBoth(lambda _: self._finishing.pop(batch_id, None))
+
+            def over(result: object) -> object:
+                del self._finishing[batch_id]
+                return result
+
+            finishing.addBoth(over)
         return finishing
 
     def resume(self) -> Deferred[list[str]]:

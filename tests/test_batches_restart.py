@@ -1,0 +1,95 @@
+"""A batch through ``kill -9``: every line answered exactly once after a restart (issue 20).
+
+A real twistd foreman in front of a simulated Ollama in a process of its own
+(:mod:`tests.ollama_process`, which logs every call and how it ended), the
+``openai`` SDK as the caller. The kill lands while a line generates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+
+from tests.daemons import spawn, wait_until_up
+from tests.fault_helpers import until
+from tests.ollama_process import OllamaProcess
+from tests.sdk_helpers import in_thread, openai_client
+
+pytestmark = pytest.mark.slow
+
+LINES = 12
+CHAT = "/v1/chat/completions"
+
+
+def batch_file() -> bytes:
+    lines = []
+    for n in range(LINES):
+        model = "llama3.2" if n % 2 else "qwen3:8b"
+        body = {"model": model, "messages": [{"role": "user", "content": f"line-{n:02d}"}]}
+        lines.append({"custom_id": f"c{n:02d}", "method": "POST", "url": CHAT, "body": body})
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_mid_batch_then_restart_answers_every_line_once(
+    reactor: Any, http: HTTPClient, tmp_path: Path
+) -> None:
+    ollama = OllamaProcess(tmp_path, "--tokens-per-second", "40", "--reply-tokens", "8")
+    await ollama.wait_until_up(http, reactor)
+    data = tmp_path / "data"
+    options = ("--upstream", "ollama", "--ollama-url", ollama.url)
+    daemon = spawn(tmp_path, *options, data_dir=data, log_name="first.log")
+    try:
+        await wait_until_up(daemon, http, reactor)
+        client = openai_client(daemon.url)
+
+        def create() -> str:
+            made = client.files.create(file=("in.jsonl", io.BytesIO(batch_file())), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=made.id, endpoint=CHAT, completion_window="24h"
+            )
+            return batch.id
+
+        batch_id = await in_thread(create)
+
+        def started() -> bool:
+            # A third of the lines answered, and the next one generating now.
+            calls = ollama.calls(CHAT)
+            return len(calls) >= LINES // 3 and calls[-1].ended is None
+
+        await until(reactor, started, "a line to be generating", 30)
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(timeout=10)
+        cut = ollama.calls(CHAT)[-1].asked
+
+        daemon = spawn(tmp_path, *options, data_dir=data, log_name="second.log")
+        await wait_until_up(daemon, http, reactor)
+        client = openai_client(daemon.url)
+
+        async def completed() -> bool:
+            batch = await in_thread(lambda: client.batches.retrieve(batch_id))
+            return batch.status == "completed"
+
+        await until(reactor, completed, "the batch to complete after the restart", 60)
+        batch = await in_thread(lambda: client.batches.retrieve(batch_id))
+        assert (batch.request_counts.total, batch.request_counts.completed) == (LINES, LINES)
+        text = await in_thread(lambda: client.files.content(batch.output_file_id).text)
+        answered = Counter(json.loads(line)["custom_id"] for line in text.splitlines())
+        assert answered == Counter(f"c{n:02d}" for n in range(LINES))  # each once
+        finished = Counter(call.asked for call in ollama.calls(CHAT) if call.ended == "finished")
+        assert finished == Counter(f"line-{n:02d}" for n in range(LINES))  # each once
+        runs = Counter(call.asked for call in ollama.calls(CHAT))
+        assert runs[cut] == 2 and sum(runs.values()) == LINES + 1  # only the cut one again
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.terminate()
+            daemon.process.wait(timeout=30)
+        ollama.stop_all()
