@@ -71,3 +71,43 @@ async def test_a_list_longer_than_the_batch_queue_takes_is_refused_whole(
     assert refused.code == 503 and int(refused.header("Retry-After") or 0) >= 1
     assert await stored_jobs(running) == 0
     assert (await jobs.submit([chat("llama3.2", f"n{n}") for n in range(3)])).code == 202
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_queue_report_pages_and_sums_up_by_model_and_batch(
+    reactor: Any, start_simulator: Any, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    sim = await start_simulator(tokens_per_second=5.0, reply_tokens=10_000)
+    running = await start_foreman(sim.url)
+    jobs = JobsClient(http, running.url)
+    endless = await jobs.submitted(chat("llama3.2", "endless"))
+    await jobs.until(endless, "working", reactor=reactor)
+    listed = (await jobs.submit([chat("qwen3:8b", f"q{n}") for n in range(150)])).json()
+    single = await jobs.submitted(chat("llama3.2", "single"))
+
+    async def page(query: str) -> Any:
+        answer = await jobs.call("GET", f"/api/foreman/queue{query}")
+        return answer
+
+    first = (await page("")).json()
+    assert first["total"] == 152 and first["depth"] == 151 and len(first["jobs"]) == 100
+    assert first["jobs"][0]["id"] == endless and first["jobs"][0]["position"] == 0
+    assert first["next_offset"] == 100
+    assert first["waiting_by_model"] == {"llama3.2:latest": 1, "qwen3:8b": 150}
+    assert first["waiting_by_batch"] == {listed["batch_id"]: 150}
+    middle = (await page("?limit=10&offset=5")).json()
+    # Positions count the running job as ahead: the next one is 2.
+    assert [job["position"] for job in first["jobs"][:3]] == [0, 2, 3]
+    assert [job["position"] for job in middle["jobs"]] == list(range(6, 16))
+    assert [job["id"] for job in middle["jobs"]] == [job["id"] for job in first["jobs"][5:15]]
+    last = (await page("?limit=1000&offset=150")).json()
+    assert len(last["jobs"]) == 2 and last["next_offset"] is None
+    # The resident model's job drains first: it is next, ahead of the batch,
+    # whose lines then run in their order.
+    assert first["jobs"][1]["id"] == single
+    ordered = [job["id"] for job in first["jobs"][2:]]
+    assert ordered == [job["job_id"] for job in listed["jobs"]][:98]
+    for query in ("?limit=0", "?limit=1001", "?offset=-1", "?limit=ten"):
+        refused = await page(query)
+        assert refused.code == 400, query
+    await jobs.cancel(endless)

@@ -44,7 +44,7 @@ from foreman.http.forms import form_field
 from foreman.http.routing import read_body, read_json
 from foreman.jobs.api import JobsAPI
 from foreman.jobs.batches.api import BatchesAPI, FilesAPI
-from foreman.ops.health import health_report, queue_report
+from foreman.ops.health import MAX_QUEUE_PAGE, QUEUE_PAGE, health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
 from foreman.ops.timeline import Timeline
@@ -166,7 +166,11 @@ class ForemanAPI:
         if self._worker is None:
             report: dict[str, Any] = {"jobs": [], "depth": 0, "queue": "disabled"}
         else:
-            report = queue_report(self._worker, self._inventory, time.time(), self._fleet)
+            limit = _whole_number(request, "limit", QUEUE_PAGE, 1, MAX_QUEUE_PAGE)
+            offset = _whole_number(request, "offset", 0, 0, None)
+            report = queue_report(
+                self._worker, self._inventory, time.time(), self._fleet, limit=limit, offset=offset
+            )
         return _whole(request, json.dumps(report).encode())
 
     @app.route("/api/tags", methods=["GET", "HEAD"])
@@ -397,6 +401,21 @@ class ForemanAPI:
     # -- errors ----------------------------------------------------------------
 
     routing.answer_routing_errors(app)
+
+
+def _whole_number(request: IRequest, name: str, default: int, least: int, most: int | None) -> int:
+    """Query parameter ``name`` as a whole number in its range; else :class:`BadRequest`."""
+    values = request.args.get(name.encode())
+    if not values:
+        return default
+    try:
+        number = int(values[-1])
+    except ValueError:
+        number = least - 1
+    if number < least or (most is not None and number > most):
+        upper = "" if most is None else f" to {most}"
+        raise routing.BadRequest(f"{name} must be a whole number from {least}{upper}")
+    return number
 
 
 class _Guarded(Resource):

@@ -19,20 +19,36 @@ def _timestamp(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Jobs in one page of the queue report, by default and at most.
+QUEUE_PAGE = 100
+MAX_QUEUE_PAGE = 1000
+
+
 def queue_report(
-    worker: Worker, inventory: Inventory, now: float, fleet: FleetMember | None = None
+    worker: Worker,
+    inventory: Inventory,
+    now: float,
+    fleet: FleetMember | None = None,
+    *,
+    limit: int = QUEUE_PAGE,
+    offset: int = 0,
 ) -> dict[str, Any]:
-    """``GET /api/foreman/queue``: what runs, what waits, what is loaded; in a
-    fleet, every box too (ADR-0026)."""
-    report = _queue_report(worker, inventory, now)
+    """``GET /api/foreman/queue``: what runs, what waits (a page of it, and
+    how many in all, by model and by batch), what is loaded; in a fleet,
+    every box too (ADR-0026)."""
+    report = _queue_report(worker, inventory, now, limit, offset)
     if fleet is not None:
         report["box"] = fleet.identity.name
         report["boxes"] = fleet.report()
     return report
 
 
-def _queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str, Any]:
+def _queue_report(
+    worker: Worker, inventory: Inventory, now: float, limit: int, offset: int
+) -> dict[str, Any]:
     residency = worker.residency
+    total = worker.scheduler.depth + (worker.current is not None)
+    following = offset + limit
     return {
         "jobs": [
             {
@@ -49,8 +65,14 @@ def _queue_report(worker: Worker, inventory: Inventory, now: float) -> dict[str,
                 "overdue": position > 0 and worker.overdue(job),
                 "position": position,
             }
-            for job, position in worker.snapshot()
+            for job, position in worker.snapshot(limit, offset)
         ],
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "next_offset": following if following < total else None,
+        "waiting_by_model": worker.scheduler.waiting_by_model(),
+        "waiting_by_batch": worker.scheduler.waiting_by_batch(),
         "depth": worker.scheduler.depth,
         "max_queue": worker.scheduler.max_queue,
         "max_batch_queue": worker.scheduler.max_batch_queue,

@@ -224,7 +224,9 @@ class Timeline:
         now = self._clock.seconds()
         worker = self._worker
         policy = worker.scheduler.policy
-        waiting = [(job, position) for job, position in worker.snapshot() if position > 0]
+        # Only the head is planned (the queue may hold a batch's thousands).
+        head = worker.snapshot(MAX_WAITING + 1)
+        waiting = [(job, position) for job, position in head if position > 0]
         return {
             "now": timestamp(now),
             "window_seconds": self.window,
@@ -249,5 +251,5 @@ class Timeline:
                 }
                 for job, position in waiting[:MAX_WAITING]
             ],
-            "more_waiting": max(0, len(waiting) - MAX_WAITING),
+            "more_waiting": max(0, worker.scheduler.depth - MAX_WAITING),
         }

@@ -199,9 +199,14 @@ class Intake:
             raise
         for model in {job.model for job in stored}:
             self._arrived(next(job for job in stored if job.model == model))
+        arrivals: dict[float, float] = {}
         for job in stored:
             if self.takes_here(job):
-                self._enqueue(job, reserved=True)
+                if job.created_at not in arrivals:
+                    arrivals[job.created_at] = self._clock.seconds() - self.clocks.since(
+                        job.created_at
+                    )
+                self._enqueue(job, reserved=True, arrived=arrivals[job.created_at])
             else:
                 self.scheduler.release(job.priority)
         for transition in transitions:
@@ -355,10 +360,13 @@ class Intake:
         pending = running or self.scheduler.queued_for(job.model) > 0
         self.costs.arrived(job.model, self._clock.seconds(), others_pending=pending)
 
-    def _enqueue(self, job: Job, *, reserved: bool = False) -> None:
-        """Put ``job`` in the scheduler, its stamps read on the reactor's clock."""
+    def _enqueue(self, job: Job, *, reserved: bool = False, arrived: float | None = None) -> None:
+        """Put ``job`` in the scheduler, its stamps read on the reactor's clock
+        (``arrived``: its arrival there, read once for a batch's lines, so
+        that lines made at one instant keep their order)."""
         now = self._clock.seconds()
-        arrived = now - self.clocks.since(job.created_at)
+        if arrived is None:
+            arrived = now - self.clocks.since(job.created_at)
         # A backoff stored by an earlier process, or before the wall clock
         # was stepped back, is never longer than the rule that made it.
         ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)

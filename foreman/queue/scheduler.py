@@ -70,6 +70,7 @@ class Scheduler:
         self._now = float("-inf")
         #: Queued jobs per model (canonical name), and people's jobs of them.
         self._per_model: Counter[str] = Counter()
+        self._per_batch: Counter[str] = Counter()
         self._interactive = 0
         #: The sync calls waiting (their callers wait with them).
         self._sync: dict[str, Job] = {}
@@ -113,6 +114,8 @@ class Scheduler:
         if job.id in self._queued:
             self._out(self._queued[job.id])
         self._per_model[canonical_model_name(job.model)] += 1
+        if job.batch_id is not None:
+            self._per_batch[job.batch_id] += 1
         self._interactive += not job.batch
         if job.sync:
             self._sync[job.id] = job
@@ -154,6 +157,10 @@ class Scheduler:
         self._per_model[model] -= 1
         if self._per_model[model] <= 0:
             del self._per_model[model]
+        if job.batch_id is not None:
+            self._per_batch[job.batch_id] -= 1
+            if self._per_batch[job.batch_id] <= 0:
+                del self._per_batch[job.batch_id]
 
     def forget(self, job_id: str) -> None:
         """``job_id`` has ended: its arrival is no longer needed."""
@@ -181,6 +188,10 @@ class Scheduler:
     def waiting_by_model(self) -> dict[str, int]:
         """How many jobs wait for each model (canonical names), in name order."""
         return dict(sorted(self._per_model.items()))
+
+    def waiting_by_batch(self) -> dict[str, int]:
+        """How many lines of each batch wait, by batch id."""
+        return dict(sorted(self._per_batch.items()))
 
     def sync_jobs(self) -> list[Job]:
         """The sync calls waiting, whose callers wait with them."""

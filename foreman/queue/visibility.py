@@ -5,6 +5,8 @@ A part of :class:`~foreman.queue.worker.Worker`, which holds what it reads.
 
 from __future__ import annotations
 
+import itertools
+
 from twisted.internet.interfaces import IReactorTime
 
 from foreman.queue.activity import Activity
@@ -111,15 +113,17 @@ class Visibility:
             return "foreman is stopping"
         return self._pauses.reason
 
-    def snapshot(self) -> list[tuple[Job, int]]:
-        """The running job (position 0) and the queued ones with their positions."""
-        shown: list[tuple[Job, int]] = []
-        ahead = 0
-        if self.current is not None:
-            shown.append((self.current, 0))
-            ahead = 1
-        queued = self.scheduler.ordered(
+    def snapshot(self, limit: int | None = None, offset: int = 0) -> list[tuple[Job, int]]:
+        """The running job (position 0) and the queued ones with their
+        positions: ``limit`` of them from ``offset`` (all, by default). Only
+        what is shown is planned, not the whole queue (ADR-0028)."""
+        running = [] if self.current is None else [(self.current, 0)]
+        ahead = len(running)
+        planned = self.scheduler.planned(
             self.residency.worker_model, self._next_choice_at(), self.average_job_seconds
         )
-        shown.extend((job, ahead + index) for index, job in enumerate(queued, start=1))
-        return shown
+        rows = itertools.chain(
+            running, ((job, ahead + index) for index, job in enumerate(planned, start=1))
+        )
+        end = None if limit is None else offset + limit
+        return list(itertools.islice(rows, offset, end))
