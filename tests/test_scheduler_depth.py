@@ -65,8 +65,13 @@ def test_the_kept_lanes_choose_and_plan_as_the_order_does(steps: list[tuple[Any,
             model, priority, backoff = arguments
             number += 1
             ready_at = None if backoff is None else now + backoff
+            # As the worker adds: with the reactor's time, so a ready job joins its lane.
             scheduler.add(
-                job(number, model, priority, now), reserved=False, arrived=now, ready_at=ready_at
+                job(number, model, priority, now),
+                reserved=False,
+                arrived=now,
+                ready_at=ready_at,
+                now=now,
             )
         elif action == "remove":
             queued = sorted(scheduler.jobs(), key=lambda j: j.id)

@@ -370,7 +370,7 @@ class Intake:
         # A backoff stored by an earlier process, or before the wall clock
         # was stepped back, is never longer than the rule that made it.
         ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)
-        self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at)
+        self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at, now=now)
 
     def _refuse_busy(self, request: IRequest) -> None:
         retry = b"%d" % self.retry_after()

@@ -100,13 +100,18 @@ class Scheduler:
         reserved: bool = True,
         arrived: float | None = None,
         ready_at: float | None = None,
+        now: float | None = None,
     ) -> None:
         """Queue ``job``; with ``reserved`` it takes the place claimed for it.
 
         ``arrived``: when it arrived, on the reactor's clock (ignored when
         the job arrived before, in this process); ``ready_at``: when it may
-        start. Each defaults to the job's stored field.
+        start. Each defaults to the job's stored field. ``now``: the reactor's
+        time, when known: a job ready by then joins its lane at once (else it
+        waits apart until the next choice looks).
         """
+        if now is not None:
+            self._now = max(self._now, now)
         if reserved:
             self._reserved[job.priority] -= 1
         arrival = self._arrived.setdefault(job.id, job.created_at if arrived is None else arrived)
