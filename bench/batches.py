@@ -94,7 +94,8 @@ def multipart(content: bytes) -> tuple[bytes, str]:
 
 async def call(http: HTTPClient, method: str, url: str, body: Any = None, **headers: str) -> Any:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    response = await http.request(method, url, data=data, headers=headers or JSON)
+    sent: dict[bytes | str, bytes | str] = dict(headers.items() or JSON.items())
+    response = await http.request(method, url, data=data, headers=sent)
     content = await treq.content(response)
     if response.code >= 300:
         raise RuntimeError(f"{method} {url} answered {response.code}: {content[:300]!r}")
@@ -253,9 +254,9 @@ async def run(reactor: Any, quick: bool) -> dict[str, Any]:
             results["direct"] = await run_direct(http, ollama, count)
             results["small_batch"] = await run_batch(reactor, http, running.url, running.pid, count)
         depth_options = (
-        *("--max-batch-queue", str(max(chosen["depths"]) + 1_000)),
-        *("--drain-timeout", "1s"),  # the endless job is cut at once on the way out
-    )
+            *("--max-batch-queue", str(max(chosen["depths"]) + 1_000)),
+            *("--drain-timeout", "1s"),  # the endless job is cut at once on the way out
+        )
         with (
             simulated_ollama(*ENDLESS_OLLAMA) as ollama,
             foreman_process(ollama, *depth_options) as running,

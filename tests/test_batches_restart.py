@@ -12,7 +12,7 @@ import json
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import pytest_twisted
@@ -26,7 +26,7 @@ from tests.sdk_helpers import in_thread, openai_client
 pytestmark = pytest.mark.slow
 
 LINES = 12
-CHAT = "/v1/chat/completions"
+CHAT: Final = "/v1/chat/completions"
 
 
 def batch_file() -> bytes:
@@ -80,8 +80,10 @@ async def test_kill_9_mid_batch_then_restart_answers_every_line_once(
 
         await until(reactor, completed, "the batch to complete after the restart", 60)
         batch = await in_thread(lambda: client.batches.retrieve(batch_id))
-        assert (batch.request_counts.total, batch.request_counts.completed) == (LINES, LINES)
-        text = await in_thread(lambda: client.files.content(batch.output_file_id).text)
+        counts, output_file = batch.request_counts, batch.output_file_id
+        assert counts is not None and output_file is not None
+        assert (counts.total, counts.completed) == (LINES, LINES)
+        text = await in_thread(lambda: client.files.content(output_file).text)
         answered = Counter(json.loads(line)["custom_id"] for line in text.splitlines())
         assert answered == Counter(f"c{n:02d}" for n in range(LINES))  # each once
         finished = Counter(call.asked for call in ollama.calls(CHAT) if call.ended == "finished")

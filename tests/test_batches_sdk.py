@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from typing import Any
+from typing import Any, Final
 
 import openai
 import pytest
@@ -17,7 +17,7 @@ from tests.fault_helpers import sleep, until
 from tests.sdk_helpers import in_thread, openai_client
 from tests.webhook_receiver import WebhookReceiver
 
-CHAT = "/v1/chat/completions"
+CHAT: Final = "/v1/chat/completions"
 
 
 def request_line(custom_id: str, model: str, text: str, url: str = CHAT, **body: Any) -> bytes:
@@ -116,13 +116,14 @@ async def test_a_cancelled_batch_keeps_what_finished_and_runs_nothing_more(
 
     async def some_done() -> bool:
         got = await in_thread(lambda: client.batches.retrieve(batch.id))
-        return got.request_counts.completed >= 1
+        return got.request_counts is not None and got.request_counts.completed >= 1
 
     await until(reactor, some_done, "a line to finish", 20)
     cancelling = await in_thread(lambda: client.batches.cancel(batch.id))
     assert cancelling.status in ("cancelling", "cancelled")
     ended = await finished(reactor, client, batch.id)
     assert ended.status == "cancelled" and ended.cancelled_at is not None
+    assert ended.request_counts is not None
     completed = ended.request_counts.completed
     assert 1 <= completed < 8
     answers = await in_thread(lambda: output_lines(client, ended.output_file_id))
@@ -229,7 +230,7 @@ async def test_a_persons_chat_during_a_batch_goes_before_the_batchs_waiting_line
 
     async def under_way() -> bool:
         got = await in_thread(lambda: client.batches.retrieve(batch.id))
-        return got.request_counts.completed >= 2
+        return got.request_counts is not None and got.request_counts.completed >= 2
 
     await until(reactor, under_way, "the batch to be under way", 20)
     reply = await in_thread(
@@ -244,7 +245,7 @@ async def test_a_persons_chat_during_a_batch_goes_before_the_batchs_waiting_line
     person = order.index("qwen3:8b")
     assert person <= 4, order
     done = await finished(reactor, client, batch.id)
-    assert done.request_counts.completed == 20
+    assert done.request_counts is not None and done.request_counts.completed == 20
 
 
 @pytest_twisted.ensureDeferred
