@@ -32,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 #: In the order they run; a script that is not there yet is left out.
-SCRIPTS = ("overhead", "dialects", "scheduler", "jobs", "fleet", "soak")
+SCRIPTS = ("overhead", "dialects", "scheduler", "jobs", "batches", "fleet", "soak")
 
 Row = tuple[str, str, str]
 
@@ -219,6 +219,23 @@ def _jobs_rows(figures: dict[str, Any]) -> Iterator[Row]:
             yield f"jobs, {scenario}: {what}", f"{measured[key]:.2f} ms", targets.get(key, "")
 
 
+def _batches_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    batch = figures["batch"]
+    lines = f"{batch['lines']:,}"
+    yield f"batches: {lines} lines accepted (create)", f"{batch['create_seconds']:.2f} s", ""
+    yield f"batches: {lines} lines run", f"{batch['run_seconds']:.1f} s", ""
+    yield f"batches: {lines} lines, model loads", str(batch["loads"]), "3 (one per model)"
+    depths = figures["depths"]
+    first = depths[0]["submit"]["p50_ms"]
+    for depth in depths:
+        submit = depth["submit"]["p50_ms"]
+        yield (
+            f"batches: submit p50 at {depth['depth']:,} queued",
+            f"{submit:.2f} ms",
+            f"≤ 2× at 1,000 ({2 * first:.2f} ms)",
+        )
+
+
 def _fleet_rows(figures: dict[str, Any]) -> Iterator[Row]:
     runs, t = figures["runs"], figures["targets"]
     counts = sorted(runs, key=int)
@@ -301,6 +318,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "dialects": _dialects_rows,
     "scheduler": _scheduler_rows,
     "jobs": _jobs_rows,
+    "batches": _batches_rows,
     "fleet": _fleet_rows,
     "soak": _soak_rows,
 }
