@@ -232,7 +232,7 @@ def _batches_rows(figures: dict[str, Any]) -> Iterator[Row]:
         yield (
             f"batches: submit p50 at {depth['depth']:,} queued",
             f"{submit:.2f} ms",
-            f"≤ 2× at 1,000 ({2 * first:.2f} ms)",
+            f"≤ twice that at 1,000 ({2 * first:.2f} ms)",
         )
 
 

@@ -135,7 +135,9 @@ ENDPOINT_REFUSAL = (
         (b"", "missing request body"),
         (b"{", "unexpected EOF"),
         (b"nope", "invalid character 'o' in literal null (expecting 'u')"),
-        (b"[1]", "json: cannot unmarshal array into Go value of type api.ChatRequest"),
+        # A list is many jobs (docs/batches.md): each element must be one.
+        (b"[1]", "job 0: json: cannot unmarshal number into Go value of type api.ChatRequest"),
+        (b"[]", "a list of jobs must hold at least one job"),
         (b"{}", "model is required"),
         (b"null", "model is required"),
         (b'{"model": ""}', "model is required"),

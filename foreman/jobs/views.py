@@ -32,6 +32,10 @@ def summary(job: Job) -> dict[str, Any]:
         "error_status": job.error_status,
         "state_webhook_url": job.webhook_url,
         "metadata": metadata_value(job),
+        # The batch the job is a line of (a list sent to POST /jobs, or
+        # /v1/batches), and the line's custom_id: null for a job alone.
+        "batch_id": job.batch_id,
+        "custom_id": job.custom_id,
     }
 
 

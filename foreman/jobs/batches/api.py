@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -285,7 +286,9 @@ class BatchesAPI:
         if content is None:
             raise _no_file(file_id)
         try:
-            lines = read_lines(content, endpoint)
+            # Tens of thousands of lines are read beside the reactor, not on it:
+            # the calls it relays meanwhile keep streaming.
+            lines = await deferToThread(read_lines, content, endpoint)
         except LineError as e:
             raise ApiError(400, str(e), code=e.code, param=e.param, line=e.line) from None
         for model in sorted({line.submission.model for line in lines}):
