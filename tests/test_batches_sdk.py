@@ -277,3 +277,50 @@ async def test_a_batchs_state_changes_are_signed_webhook_events(
             assert verify("s3cret", each.body, each.headers["x-foreman-signature"])
     finally:
         await receiver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_embeddings_batch_runs_beside_the_worker_model_without_unloading_it(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator(tokens_per_second=200, reply_tokens=4)
+    running = await start_foreman(sim.url)
+    client = openai_client(running.url)
+    await in_thread(
+        lambda: client.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "warm"}]
+        )
+    )
+    chat_loads = sim.sim.load_history.count("llama3.2:latest")
+    content = b"".join(
+        json.dumps(
+            {
+                "custom_id": f"e{n}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "all-minilm", "input": f"text {n}"},
+            }
+        ).encode()
+        + b"\n"
+        for n in range(5)
+    )
+    file_id = await in_thread(lambda: upload(client, content))
+    batch = await in_thread(
+        lambda: client.batches.create(
+            input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    )
+    done = await finished(reactor, client, batch.id)
+    assert done.status == "completed"
+    lines = await in_thread(lambda: output_lines(client, done.output_file_id))
+    assert sorted(line["custom_id"] for line in lines) == [f"e{n}" for n in range(5)]
+    for line in lines:
+        body = line["response"]["body"]
+        assert body["object"] == "list" and len(body["data"][0]["embedding"]) > 0
+    # The worker model stayed: a chat after the batch loads nothing.
+    await in_thread(
+        lambda: client.chat.completions.create(
+            model="llama3.2", messages=[{"role": "user", "content": "again"}]
+        )
+    )
+    assert sim.sim.load_history.count("llama3.2:latest") == chat_loads

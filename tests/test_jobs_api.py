@@ -125,7 +125,7 @@ async def test_a_retried_submit_with_the_same_idempotency_key_is_the_same_job(
 
 ENDPOINT_REFUSAL = (
     'endpoint must be "chat" or "generate" (or one of "/v1/chat/completions", '
-    '"/v1/completions", "/v1/responses", "/v1/messages")'
+    '"/v1/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")'
 )
 
 

@@ -51,6 +51,7 @@ _CHECKED: dict[str, tuple[str, Struct]] = {
     "/v1/completions": ("openai", go_struct("CompletionRequest", model=STRING, stream=BOOL)),
     "/v1/responses": ("openai", go_struct("ResponsesRequest", model=STRING, stream=BOOL)),
     "/v1/messages": ("anthropic", go_struct("MessagesRequest", model=STRING, stream=BOOL)),
+    "/v1/embeddings": ("openai", go_struct("EmbedRequest", model=STRING)),
 }
 
 #: Longest ``Idempotency-Key`` kept: it is an index key, not a payload.

@@ -102,6 +102,10 @@ class Residency:
         gets the same refusal in its own words, and a target that cannot
         report ``/api/ps`` (an Ollama-alike) is left to load models itself.
         """
+        if job.route.embeds:
+            # An embedding line of a batch: Ollama loads its model beside the
+            # worker model, as for any embedding call; the worker model stays.
+            return None
         wanted = canonical_model_name(job.model)
         last_seen = {canonical_model_name(m) for m in self._inventory.resident}
         if wanted == self.worker_model and (wanted in last_seen or self._unmanaged):

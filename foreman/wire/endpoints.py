@@ -49,6 +49,9 @@ class Endpoint:
     loads_as_chat: bool
     #: The body is JSON (transcriptions are multipart forms).
     json_body: bool = True
+    #: An embedding call: it never makes its model the worker model (the
+    #: embedder has its own slot, ADR-0013); only batches queue it (ADR-0029).
+    embeds: bool = False
 
     @property
     def load_path(self) -> bytes:
@@ -70,6 +73,7 @@ _ALL = (
         json_body=False,
     ),
     Endpoint("/v1/messages", b"/v1/messages", Dialect.ANTHROPIC, False, True),
+    Endpoint("/v1/embeddings", b"/v1/embeddings", Dialect.OPENAI, False, False, embeds=True),
 )
 
 ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in _ALL}

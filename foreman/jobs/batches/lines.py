@@ -19,7 +19,7 @@ from foreman.http.routing import BadRequest
 from foreman.jobs.requests import EXTENSION_FIELDS, Submission, parse_submission
 
 #: The endpoints a batch may name, as OpenAI's ``endpoint`` field does.
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 #: OpenAI's: at most 50,000 requests in one batch.
 MAX_LINES = 50_000
 
