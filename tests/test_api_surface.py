@@ -64,7 +64,7 @@ async def test_unknown_path_outside_api_and_v1_is_gins_404(
         (b"POST", "/api/me"),
         (b"GET", "/api/chat"),  # a known path with another method
         (b"PUT", "/api/show"),
-        (b"DELETE", "/v1/files/abc"),
+        (b"DELETE", "/v1/assistants/abc"),  # /v1/files and /v1/batches are foreman's
     ],
 )
 @pytest_twisted.ensureDeferred

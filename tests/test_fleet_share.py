@@ -30,10 +30,13 @@ def job(job_id: str, model: str, state: JobState = JobState.QUEUED, box: str | N
 class FakeStore:
     rows: dict[str, Job] = attrs.field(factory=dict)
 
-    def fleet_queue(self, models: Collection[str] | None = None) -> Deferred[list[Job]]:
-        return succeed(
-            [j for j in self.rows.values() if j.state is JobState.QUEUED and j.box is None]
-        )
+    def fleet_queue(
+        self, models: Collection[str] | None = None, *, bodies: bool = True
+    ) -> Deferred[list[Job]]:
+        # As the store answers: without bodies when asked (adopted jobs get
+        # theirs from their claim).
+        waiting = [j for j in self.rows.values() if j.state is JobState.QUEUED and j.box is None]
+        return succeed(waiting if bodies else [attrs.evolve(j, body=b"") for j in waiting])
 
     def running(self) -> Deferred[list[tuple[str | None, str]]]:
         return succeed([(j.box, j.model) for j in self.rows.values() if j.state.running])

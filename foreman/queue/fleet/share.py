@@ -18,6 +18,7 @@ What a box may take draws the fleet's drain by model:
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from foreman.queue.boxes import BoxRecord
@@ -52,11 +53,14 @@ class Share:
         self.looks += 1
         worker = self._worker
         models = worker.residency.inventory.model_names
-        waiting = await self._store.fleet_queue(models)
+        # Without bodies: a job adopted here gets its body from its claim, and
+        # a deep fleet queue (a batch's thousands) is read often.
+        waiting = await self._store.fleet_queue(models, bodies=False)
         running = await self._store.running()
         elsewhere = self._busy_elsewhere(running)
         self.elsewhere = frozenset(elsewhere)
-        mine = [job for job in waiting if self._may_take(job, waiting, elsewhere)]
+        per_model = Counter(canonical_model_name(job.model) for job in waiting)
+        mine = [job for job in waiting if self._may_take(job, per_model, elsewhere)]
         worker.adopt(mine)
         wanted = {job.id for job in mine}
         unsure = [job_id for job_id in worker.queued_here() if job_id not in wanted]
@@ -109,15 +113,14 @@ class Share:
                 busy.add(canonical_model_name(box.resident))
         return busy
 
-    def _may_take(self, job: Job, waiting: list[Job], elsewhere: set[str]) -> bool:
+    def _may_take(self, job: Job, per_model: Counter[str], elsewhere: set[str]) -> bool:
         model = canonical_model_name(job.model)
         if model not in elsewhere or model == self._resident():
             return True
-        return self._pays(model, waiting)
+        return self._pays(model, per_model[model])
 
-    def _pays(self, model: str, waiting: list[Job]) -> bool:
+    def _pays(self, model: str, queued: int) -> bool:
         worker = self._worker
-        queued = sum(1 for job in waiting if canonical_model_name(job.model) == model)
         work = queued * worker.average_job_seconds
         return work > SPREAD_LOADS * worker.costs.load_seconds(model)
 
