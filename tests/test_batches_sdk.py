@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import sqlite3
 from typing import Any, Final
 
 import openai
 import pytest
 import pytest_twisted
+from twisted.internet.defer import fail
 
 from foreman.wire.signature import verify
 from tests.conftest import StartForeman, StartSimulator
@@ -324,3 +326,40 @@ async def test_an_embeddings_batch_runs_beside_the_worker_model_without_unloadin
         )
     )
     assert sim.sim.load_history.count("llama3.2:latest") == chat_loads
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_create_the_store_refuses_is_a_503_and_leaves_nothing(
+    start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    queue = running.foreman.queue
+    assert queue is not None
+    client = openai_client(running.url)
+    file_id = await in_thread(lambda: upload(client, request_line("a", "llama3.2", "x")))
+    store = queue.store
+    insert_many = store.insert_many
+
+    def full(*_: Any, **__: Any) -> Any:
+        return fail(sqlite3.OperationalError("database or disk is full"))
+
+    store.insert_many = full  # type: ignore[method-assign]
+    try:
+        with pytest.raises(openai.InternalServerError) as refused:
+            await in_thread(
+                lambda: client.batches.create(
+                    input_file_id=file_id, endpoint=CHAT, completion_window="24h"
+                )
+            )
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers.get("retry-after")
+    finally:
+        store.insert_many = insert_many  # type: ignore[method-assign]
+    assert (await in_thread(lambda: client.batches.list())).data == []
+    assert queue.worker.scheduler.depth == 0
+    # The disk has room again: the same create goes through.
+    again = await in_thread(
+        lambda: client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    )
+    assert again.status == "in_progress"
