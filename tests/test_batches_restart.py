@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
@@ -17,9 +18,11 @@ from typing import Any, Final
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
+from twisted.internet.threads import deferToThread
 
+from foreman.queue.schema import DATABASE_NAME
 from tests.daemons import spawn, wait_until_up
-from tests.fault_helpers import until
+from tests.fault_helpers import sleep, until
 from tests.ollama_process import OllamaProcess
 from tests.sdk_helpers import in_thread, openai_client
 
@@ -93,5 +96,73 @@ async def test_kill_9_mid_batch_then_restart_answers_every_line_once(
     finally:
         if daemon.process.poll() is None:
             daemon.process.terminate()
+            daemon.process.wait(timeout=30)
+        ollama.stop_all()
+
+
+@pytest.mark.parametrize("kill_after", [0.6, 1.6, 4.0])
+@pytest_twisted.ensureDeferred
+async def test_kill_9_during_a_create_leaves_the_whole_batch_or_none(
+    reactor: Any, http: HTTPClient, tmp_path: Path, kill_after: float
+) -> None:
+    # A create of 30,000 lines takes a second or two here: the kill lands while
+    # its lines are read, while they are stored, or after (the batch is whole).
+    lines = 30_000
+    ollama = OllamaProcess(tmp_path, "--tokens-per-second", "1", "--reply-tokens", "1000")
+    await ollama.wait_until_up(http, reactor)
+    data = tmp_path / "data"
+    options = ("--upstream", "ollama", "--ollama-url", ollama.url)
+    daemon = spawn(tmp_path, *options, data_dir=data, log_name="first.log")
+    try:
+        await wait_until_up(daemon, http, reactor)
+        client = openai_client(daemon.url)
+        content = b"".join(
+            json.dumps(
+                {
+                    "custom_id": f"k{n}",
+                    "method": "POST",
+                    "url": CHAT,
+                    "body": {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]},
+                }
+            ).encode()
+            + b"\n"
+            for n in range(lines)
+        )
+        made = await in_thread(
+            lambda: client.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
+        )
+        creating = deferToThread(
+            lambda: client.batches.create(
+                input_file_id=made.id, endpoint=CHAT, completion_window="24h"
+            )
+        )
+        creating.addErrback(lambda _: None)  # the connection dies with the process
+        await sleep(reactor, kill_after)
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(timeout=10)
+        await creating
+        # The store as the kill left it, read straight from the file.
+        with sqlite3.connect(data / DATABASE_NAME) as db:
+            batches = db.execute("SELECT id, total FROM batches").fetchall()
+            per_batch = dict(
+                db.execute(
+                    "SELECT batch_id, COUNT(*) FROM jobs WHERE batch_id IS NOT NULL"
+                    " GROUP BY batch_id"
+                ).fetchall()
+            )
+        print(f"killed after {kill_after} s: {batches} {per_batch}")  # which case, with -s
+        assert all(per_batch.get(batch_id) == total for batch_id, total in batches), batches
+        assert set(per_batch) <= {batch_id for batch_id, _ in batches}, per_batch
+        # And a restart serves whichever it is: the batch, whole, or none.
+        daemon = spawn(tmp_path, *options, data_dir=data, log_name="second.log")
+        await wait_until_up(daemon, http, reactor)
+        client = openai_client(daemon.url)
+        listed = await in_thread(lambda: client.batches.list())
+        assert [b.id for b in listed.data] == [batch_id for batch_id, _ in batches]
+        for batch in listed.data:
+            assert batch.request_counts is not None and batch.request_counts.total == lines
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
             daemon.process.wait(timeout=30)
         ollama.stop_all()
