@@ -13,16 +13,13 @@ Ollama's endpoints work the day it ships. ``/jobs`` is an app of its own
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 from urllib.parse import unquote
 
-from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from werkzeug.exceptions import NotFound
 
 from foreman.front.fleet_face import (
     merged,
@@ -32,6 +29,8 @@ from foreman.front.fleet_face import (
     tags_body,
 )
 from foreman.front.forwarding import FleetGeneration
+from foreman.front.own import OwnAnswers
+from foreman.front.own import whole as _whole
 from foreman.http import routing
 from foreman.http.auth import BearerTokenGuard
 from foreman.http.errors import (
@@ -44,9 +43,8 @@ from foreman.http.forms import form_field
 from foreman.http.routing import read_body, read_json
 from foreman.jobs.api import JobsAPI
 from foreman.jobs.batches.api import BatchesAPI, FilesAPI
-from foreman.ops.health import MAX_QUEUE_PAGE, QUEUE_PAGE, health_report, queue_report
 from foreman.ops.metrics import ForemanMetrics
-from foreman.ops.status_page import StatusPage, redirect_to_page, serves, wants_page
+from foreman.ops.status_page import StatusPage, serves
 from foreman.ops.timeline import Timeline
 from foreman.queue.boxes import BoxRecord
 from foreman.queue.fleet.member import FleetMember
@@ -62,13 +60,6 @@ from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import PRIORITY_HEADER, Priority, UnknownPriority, parse_priority
 
 
-def _whole(request: IRequest, body: bytes | None) -> bytes | None:
-    """Give a body that is sent in one piece its Content-Length, as Ollama does."""
-    if body is not None:
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
 def _model_of(parsed: Any) -> str | None:
     """The model a body names, or ``None`` when Ollama should judge the body."""
     if isinstance(parsed, dict):
@@ -78,8 +69,8 @@ def _model_of(parsed: Any) -> str | None:
     return None
 
 
-class ForemanAPI:
-    app = Klein()
+class ForemanAPI(OwnAnswers):
+    app = OwnAnswers.app
 
     def __init__(
         self,
@@ -130,48 +121,6 @@ class ForemanAPI:
         return _Guarded(self.app.resource(), guard)
 
     # -- answered by foreman itself ----------------------------------------
-
-    @app.route("/", methods=["GET", "HEAD"])
-    def root(self, request: IRequest) -> bytes | None:
-        if wants_page(request):
-            return redirect_to_page(request)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return _whole(request, b"Ollama is running")
-
-    @app.route("/healthz", methods=["GET", "HEAD"])
-    def healthz(self, request: IRequest) -> bytes | None:
-        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
-        report = health_report(
-            self._inventory,
-            self._relay.target,
-            simulated=self._simulated,
-            worker=self._worker,
-            fleet=self._fleet,
-        )
-        return _whole(request, json.dumps(report).encode())
-
-    @app.route("/metrics", methods=["GET", "HEAD"])
-    def metrics(self, request: IRequest) -> bytes | None:
-        if self._metrics is None:
-            raise NotFound()
-        request.setHeader(b"Content-Type", self._metrics.content_type)
-        request.setHeader(b"Cache-Control", b"no-store")
-        return _whole(request, self._metrics.render())
-
-    @app.route("/api/foreman/queue", methods=["GET", "HEAD"])
-    def queue(self, request: IRequest) -> bytes | None:
-        request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
-        if self._worker is None:
-            report: dict[str, Any] = {"jobs": [], "depth": 0, "queue": "disabled"}
-        else:
-            limit = _whole_number(request, "limit", QUEUE_PAGE, 1, MAX_QUEUE_PAGE)
-            offset = _whole_number(request, "offset", 0, 0, None)
-            report = queue_report(
-                self._worker, self._inventory, time.time(), self._fleet, limit=limit, offset=offset
-            )
-        return _whole(request, json.dumps(report).encode())
 
     @app.route("/api/tags", methods=["GET", "HEAD"])
     async def tags(self, request: IRequest) -> bytes | None:
@@ -401,21 +350,6 @@ class ForemanAPI:
     # -- errors ----------------------------------------------------------------
 
     routing.answer_routing_errors(app)
-
-
-def _whole_number(request: IRequest, name: str, default: int, least: int, most: int | None) -> int:
-    """Query parameter ``name`` as a whole number in its range; else :class:`BadRequest`."""
-    values = request.args.get(name.encode())
-    if not values:
-        return default
-    try:
-        number = int(values[-1])
-    except ValueError:
-        number = least - 1
-    if number < least or (most is not None and number > most):
-        upper = "" if most is None else f" to {most}"
-        raise routing.BadRequest(f"{name} must be a whole number from {least}{upper}")
-    return number
 
 
 class _Guarded(Resource):
