@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,8 +70,10 @@ def test_boxes_publish_and_are_alive_while_their_heartbeat_is_fresh(store: JobSt
     # A heartbeat older than the lease: dead (a negative lease is already over).
     assert [each.alive for each in result_of(store.boxes(lease=-1))] == [False, False]
 
-    # Publishing again replaces what was there and stamps a new heartbeat.
-    time.sleep(0.01)
+    # Publishing again replaces what was there and stamps a new heartbeat, on
+    # the database's clock (read until it has moved on, rather than slept).
+    while result_of(store.db_now()) <= b.heartbeat_at:
+        pass
     result_of(store.publish_box(record("b", models=(), resident=None, answering=False)))
     (_, again) = result_of(store.boxes(lease=30))
     assert (again.models, again.resident, again.answering) == ((), None, False)
