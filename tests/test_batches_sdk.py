@@ -277,6 +277,7 @@ async def test_a_batchs_state_changes_are_signed_webhook_events(
         assert events[1]["output_file_id"] is not None
         for each in (first, second):
             assert verify("s3cret", each.body, each.headers["x-foreman-signature"])
+            assert each.headers["x-foreman-event"] == "batch.state"
     finally:
         await receiver.close()
 

@@ -31,6 +31,13 @@ MAX_RESPONSE_BODY = 64 * 1024
 
 USER_AGENT = f"foreman-webhooks/{foreman.__version__}"
 EVENT = "job.state"
+#: A batch's state change (ADR-0029): its outbox rows carry the batch's id.
+BATCH_EVENT = "batch.state"
+
+
+def event_type(subject: str) -> str:
+    """What an event reports, by whose id its outbox row carries."""
+    return BATCH_EVENT if subject.startswith("batch_") else EVENT
 
 
 class DeliveryFailed(Exception):
@@ -38,15 +45,20 @@ class DeliveryFailed(Exception):
 
 
 def event_headers(
-    delivery_id: int, body: bytes, timestamp: str | None, secret: str | None
+    delivery_id: int,
+    body: bytes,
+    timestamp: str | None,
+    secret: str | None,
+    event: str = EVENT,
 ) -> Headers:
-    """An event's headers: its stable delivery id, and its signature with a secret."""
+    """An event's headers: its kind, its stable delivery id, and its signature
+    with a secret."""
     headers = Headers(
         {
             b"Content-Type": [b"application/json"],
             b"User-Agent": [USER_AGENT.encode("ascii")],
             b"X-Foreman-Delivery": [str(delivery_id).encode("ascii")],
-            b"X-Foreman-Event": [EVENT.encode("ascii")],
+            b"X-Foreman-Event": [event.encode("ascii")],
         }
     )
     if timestamp is not None:

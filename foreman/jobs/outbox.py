@@ -58,6 +58,7 @@ from foreman.jobs.delivery import (
     body_timestamp,
     describe,
     event_headers,
+    event_type,
     for_log,
     post_event,
 )
@@ -339,7 +340,13 @@ class WebhookOutbox(Service):
 
     def _attempt(self, delivery: _Delivery) -> Deferred[None]:
         """One POST; fires when a 2xx answer has been read, fails otherwise."""
-        headers = event_headers(delivery.id, delivery.body, delivery.timestamp, self._secret)
+        headers = event_headers(
+            delivery.id,
+            delivery.body,
+            delivery.timestamp,
+            self._secret,
+            event_type(delivery.job_id),
+        )
         return post_event(
             self._agent, self._clock, delivery.url, headers, delivery.body, self._attempt_timeout
         )
