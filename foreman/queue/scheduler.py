@@ -3,9 +3,16 @@
 The order itself (classes, drain by model, the bound on overtaking) is
 :mod:`foreman.queue.order`'s; this module keeps the queued jobs, the one
 piece of history the order needs (when a batch job last started), and the
-bound on the queue's length: admission beyond ``max_queue`` is refused so
-callers hear "busy" at once instead of waiting without end. Jobs backing off
-after a failed attempt wait until they are ready.
+bound on the queue's length: admission beyond ``max_queue`` (people's calls)
+or ``max_batch_queue`` (batch work) is refused so callers hear "busy" at once
+instead of waiting without end. Jobs backing off after a failed attempt wait
+until they are ready.
+
+**Kept, not recomputed** (ADR-0028). The ready jobs live in heaps by class and
+model (:mod:`foreman.queue.lanes`) from one choice to the next, and the counts
+the views need (by model, by batch, people's calls, sync calls) follow each
+arrival and departure, so that a choice, a submit or a near position costs
+the same with 100,000 jobs queued as with 1,000.
 
 **Two times per job.** A job's stored fields (``created_at``, ``not_before``)
 are wall-clock stamps; the order runs on the reactor's clock, which is
