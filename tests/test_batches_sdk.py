@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import fail
 
+from foreman.jobs.batches import table
 from foreman.wire.signature import verify
 from tests.conftest import StartForeman, StartSimulator
 from tests.fault_helpers import sleep, until
@@ -364,3 +365,39 @@ async def test_a_create_the_store_refuses_is_a_503_and_leaves_nothing(
         lambda: client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
     )
     assert again.status == "in_progress"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_the_store_refuses_is_a_503_and_puts_the_lines_back(
+    reactor: Any,
+    start_simulator: StartSimulator,
+    start_foreman: StartForeman,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = await start_simulator(tokens_per_second=5.0, reply_tokens=10_000)  # lines run long
+    running = await start_foreman(sim.url)
+    queue = running.foreman.queue
+    assert queue is not None
+    client = openai_client(running.url)
+    content = b"".join(request_line(f"x{n}", "llama3.2", f"long {n}") for n in range(4))
+    batch = await in_thread(lambda: create(client, content))
+    await until(reactor, lambda: queue.worker.current is not None, "a line to run", 10)
+
+    def locked(*_: Any, **__: Any) -> bool:
+        raise sqlite3.OperationalError("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(table, "start_cancel", locked)
+        with pytest.raises(openai.InternalServerError) as refused:
+            await in_thread(lambda: client.batches.cancel(batch.id))
+        assert refused.value.status_code == 503
+    # Nothing was cancelled: the three waiting lines are back in the queue.
+    assert queue.worker.scheduler.waiting_by_batch() == {batch.id: 3}
+    assert (await in_thread(lambda: client.batches.retrieve(batch.id))).status == "in_progress"
+    cancelled = await in_thread(lambda: client.batches.cancel(batch.id))
+    assert cancelled.status == "cancelling"
+    assert queue.worker.scheduler.waiting_by_batch() == {}
+    assert queue.worker.current is not None
+    await queue.worker.cancel(queue.worker.current.id)  # the running line, to end the test
+    ended = await finished(reactor, client, batch.id)
+    assert ended.status == "cancelled"

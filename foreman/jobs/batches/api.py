@@ -28,6 +28,7 @@ from foreman.http.dialects import DIALECT_JSON
 from foreman.http.errors import SERVER_BUSY
 from foreman.http.multipart import form_parts
 from foreman.http.routing import BadRequest, json_answer
+from foreman.jobs.api import uncancellable
 from foreman.jobs.batches import table
 from foreman.jobs.batches.lines import BATCH_ENDPOINTS, LineError, read_lines
 from foreman.jobs.batches.objects import batch_object, file_object, new_batch_id, new_file_id
@@ -328,7 +329,9 @@ class BatchesAPI:
             event.append(record_event(db, batch, "in_progress", None, now))
 
         try:
-            await self._s.worker.submit_many(jobs, also)
+            # A caller hanging up now must not cut the create in half (stored
+            # lines the worker never heard of): it finishes regardless.
+            await uncancellable(self._s.worker.submit_many(jobs, also))
         except QueueFull:
             retry = b"%d" % self._s.worker.retry_after()
             raise ApiError(
@@ -376,15 +379,28 @@ class BatchesAPI:
             assert moved is not None
             return finalizing, record_event(db, moved, "cancelling", "in_progress", now)
 
-        try:
-            finalizing, stored = await self._s.store.transact(cancel)
-        except Exception:
+        # What the store answers is acted on whether or not the caller stays:
+        # refused, the lines go back to the queue; stored, the event leaves
+        # and a batch with nothing left running is finished.
+        surface = self._s
+
+        def stored(result: tuple[bool, StoredEvent | None]) -> tuple[bool, StoredEvent | None]:
+            finalizing, event = result
+            if event is not None:
+                surface.outbox.schedule(event)
+            if finalizing:
+                surface.progress.finish_soon(batch_id)
+            return result
+
+        def refused(failure: Failure) -> Failure:
             worker.adopt(withdrawn)
-            raise
-        if stored is not None:
-            self._s.outbox.schedule(stored)
+            return failure
+
+        cancelling = surface.store.transact(cancel)
+        cancelling.addCallbacks(stored, refused)
+        finalizing, _ = await uncancellable(cancelling)
         if finalizing:
-            await self._s.progress.finish_soon(batch_id)
+            await surface.progress.finish_soon(batch_id)
         return json_answer(request, batch_object(await self._batch(batch_id)))
 
     async def _batch(self, batch_id: str) -> table.BatchRow:
