@@ -136,6 +136,8 @@ class Config:
     queue: bool = True
     #: Key for the HMAC-SHA256 signature on state webhooks; ``None``: unsigned.
     webhook_secret: str | None = None
+    #: A Standard Webhooks secret: a batch's end goes out as OpenAI's event.
+    openai_webhook_secret: str | None = None
     #: Serve ``/metrics`` without the token (for a scraper on a trusted network).
     metrics_public: bool = False
     #: Artifacts up to this many bytes are inlined in job views and webhooks.
@@ -146,7 +148,7 @@ class Config:
     def __repr__(self) -> str:
         # Secrets never reach a log line, even through a repr.
         shown = attrs.asdict(self, recurse=False)
-        for secret in ("token", "ollama_token", "webhook_secret"):
+        for secret in ("token", "ollama_token", "webhook_secret", "openai_webhook_secret"):
             if shown[secret] is not None:
                 shown[secret] = "<redacted>"
         if shown["database"] is not None:

@@ -31,6 +31,7 @@ from foreman.config import (
 from foreman.http.cors import OriginError, parse_origins
 from foreman.queue.engines import is_postgres_url, mask_password
 from foreman.wire.durations import DurationError, parse_setting_duration
+from foreman.wire.signature import standard_key
 from foreman.wire.sizes import parse_size
 
 #: (option name, environment variable, default shown in --help, help text)
@@ -61,6 +62,13 @@ _PARAMETERS: list[tuple[str, str, str | None, str]] = [
         "FOREMAN_WEBHOOK_SECRET_FILE",
         None,
         "File holding the key that signs state webhooks (or set FOREMAN_WEBHOOK_SECRET).",
+    ),
+    (
+        "openai-webhook-secret-file",
+        "FOREMAN_OPENAI_WEBHOOK_SECRET_FILE",
+        None,
+        "File holding a Standard Webhooks secret (whsec_...): a batch's end is then sent"
+        " as OpenAI's event, signed with it (or set FOREMAN_OPENAI_WEBHOOK_SECRET).",
     ),
     (
         "data-dir",
@@ -330,6 +338,16 @@ class ForemanOptions(usage.Options):
         webhook_secret = self.environ.get("FOREMAN_WEBHOOK_SECRET") or None
         if self["webhook-secret-file"]:
             webhook_secret = _read_secret_file(self["webhook-secret-file"], "webhook secret")
+        openai_webhook_secret = self.environ.get("FOREMAN_OPENAI_WEBHOOK_SECRET") or None
+        if self["openai-webhook-secret-file"]:
+            openai_webhook_secret = _read_secret_file(
+                self["openai-webhook-secret-file"], "OpenAI webhook secret"
+            )
+        if openai_webhook_secret is not None:
+            try:
+                standard_key(openai_webhook_secret)
+            except ValueError as e:
+                raise usage.UsageError(f"the OpenAI webhook secret: {e}") from None
 
         fields: dict[str, Any] = {}
         for name, key in (
@@ -421,6 +439,7 @@ class ForemanOptions(usage.Options):
             max_body_size=sizes["max-body-size"],
             artifact_inline_limit=sizes["artifact-inline-limit"],
             webhook_secret=webhook_secret,
+            openai_webhook_secret=openai_webhook_secret,
             log_format=log_format,
             keep_alive=keep_alive,
             embed_model=self["embed-model"] or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import json
@@ -401,3 +402,33 @@ async def test_a_cancel_the_store_refuses_is_a_503_and_puts_the_lines_back(
     await queue.worker.cancel(queue.worker.current.id)  # the running line, to end the test
     ended = await finished(reactor, client, batch.id)
     assert ended.status == "cancelled"
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_standard_webhooks_secret_a_batchs_end_is_openais_signed_event(
+    reactor: Any, start_simulator: StartSimulator, start_foreman: StartForeman
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"a standard webhooks key, 32 bytes").decode()
+    receiver = WebhookReceiver(reactor)
+    receiver.listen()
+    try:
+        sim = await start_simulator(tokens_per_second=200, reply_tokens=4)
+        running = await start_foreman(sim.url, openai_webhook_secret=secret)
+        client = openai_client(running.url)
+        content = b"".join(request_line(f"s-{n}", "llama3.2", f"std {n}") for n in range(2))
+        hook = receiver.url("/openai-hook")
+        batch = await in_thread(
+            lambda: create(client, content, extra_body={"state_webhook_url": hook})
+        )
+        received = await receiver.arrived(1)
+        # The official SDK checks the signature and parses the event, as a
+        # handler of OpenAI's webhooks would.
+        event = client.webhooks.unwrap(received.body, received.headers, secret=secret)
+        assert event.type == "batch.completed" and event.data.id == batch.id
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            client.webhooks.unwrap(received.body + b" ", received.headers, secret=secret)
+        # OpenAI has no events for the other states: nothing else was sent.
+        await sleep(reactor, 0.5)
+        assert len(receiver.received) == 1
+    finally:
+        await receiver.close()

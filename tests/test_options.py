@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,17 @@ def test_limits_on_ollamas_silence() -> None:
             parse([option, "0"])
         with pytest.raises(usage.UsageError, match=option):
             parse([option, "a while"])
+
+
+def test_a_standard_webhooks_secret_is_checked_and_never_shown(tmp_path: Path) -> None:
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
+    config = parse([], {"FOREMAN_OPENAI_WEBHOOK_SECRET": secret})
+    assert config.openai_webhook_secret == secret and secret not in repr(config)
+    secret_file = tmp_path / "openai-secret"
+    secret_file.write_text(secret + "\n")
+    from_file = parse(["--openai-webhook-secret-file", str(secret_file)])
+    assert from_file.openai_webhook_secret == secret
+    for bad in ("whsec_not base64!", "whsec_"):
+        with pytest.raises(usage.UsageError, match="OpenAI webhook secret"):
+            parse([], {"FOREMAN_OPENAI_WEBHOOK_SECRET": bad})
+    assert parse([]).openai_webhook_secret is None

@@ -24,7 +24,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 import foreman
 from foreman.relay.upstream import BytesBodyProducer
-from foreman.wire.signature import sign
+from foreman.wire.signature import sign, standard_signature
 
 #: A receiver owes us a status, not a body: read at most this much of one.
 MAX_RESPONSE_BODY = 64 * 1024
@@ -35,9 +35,37 @@ EVENT = "job.state"
 BATCH_EVENT = "batch.state"
 
 
+#: OpenAI's events (``evt_…``) carry their own id in the outbox row.
+OPENAI_EVENT_PREFIX = "evt_"
+
+
 def event_type(subject: str) -> str:
     """What an event reports, by whose id its outbox row carries."""
     return BATCH_EVENT if subject.startswith("batch_") else EVENT
+
+
+def is_openai_event(subject: str) -> bool:
+    """Whether the outbox row holds an event in OpenAI's form (Standard Webhooks)."""
+    return subject.startswith(OPENAI_EVENT_PREFIX)
+
+
+def standard_headers(event_id: str, body: bytes, secret: str | None, now: float) -> Headers:
+    """The Standard Webhooks headers of one attempt: the event's stable id, the
+    attempt's time, and the signature over both and the body (made afresh on
+    every attempt, so a retry is never stale to a receiver checking the time)."""
+    timestamp = int(now)
+    headers = Headers(
+        {
+            b"Content-Type": [b"application/json"],
+            b"User-Agent": [USER_AGENT.encode("ascii")],
+            b"webhook-id": [event_id.encode("ascii")],
+            b"webhook-timestamp": [str(timestamp).encode("ascii")],
+        }
+    )
+    if secret is not None:
+        signature = standard_signature(secret, event_id, timestamp, body)
+        headers.addRawHeader(b"webhook-signature", signature.encode("ascii"))
+    return headers
 
 
 class DeliveryFailed(Exception):

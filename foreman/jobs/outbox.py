@@ -60,7 +60,9 @@ from foreman.jobs.delivery import (
     event_headers,
     event_type,
     for_log,
+    is_openai_event,
     post_event,
+    standard_headers,
 )
 from foreman.jobs.outbox_table import DeliveryRow, StoredEvent, store_event
 from foreman.queue.engines import Connection
@@ -114,6 +116,7 @@ class WebhookOutbox(Service):
         reactor: Any,
         *,
         secret: str | None,
+        openai_secret: str | None = None,
         max_retries: int = 5,
         base_delay: float = 1.0,
         max_delay: float = 300.0,
@@ -139,6 +142,8 @@ class WebhookOutbox(Service):
         #: without one, on ``clock`` (tests).
         self._clocks = Clocks(self._clock) if clocks is None else clocks
         self._secret = secret
+        #: Signs events in OpenAI's form (Standard Webhooks), when configured.
+        self._openai_secret = openai_secret
         self._max_retries = max_retries
         self._base_delay = base_delay
         self._max_delay = max_delay
@@ -340,13 +345,18 @@ class WebhookOutbox(Service):
 
     def _attempt(self, delivery: _Delivery) -> Deferred[None]:
         """One POST; fires when a 2xx answer has been read, fails otherwise."""
-        headers = event_headers(
-            delivery.id,
-            delivery.body,
-            delivery.timestamp,
-            self._secret,
-            event_type(delivery.job_id),
-        )
+        if is_openai_event(delivery.job_id):
+            headers = standard_headers(
+                delivery.job_id, delivery.body, self._openai_secret, self._clocks.wall()
+            )
+        else:
+            headers = event_headers(
+                delivery.id,
+                delivery.body,
+                delivery.timestamp,
+                self._secret,
+                event_type(delivery.job_id),
+            )
         return post_event(
             self._agent, self._clock, delivery.url, headers, delivery.body, self._attempt_timeout
         )

@@ -78,7 +78,13 @@ def build_queue(
     store = JobStore(
         engine, thread_runner(reactor, pool), box=None if identity is None else identity.id
     )
-    outbox = WebhookOutbox(store, reactor, secret=config.webhook_secret, clocks=clocks)
+    outbox = WebhookOutbox(
+        store,
+        reactor,
+        secret=config.webhook_secret,
+        openai_secret=config.openai_webhook_secret,
+        clocks=clocks,
+    )
     residency = Residency(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
     )
@@ -109,7 +115,9 @@ def build_queue(
     # transition of a /jobs job stores its event in the same transaction.
     worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
     # A batch's counts move in the transaction that ends each of its lines.
-    progress = BatchProgress(store, outbox, clocks.wall)
+    progress = BatchProgress(
+        store, outbox, clocks.wall, openai_form=config.openai_webhook_secret is not None
+    )
     worker.record_transitions(progress)
     try:
         recovery = recover_queue(store, worker, clocks.wall())

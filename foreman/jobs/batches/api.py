@@ -326,7 +326,11 @@ class BatchesAPI:
 
         def also(db: Connection) -> None:
             table.insert_batch(db, batch)
-            event.append(record_event(db, batch, "in_progress", None, now))
+            event.append(
+                record_event(
+                    db, batch, "in_progress", None, now, openai_form=self._s.progress.openai_form
+                )
+            )
 
         try:
             # A caller hanging up now must not cut the create in half (stored
@@ -377,7 +381,10 @@ class BatchesAPI:
             )
             moved = table.get_batch(db, batch_id)
             assert moved is not None
-            return finalizing, record_event(db, moved, "cancelling", "in_progress", now)
+            form = self._s.progress.openai_form
+            return finalizing, record_event(
+                db, moved, "cancelling", "in_progress", now, openai_form=form
+            )
 
         # What the store answers is acted on whether or not the caller stays:
         # refused, the lines go back to the queue; stored, the event leaves

@@ -29,6 +29,7 @@ from foreman.jobs.outbox import StoredEvent, store_event
 from foreman.queue.engines import Connection
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore
+from foreman.queue.ulid import new_ulid
 from foreman.wire.timestamps import timestamp
 
 log = Logger()
@@ -57,12 +58,42 @@ def batch_event(batch: table.BatchRow, state: str, previous: str | None, now: fl
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+#: The states OpenAI sends an event for (``batch.completed`` …), in its form.
+OPENAI_EVENTS = frozenset({"completed", "cancelled", "failed", "expired"})
+
+
+def openai_event(batch: table.BatchRow, state: str, now: float) -> tuple[str, bytes]:
+    """The id and body of OpenAI's event for ``batch`` having ended in ``state``."""
+    event_id = "evt_" + new_ulid(now)
+    value = {
+        "id": event_id,
+        "object": "event",
+        "created_at": int(now),
+        "type": f"batch.{state}",
+        "data": {"id": batch.id},
+    }
+    return event_id, json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
 def record_event(
-    db: Connection, batch: table.BatchRow, state: str, previous: str | None, now: float
+    db: Connection,
+    batch: table.BatchRow,
+    state: str,
+    previous: str | None,
+    now: float,
+    *,
+    openai_form: bool = False,
 ) -> StoredEvent | None:
-    """Write ``batch``'s event for entering ``state`` into the outbox, if it has a webhook."""
+    """Write ``batch``'s event for entering ``state`` into the outbox, if it has
+    a webhook: foreman's ``batch.state`` event, or, with ``openai_form``, OpenAI's
+    event in the Standard Webhooks form, for the states OpenAI reports."""
     if batch.webhook_url is None:
         return None
+    if openai_form:
+        if state not in OPENAI_EVENTS:
+            return None
+        event_id, body = openai_event(batch, state, now)
+        return store_event(db, event_id, batch.webhook_url, body, now)
     body = batch_event(batch, state, previous, now)
     return store_event(db, batch.id, batch.webhook_url, body, now)
 
@@ -93,10 +124,20 @@ class _Counted:
 class BatchProgress:
     """Counts each batch's lines as they end, and finishes the batch."""
 
-    def __init__(self, store: JobStore, outbox: Outbox, wall: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        outbox: Outbox,
+        wall: Callable[[], float],
+        *,
+        openai_form: bool = False,
+    ) -> None:
         self._store = store
         self._outbox = outbox
         self._wall = wall
+        #: Whether batch events go out in OpenAI's form (a Standard Webhooks
+        #: secret is configured) instead of foreman's.
+        self.openai_form = openai_form
         #: Finishing now (a batch is finished once at a time here).
         self._finishing: dict[str, Deferred[None]] = {}
 
@@ -168,7 +209,7 @@ class BatchProgress:
                 raise _Lost()
             ended = table.get_batch(db, batch_id)
             assert ended is not None
-            return record_event(db, ended, state, "finalizing", now)
+            return record_event(db, ended, state, "finalizing", now, openai_form=self.openai_form)
 
         try:
             stored = await self._store.transact(finish)
