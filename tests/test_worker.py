@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from foreman.ops.metrics import ForemanMetrics
@@ -308,7 +308,13 @@ def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     rig.worker.startService()
     rig.submit("llama3.2", "old")
     rig.run_until(rig.all_finished)
-    sweeper = ttl_sweeper(rig.store, rig.clock, ttl=3600.0)
+    cutoffs: list[float] = []
+
+    def also(cutoff: float) -> Deferred[int]:  # what ends with finished jobs (batches)
+        cutoffs.append(cutoff)
+        return succeed(0)
+
+    sweeper = ttl_sweeper(rig.store, rig.clock, ttl=3600.0, also=also)
     sweeper.startService()
     start = rig.clock.seconds()
     rig.clock.advance(3000.0)
@@ -320,6 +326,8 @@ def test_finished_jobs_are_swept_after_their_ttl(tmp_path: Path) -> None:
     rig.clock.advance(SWEEP_INTERVAL)
     (survivor,) = rig.jobs()
     assert b"young" in survivor.body
+    # Every sweep swept the rest with the same cutoff: an hour ago.
+    assert cutoffs and cutoffs[-1] == rig.clock.seconds() - 3600.0
     sweeper.stopService()
     rig.stop()
 
