@@ -3,13 +3,17 @@ cancel, its end (once), and its pruning."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import attrs
 import pytest
 
 from foreman.jobs.batches import table
 from foreman.jobs.batches.objects import answer_files
+from foreman.jobs.batches.progress import BatchProgress
+from foreman.jobs.outbox import StoredEvent
 from foreman.queue.engines import Connection, Engine
 from foreman.queue.job import Job, JobState
 from foreman.queue.store import JobStore
@@ -122,3 +126,41 @@ def test_idempotency_keys_pages_and_pruning(store: JobStore) -> None:
         lambda db: table.list_files(db, purpose=None, after=None, limit=10, newest_first=False),
     )
     assert [f.id for f in left] == ["file-1", "file-2"]
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.scheduled: list[StoredEvent] = []
+
+    def schedule(self, event: StoredEvent) -> None:
+        self.scheduled.append(event)
+
+
+def test_a_batch_left_finalizing_by_a_stop_is_finished_at_the_next_start(
+    store: JobStore,
+) -> None:
+    # The stop came between the last line's end (finalizing, committed) and the
+    # gathering of its answers.
+    jobs = [line(n) for n in range(3)]
+    row = attrs.evolve(batch(3), webhook_url="http://127.0.0.1:9/hook")
+    result_of(store.insert_many(jobs, lambda db: table.insert_batch(db, row)))
+    for each in jobs:
+        result_of(store.update(each.moved(JobState.DONE, NOW + 1, result=b'{"n": 1}')))
+
+    def count(db: Connection) -> bool:
+        return table.count_ended(db, "batch_A", completed=3, failed=0, cancelled=0, now=NOW + 1)
+
+    assert run(store, count) is True
+    outbox = _Outbox()
+    progress = BatchProgress(store, outbox, lambda: NOW + 2)
+    assert result_of(progress.resume()) == ["batch_A"]
+    ended = run(store, lambda db: table.get_batch(db, "batch_A"))
+    assert ended is not None and ended.state == "completed" and ended.completed_at == NOW + 2
+    assert ended.output_file_id is not None and ended.error_file_id is None
+    output = run(store, lambda db: table.file_content(db, str(ended.output_file_id)))
+    assert output is not None and output.count(b"\n") == 3
+    (event,) = outbox.scheduled
+    assert json.loads(event.body)["state"] == "completed"
+    # A second start finds nothing left to finish, and writes nothing.
+    assert result_of(progress.resume()) == []
+    assert len(outbox.scheduled) == 1
