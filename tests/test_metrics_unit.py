@@ -95,4 +95,9 @@ def test_the_dialects_routes_have_labels_of_their_own() -> None:
     assert route_of("/v1/chat/completions") == "/v1/chat/completions"
     assert route_of("/v1/messages") == "/v1/messages"
     assert route_of("/v1/models/llama3.2") == "/v1/models/{model}"
-    assert route_of("/v1/files") == "other"
+    assert route_of("/v1/assistants") == "other"
+    # OpenAI's Files and Batch APIs are foreman's own: ids fold into patterns.
+    assert route_of("/v1/files") == "/v1/files"
+    assert route_of("/v1/files/file-01J/content") == "/v1/files/{id}/content"
+    assert route_of("/v1/batches/batch_01J/cancel") == "/v1/batches/{id}/cancel"
+    assert route_of("/v1/batches/batch_01J") == "/v1/batches/{id}"
