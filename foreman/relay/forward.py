@@ -28,17 +28,14 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IRequest, IResponse
-from zope.interface import implementer
 
-from foreman.http.errors import answer_with_error, error_line
+from foreman.http.errors import answer_with_error
+from foreman.relay.body_readers import LineRelay, WholeBody
 from foreman.relay.inflight import (
     DEFAULT_LOAD_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
@@ -60,10 +57,6 @@ log = Logger()
 
 NDJSON = b"application/x-ndjson"
 
-#: A single NDJSON line larger than this is not a reply but a fault.
-MAX_LINE_BYTES = 64 * 1024 * 1024
-
-_DONE = Failure(ResponseDone())
 
 #: What a call cut by :meth:`Relay.cut_all` tells a caller it has sent nothing yet.
 CUT_STATUS = 503
@@ -215,7 +208,7 @@ class Relay:
         call.stop_with(sent.cancel)
 
         def collect(response: IResponse) -> Deferred[Attempt]:
-            whole = _WholeBody(call)
+            whole = WholeBody(call)
             call.answered(whole.stop)
             response.deliverBody(whole)
 
@@ -246,7 +239,7 @@ class Relay:
             # Pass the headers on as soon as Ollama sent them, not with the
             # first line: the caller learns at once that the model is ready.
             request.write(b"")
-            streaming = _LineRelay(request, self.target, call)
+            streaming = LineRelay(request, self.target, call)
             call.answered(streaming.stop)
             response.deliverBody(streaming)
             return streaming.finished.addCallback(
@@ -256,7 +249,7 @@ class Relay:
                     else attrs.evolve(_judged(response.code, b""), last_line=streaming.last_line)
                 )
             )
-        whole = _WholeBody(call)
+        whole = WholeBody(call)
         call.answered(whole.stop)
         response.deliverBody(whole)
 
@@ -323,138 +316,3 @@ def _is_cancellation(failure: Failure) -> bool:
         isinstance(reason, Failure) and reason.check(CancelledError) is not None
         for reason in reasons
     )
-
-
-class _CancellableBodyReader(Protocol):
-    """Shared plumbing: a ``finished`` Deferred whose cancel aborts upstream,
-    and a note to the call's record each time something arrives."""
-
-    transport: IPushProducer  # type: ignore[assignment]
-
-    def __init__(self, call: InFlight) -> None:
-        self.finished: Deferred[Any] = Deferred(self._cancel)
-        self._cancelled = False
-        self._call = call
-
-    def _cancel(self, _: Deferred[Any]) -> None:
-        self._cancelled = True
-        self.stop()
-
-    def stop(self) -> None:
-        """Close the upstream connection; ``connectionLost`` follows."""
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
-class _WholeBody(_CancellableBodyReader):
-    def __init__(self, call: InFlight) -> None:
-        super().__init__(call)
-        self._chunks: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self._call.heard = True
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = _DONE) -> None:
-        if self._cancelled or self.finished.called:
-            return
-        # A body of unknown length ends with the connection: cut by foreman,
-        # it is not whole, whatever the parser thinks.
-        whole = reason.check(ResponseDone) or (
-            reason.check(PotentialDataLoss) and self._call.cut is None
-        )
-        if whole:
-            self.finished.callback(b"".join(self._chunks))
-        else:
-            self.finished.errback(ReplyCutShort())
-
-
-@implementer(IPushProducer)
-class _LineRelay(_CancellableBodyReader):
-    """Writes each complete NDJSON line to the caller as soon as it arrives.
-
-    It is the producer of the caller's response, standing in for the
-    upstream socket, so that the silence of a stream held back by a slow
-    caller is not counted against Ollama.
-    """
-
-    def __init__(self, request: IRequest, target: Target, call: InFlight) -> None:
-        super().__init__(call)
-        # IRequest omits the consumer half that twisted.web's Request has.
-        self._request: Any = request
-        self._target = target
-        self._partial = b""
-        self._registered = False
-        #: The last complete line relayed so far.
-        self.last_line = b""
-        # Whether what was relayed ends between two Server-Sent Events.
-        self._ended_event = True
-        self._last_byte = b""
-
-    def connectionMade(self) -> None:
-        # Backpressure: the caller's socket pauses the upstream socket.
-        self._request.registerProducer(self, True)
-        self._registered = True
-
-    def pauseProducing(self) -> None:
-        self._call.paused = True
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._call.paused = False
-        self._call.heard = True
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        # The caller hung up.
-        self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self._call.heard = True
-        if self._partial:
-            data = self._partial + data
-        end = data.rfind(b"\n") + 1
-        if end:
-            self._request.write(data[:end])
-            self._ended_event = data[:end].endswith(b"\n\n") or (
-                end == 1 and self._last_byte == b"\n"
-            )
-            self._last_byte = b"\n"
-            self._partial = data[end:]
-            self.last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1]
-        else:
-            self._partial = data
-        if len(self._partial) > MAX_LINE_BYTES:
-            self._partial = b""
-            self.transport.stopProducing()
-
-    def connectionLost(self, reason: Failure = _DONE) -> None:
-        if self._registered:
-            self._registered = False
-            # A request whose caller hung up has no channel left to detach.
-            if getattr(self._request, "channel", None) is not None:
-                self._request.unregisterProducer()
-        if self._cancelled or self.finished.called:
-            return
-        if reason.check(ResponseDone):
-            if self._partial:
-                self._request.write(self._partial)
-                self.last_line = self._partial
-            self.finished.callback(None)
-            return
-        # Status 200 is long gone: the only honest signal left is one final
-        # error line, which every Ollama client understands.
-        cut = self._call.cut
-        if cut is not None:
-            message = cut.message
-        else:
-            log.info("Upstream stream broke: {why}", why=describe_failure(reason))
-            message = unreachable_message(self._target, "the stream broke before it was done")
-        ending = error_line(message, self._request.path)
-        if ending.startswith((b"data:", b"event:")) and not self._ended_event:
-            # Close the half-sent event first, or the SSE parser would fold
-            # the error into it.
-            ending = b"\n" + ending
-        self._request.write(ending)
-        # The finished value is the breakage, for the caller's bookkeeping.
-        self.finished.callback(message)
