@@ -12,6 +12,7 @@ from typing import Any, Final
 import openai
 import pytest
 import pytest_twisted
+from treq.client import HTTPClient
 from twisted.internet.defer import fail
 
 from foreman.jobs.batches import table
@@ -432,3 +433,36 @@ async def test_with_a_standard_webhooks_secret_a_batchs_end_is_openais_signed_ev
         assert len(receiver.received) == 1
     finally:
         await receiver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_methods_and_bad_uploads_are_refused_not_faults(
+    start_simulator: StartSimulator, start_foreman: StartForeman, http: HTTPClient
+) -> None:
+    sim = await start_simulator()
+    running = await start_foreman(sim.url)
+    # Routing's own answers, as on every foreman path (they were 500s here).
+    for method, path, status in [
+        ("GET", "/v1/batches/a/b/c", 404),
+        ("GET", "/v1/files/x/y/z", 404),
+        ("PUT", "/v1/batches", 405),
+        ("PATCH", "/v1/files/file-1", 405),
+    ]:
+        response = await http.request(method, running.url + path)
+        await response.content()
+        assert response.code == status, (method, path, response.code)
+    # Uploads that are not a form with a file: OpenAI's 400, nothing stored.
+    form = "multipart/form-data; boundary=b"
+    uploads: list[tuple[bytes | str, bytes]] = [
+        ("application/json", b"{}"),
+        ("multipart/form-data", b"no boundary"),
+        (form, b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'),
+        (form, b"--b\r\nno headers at all--b--\r\n"),
+    ]
+    for content_type, body in uploads:
+        headers: dict[bytes | str, bytes | str] = {"Content-Type": content_type}
+        response = await http.post(running.url + "/v1/files", data=body, headers=headers)
+        document = await response.json()
+        assert response.code == 400 and document["error"]["type"] == "invalid_request_error"
+    client = openai_client(running.url)
+    assert (await in_thread(lambda: client.files.list())).data == []

@@ -42,7 +42,8 @@ from foreman.http.errors import (
 from foreman.http.forms import form_field
 from foreman.http.routing import read_body, read_json
 from foreman.jobs.api import JobsAPI
-from foreman.jobs.batches.api import BatchesAPI, FilesAPI
+from foreman.jobs.batches.api import BatchesAPI
+from foreman.jobs.batches.files_api import FilesAPI
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import StatusPage, serves
 from foreman.ops.timeline import Timeline

@@ -9,6 +9,7 @@ Ollama (gin) router answers it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -95,11 +96,17 @@ def unexpected(request: IRequest, failure: Failure) -> bytes:
     return write_json_error(request, 500, "foreman: internal error (see foreman's log)")
 
 
-def answer_routing_errors(app: Klein) -> None:
+#: An app's own answer to a failure that is not a routing one (its dialect's 500).
+Fallback = Callable[[Any, IRequest, Failure], bytes]
+
+
+def answer_routing_errors(app: Klein, fallback: Fallback | None = None) -> None:
     """Give ``app`` the handlers every foreman app shares, in Klein's order.
 
     Call it in the class body after the app's own handlers: the catch-all
-    for ``Exception`` must come last.
+    for ``Exception`` must come last. ``fallback(self, request, failure)``
+    answers what no handler took, in the app's own words; routing's own
+    refusals (an unknown path, a wrong method) are answered here either way.
     """
 
     @app.handle_errors(NotFound)
@@ -120,4 +127,6 @@ def answer_routing_errors(app: Klein) -> None:
 
     @app.handle_errors(Exception)
     def anything_else(self: object, request: IRequest, failure: Failure) -> bytes:
+        if fallback is not None and not failure.check(HTTPException):
+            return fallback(self, request, failure)
         return unexpected(request, failure)

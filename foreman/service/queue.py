@@ -17,8 +17,9 @@ from foreman.config import (
 )
 from foreman.jobs.api import JobsAPI
 from foreman.jobs.batches import table as batch_table
-from foreman.jobs.batches.api import BatchesAPI, FilesAPI
+from foreman.jobs.batches.api import BatchesAPI
 from foreman.jobs.batches.api import build as build_batches
+from foreman.jobs.batches.files_api import FilesAPI
 from foreman.jobs.batches.progress import BatchProgress
 from foreman.jobs.events import JobEvents
 from foreman.jobs.outbox import WebhookOutbox

@@ -1,8 +1,9 @@
-"""OpenAI's Files and Batch APIs on ``/v1/files`` and ``/v1/batches`` (ADR-0029).
+"""OpenAI's Batch API on ``/v1/batches`` (ADR-0029).
 
-Two Klein apps, mounted by :class:`foreman.front.api.ForemanAPI` ahead of the
-relay's ``/v1`` catch-all, so that the ``openai`` SDK's ``files`` and
-``batches`` resources work against foreman unchanged. A batch is made whole
+A Klein app mounted by :class:`foreman.front.api.ForemanAPI` ahead of the
+relay's ``/v1`` catch-all, beside the Files API
+(:mod:`foreman.jobs.batches.files_api`), so that the ``openai`` SDK's
+``files`` and ``batches`` resources work against foreman unchanged. A batch is made whole
 or not at all: its input is read and checked line by line first
 (:mod:`foreman.jobs.batches.lines`), then the batch row and one job per line
 (the batch class) are stored in one transaction, and the worker drains them
@@ -13,25 +14,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from foreman.http import routing
-from foreman.http.dialects import DIALECT_JSON
 from foreman.http.errors import SERVER_BUSY
-from foreman.http.multipart import form_parts
-from foreman.http.routing import BadRequest, json_answer
+from foreman.http.routing import json_answer
 from foreman.jobs.api import uncancellable
 from foreman.jobs.batches import table
+from foreman.jobs.batches.files_api import FilesAPI
 from foreman.jobs.batches.lines import BATCH_ENDPOINTS, LineError, read_lines
-from foreman.jobs.batches.objects import batch_object, file_object, new_batch_id, new_file_id
+from foreman.jobs.batches.objects import batch_object, new_batch_id
+from foreman.jobs.batches.openai_http import (
+    ApiError,
+    Surface,
+    answer_errors,
+    argument,
+    no_file,
+    page,
+    page_limit,
+)
 from foreman.jobs.batches.progress import BatchProgress, record_event
 from foreman.jobs.events import Outbox
 from foreman.jobs.outbox import StoredEvent
@@ -44,210 +51,10 @@ from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.queue.worker import Worker
 
-log = Logger()
-
 #: OpenAI's only completion window; foreman runs a batch until it is done.
 COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600.0
 MAX_METADATA_KEYS = 16
-
-
-class ApiError(Exception):
-    """An OpenAI error object to answer with."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        line: int | None = None,
-        headers: dict[bytes, bytes] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.line = line
-        self.headers = headers or {}
-
-
-def _error_answer(request: IRequest, failure: Failure) -> bytes:
-    error = failure.value
-    if isinstance(error, BadRequest):
-        error = ApiError(400, str(error))
-    assert isinstance(error, ApiError)
-    kind = "invalid_request_error" if error.status < 500 else "server_error"
-    value: dict[str, Any] = {
-        "message": error.message,
-        "type": kind,
-        "param": error.param,
-        "code": error.code,
-    }
-    if error.line is not None:
-        value["line"] = error.line
-    body = json.dumps({"error": value}, separators=(",", ":")).encode() + b"\n"
-    request.setResponseCode(error.status)
-    request.setHeader(b"Content-Type", DIALECT_JSON)
-    for name, header in error.headers.items():
-        request.setHeader(name, header)
-    return body
-
-
-def _unexpected(request: IRequest, failure: Failure, store: JobStore) -> bytes:
-    """A fault, not a refusal: the store cannot answer now (503), else a 500; never a traceback."""
-    if isinstance(failure.value, Exception) and store.engine.is_unavailable(failure.value):
-        error = ApiError(
-            503,
-            f"foreman: the job store cannot be reached now ({failure.value}); try again",
-            headers={b"Retry-After": b"5"},
-        )
-    else:
-        log.failure("The batch API failed", failure)
-        error = ApiError(500, "foreman: the request failed; see its log")
-    return _error_answer(request, Failure(error))
-
-
-def _page(request: IRequest, objects: list[dict[str, Any]], more: bool) -> bytes:
-    return json_answer(
-        request,
-        {
-            "object": "list",
-            "data": objects,
-            "first_id": objects[0]["id"] if objects else None,
-            "last_id": objects[-1]["id"] if objects else None,
-            "has_more": more,
-        },
-    )
-
-
-def _argument(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return None if not values else bytes(values[-1]).decode("utf-8", "replace") or None
-
-
-def _limit(request: IRequest, default: int, most: int) -> int:
-    text = _argument(request, "limit")
-    if text is None:
-        return default
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= most:
-        raise ApiError(400, f"limit must be a whole number from 1 to {most}", param="limit")
-    return limit
-
-
-class _Surface:
-    """What both apps share: the store, the worker and the time."""
-
-    def __init__(
-        self,
-        store: JobStore,
-        worker: Worker,
-        wall: Callable[[], float],
-        *,
-        knows_model: Callable[[str], Deferred[bool | None]],
-        outbox: Outbox,
-        progress: BatchProgress,
-    ) -> None:
-        self.store = store
-        self.worker = worker
-        self.wall = wall
-        self.knows_model = knows_model
-        self.outbox = outbox
-        self.progress = progress
-
-
-class FilesAPI:
-    """``/v1/files``: the files batches read and write."""
-
-    app = Klein()
-
-    def __init__(self, surface: _Surface) -> None:
-        self._s = surface
-
-    @app.route("/", methods=["POST"])
-    async def upload(self, request: IRequest) -> bytes:
-        parts = form_parts(request.getHeader(b"content-type"), routing.read_body(request))
-        purpose = parts.get("purpose")
-        upload = parts.get("file")
-        if upload is None:
-            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
-        if purpose is None or purpose.content.decode("utf-8", "replace").strip() != "batch":
-            raise ApiError(
-                400,
-                "foreman keeps files for batches only: purpose must be 'batch'.",
-                param="purpose",
-            )
-        now = self._s.wall()
-        row = table.FileRow(
-            new_file_id(now), "batch", upload.filename or "upload.jsonl", len(upload.content), now
-        )
-        await self._s.store.transact(lambda db: table.insert_file(db, row, upload.content))
-        return json_answer(request, file_object(row))
-
-    @app.route("/", methods=["GET"])
-    async def listing(self, request: IRequest) -> bytes:
-        limit = _limit(request, 10_000, 10_000)
-        order = _argument(request, "order") or "desc"
-        if order not in ("asc", "desc"):
-            raise ApiError(400, "order must be asc or desc", param="order")
-        purpose, after = _argument(request, "purpose"), _argument(request, "after")
-        rows = await self._s.store.transact(
-            lambda db: table.list_files(
-                db, purpose=purpose, after=after, limit=limit + 1, newest_first=order == "desc"
-            )
-        )
-        return _page(request, [file_object(row) for row in rows[:limit]], len(rows) > limit)
-
-    @app.route("/<file_id>", methods=["GET"])
-    async def show(self, request: IRequest, file_id: str) -> bytes:
-        return json_answer(request, file_object(await self._file(file_id)))
-
-    @app.route("/<file_id>/content", methods=["GET"])
-    async def content(self, request: IRequest, file_id: str) -> bytes:
-        await self._file(file_id)
-        content = await self._s.store.transact(lambda db: table.file_content(db, file_id))
-        if content is None:
-            raise _no_file(file_id)
-        request.setHeader(b"Content-Type", b"application/jsonl")
-        request.setHeader(b"Content-Length", b"%d" % len(content))
-        return content
-
-    @app.route("/<file_id>", methods=["DELETE"])
-    async def delete(self, request: IRequest, file_id: str) -> bytes:
-        deleted = await self._s.store.transact(lambda db: table.delete_file(db, file_id))
-        if not deleted:
-            raise _no_file(file_id)
-        return json_answer(request, {"id": file_id, "object": "file", "deleted": True})
-
-    async def _file(self, file_id: str) -> table.FileRow:
-        row = await self._s.store.transact(lambda db: table.get_file(db, file_id))
-        if row is None:
-            raise _no_file(file_id)
-        return row
-
-    @app.handle_errors(ApiError, BadRequest)
-    def refused(self, request: IRequest, failure: Failure) -> bytes:
-        return _error_answer(request, failure)
-
-    @app.handle_errors(Exception)
-    def failed(self, request: IRequest, failure: Failure) -> bytes:
-        return _unexpected(request, failure, self._s.store)
-
-    routing.answer_routing_errors(app)
-
-
-def _no_file(file_id: str) -> ApiError:
-    return ApiError(404, f"No such File object: {file_id}", param="id")
-
-
-def _no_batch(batch_id: str) -> ApiError:
-    return ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
 
 
 class BatchesAPI:
@@ -255,7 +62,7 @@ class BatchesAPI:
 
     app = Klein()
 
-    def __init__(self, surface: _Surface) -> None:
+    def __init__(self, surface: Surface) -> None:
         self._s = surface
 
     @app.route("/", methods=["POST"])
@@ -285,7 +92,7 @@ class BatchesAPI:
             )
         content = await store.transact(lambda db: table.file_content(db, file_id))
         if content is None:
-            raise _no_file(file_id)
+            raise no_file(file_id)
         try:
             # Tens of thousands of lines are read beside the reactor, not on it:
             # the calls it relays meanwhile keep streaming.
@@ -350,12 +157,12 @@ class BatchesAPI:
 
     @app.route("/", methods=["GET"])
     async def listing(self, request: IRequest) -> bytes:
-        limit = _limit(request, 20, 100)
-        after = _argument(request, "after")
+        limit = page_limit(request, 20, 100)
+        after = argument(request, "after")
         rows = await self._s.store.transact(
             lambda db: table.list_batches(db, kind="openai", after=after, limit=limit + 1)
         )
-        return _page(request, [batch_object(row) for row in rows[:limit]], len(rows) > limit)
+        return page(request, [batch_object(row) for row in rows[:limit]], len(rows) > limit)
 
     @app.route("/<batch_id>", methods=["GET"])
     async def show(self, request: IRequest, batch_id: str) -> bytes:
@@ -416,15 +223,11 @@ class BatchesAPI:
             raise _no_batch(batch_id)
         return row
 
-    @app.handle_errors(ApiError, BadRequest)
-    def refused(self, request: IRequest, failure: Failure) -> bytes:
-        return _error_answer(request, failure)
+    answer_errors(app)
 
-    @app.handle_errors(Exception)
-    def failed(self, request: IRequest, failure: Failure) -> bytes:
-        return _unexpected(request, failure, self._s.store)
 
-    routing.answer_routing_errors(app)
+def _no_batch(batch_id: str) -> ApiError:
+    return ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
 
 
 def _line_job(job: Job, batch_id: str, custom_id: str) -> Job:
@@ -471,7 +274,7 @@ def build(
     outbox: Outbox,
     progress: BatchProgress,
 ) -> tuple[FilesAPI, BatchesAPI]:
-    surface = _Surface(
+    surface = Surface(
         store, worker, wall, knows_model=knows_model, outbox=outbox, progress=progress
     )
     return FilesAPI(surface), BatchesAPI(surface)
