@@ -83,6 +83,9 @@ class Job:
     #: ``POST /jobs``), and the line's ``custom_id`` (ADR-0029).
     batch_id: str | None = None
     custom_id: str | None = None
+    #: The name of the key the job was sent with (ADR-0030); ``None`` for the
+    #: admin token, or with no keys at all. The fair share serves keys in turn.
+    caller: str | None = None
 
     @property
     def batch(self) -> bool:

@@ -159,6 +159,37 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX files_by_batch ON files (batch_id) WHERE batch_id IS NOT NULL;
     """,
+    # 8: keys (issue 21, ADR-0030): a key per caller, kept as a hash, its
+    # scopes and share; what each key used, per box (a fleet sums the
+    # boxes); and whose each job, batch and file is.
+    """
+    CREATE TABLE keys (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        weight REAL NOT NULL DEFAULT 1,
+        max_waiting INTEGER,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE key_usage (
+        name TEXT NOT NULL,
+        box TEXT NOT NULL,
+        calls INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        worker_seconds REAL NOT NULL DEFAULT 0,
+        loads INTEGER NOT NULL DEFAULT 0,
+        refusals INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (name, box)
+    );
+    ALTER TABLE jobs ADD COLUMN caller TEXT;
+    CREATE INDEX jobs_by_caller ON jobs (caller, id) WHERE caller IS NOT NULL;
+    ALTER TABLE batches ADD COLUMN caller TEXT;
+    ALTER TABLE files ADD COLUMN caller TEXT;
+    """,
 )
 
 
@@ -298,6 +329,35 @@ POSTGRES_MIGRATIONS: Sequence[str] = (
         batch_id TEXT COLLATE "C"
     );
     CREATE INDEX files_by_batch ON files (batch_id) WHERE batch_id IS NOT NULL;
+    """,
+    # 8: keys (issue 21, ADR-0030).
+    """
+    CREATE TABLE keys (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        weight DOUBLE PRECISION NOT NULL DEFAULT 1,
+        max_waiting INTEGER,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION
+    );
+    CREATE TABLE key_usage (
+        name TEXT NOT NULL,
+        box TEXT COLLATE "C" NOT NULL,
+        calls INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        worker_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+        loads INTEGER NOT NULL DEFAULT 0,
+        refusals INTEGER NOT NULL DEFAULT 0,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (name, box)
+    );
+    ALTER TABLE jobs ADD COLUMN caller TEXT;
+    CREATE INDEX jobs_by_caller ON jobs (caller, id) WHERE caller IS NOT NULL;
+    ALTER TABLE batches ADD COLUMN caller TEXT;
+    ALTER TABLE files ADD COLUMN caller TEXT;
     """,
 )
 

@@ -37,6 +37,8 @@ class GenerationCall:
     stream: bool
     #: Its class in the queue (``X-Foreman-Priority``); people's calls by default.
     priority: Priority = Priority.INTERACTIVE
+    #: The name of the caller's key (ADR-0030), or ``None``.
+    caller: str | None = None
 
     @property
     def path(self) -> bytes:
