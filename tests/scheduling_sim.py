@@ -35,6 +35,8 @@ class Arrival:
     priority: Priority
     #: The reply's length: ``tokens / TOKENS_PER_SECOND`` seconds of generation.
     tokens: int
+    #: The key it is sent with (ADR-0030).
+    caller: str | None = None
 
 
 @attrs.define
@@ -50,6 +52,7 @@ class Run:
     finished_at: float | None = None
     #: Whether starting it cost a model load.
     loaded: bool = False
+    caller: str | None = None
 
     @property
     def waited(self) -> float:
@@ -88,6 +91,7 @@ def job_for(arrival: Arrival, now: float) -> Job:
         created_at=now,
         updated_at=now,
         priority=arrival.priority,
+        caller=arrival.caller,
     )
 
 
@@ -126,7 +130,14 @@ def play(
 
     def submit(arrival: Arrival) -> None:
         job = job_for(arrival, clock.seconds())
-        played.runs[job.id] = Run(job.id, job.model, job.priority, job.created_at, arrival.tokens)
+        played.runs[job.id] = Run(
+            job.id,
+            job.model,
+            job.priority,
+            job.created_at,
+            arrival.tokens,
+            caller=arrival.caller,
+        )
         rig.worker.submit(job)
 
     def schedule(arrival: Arrival) -> None:

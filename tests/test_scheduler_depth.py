@@ -43,6 +43,7 @@ step = st.one_of(
         st.sampled_from(MODELS),
         st.sampled_from(list(Priority)),
         st.sampled_from([None, 0.5, 3.0, 30.0]),  # backing off for so long, or ready
+        st.sampled_from([None, "alice", "bob"]),  # its key (ADR-0030)
     ),
     st.tuples(st.just("remove"), st.integers(0, 50)),
     st.tuples(st.just("again"), st.integers(0, 50), st.sampled_from([None, 2.0])),
@@ -62,12 +63,12 @@ def test_the_kept_lanes_choose_and_plan_as_the_order_does(steps: list[tuple[Any,
     now, resident, number = 100.0, None, 0
     for action, *arguments in steps:
         if action == "add":
-            model, priority, backoff = arguments
+            model, priority, backoff, caller = arguments
             number += 1
             ready_at = None if backoff is None else now + backoff
             # As the worker adds: with the reactor's time, so a ready job joins its lane.
             scheduler.add(
-                job(number, model, priority, now),
+                job(number, model, priority, now, caller=caller),
                 reserved=False,
                 arrived=now,
                 ready_at=ready_at,

@@ -159,6 +159,9 @@ async def test_the_status_document_shows_upstream_residents_queue_and_recent_job
     await eventually(lambda: "all-minilm:latest" in simulator.sim.loaded_models(), reactor)
     response, _ = await call(http, "POST", running.url + "/api/chat", chat_body())
     assert response.code == 200
+    # What is resident is read before another model's job can swap it out.
+    response, body = await call(http, "GET", running.url + "/ui/status.json")
+    resident = {model["name"]: model for model in json.loads(body)["resident"]}
     submitted, body = await call(http, "POST", running.url + "/jobs", chat_body("qwen3:8b"))
     assert submitted.code == 202
     job_id = json.loads(body)["job_id"]
@@ -172,7 +175,6 @@ async def test_the_status_document_shows_upstream_residents_queue_and_recent_job
     assert document["health"]["upstream"]["ollama_version"] == "0.13.0"
     assert document["health"]["upstream"]["simulated"] is False
     assert {"jobs", "depth", "max_queue", "worker_model"} <= set(document["queue"])
-    resident = {model["name"]: model for model in document["resident"]}
     assert "llama3.2:latest" in resident
     assert isinstance(resident["llama3.2:latest"]["expires_at"], str)
     assert resident["llama3.2:latest"]["role"] == "worker"

@@ -26,7 +26,7 @@ from foreman.queue.engines import Connection
 from foreman.queue.execution import Execution
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import Journal, StoreUnavailable
-from foreman.queue.scheduler import QueueFull, Scheduler
+from foreman.queue.scheduler import CallerQueueFull, QueueFull, Scheduler
 from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING, LEFT_QUEUED, Retries
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Transition, Transitions
@@ -96,9 +96,13 @@ class Intake:
             created_at=stamp,
             updated_at=stamp,
             priority=call.priority,
+            caller=call.caller,
         )
         try:
-            self.scheduler.reserve(job.priority)
+            self.scheduler.reserve(job.priority, caller=job.caller)
+        except CallerQueueFull as e:
+            self._refuse_busy(request, e)
+            return
         except QueueFull:
             self._refuse_busy(request)
             return
@@ -107,12 +111,12 @@ class Intake:
             await self._store.insert(job, transition.write)
         except CancelledError:
             # The caller left while the row was being written.
-            self.scheduler.release(job.priority)
+            self.scheduler.release(job.priority, caller=job.caller)
             cancelled = job.moved(JobState.CANCELLED, self.clocks.wall(), last_error=LEFT_QUEUED)
             self._save_soon(cancelled, None)
             raise
         except Exception as e:
-            self.scheduler.release(job.priority)
+            self.scheduler.release(job.priority, caller=job.caller)
             log.failure("Could not record a new job")
             self._store_refused(e)
             message = "foreman: could not record the job; see its log"
@@ -131,7 +135,7 @@ class Intake:
         return ensureDeferred(self._submit(job))
 
     async def _submit(self, job: Job) -> Job:
-        self.scheduler.reserve(job.priority)
+        self.scheduler.reserve(job.priority, caller=job.caller)
         # The job and its first event (``queued``) in one transaction: a 202
         # means both are stored. During a stop it is stored all the same and
         # runs after the next start.
@@ -139,19 +143,19 @@ class Intake:
         try:
             stored = await self._store.insert_unless_known(job, transition.write)
         except BaseException as e:
-            self.scheduler.release(job.priority)
+            self.scheduler.release(job.priority, caller=job.caller)
             if isinstance(e, Exception) and not isinstance(e, CancelledError):
                 self._store_refused(e)
             raise
         if stored.id != job.id:
             # A retried submit (same Idempotency-Key): the first one's job.
-            self.scheduler.release(job.priority)
+            self.scheduler.release(job.priority, caller=job.caller)
             return stored
         self._arrived(job)
         if not self.takes_here(job):
             # A fleet: the job is left to the fleet's queue (another box's
             # Ollama has the model, or another box holds it); a box claims it.
-            self.scheduler.release(job.priority)
+            self.scheduler.release(job.priority, caller=job.caller)
             transition.stored()
             return job
         self._enqueue(job, reserved=True)
@@ -170,15 +174,15 @@ class Intake:
     async def _submit_many(
         self, jobs: Sequence[Job], also: Callable[[Connection], None] | None
     ) -> list[Job]:
-        counts = Counter(job.priority for job in jobs)
-        reserved: list[Priority] = []
+        counts = Counter((job.priority, job.caller) for job in jobs)
+        reserved: list[tuple[Priority, str | None]] = []
         try:
-            for priority, count in counts.items():
-                self.scheduler.reserve(priority, count)
-                reserved.append(priority)
+            for (priority, caller), count in counts.items():
+                self.scheduler.reserve(priority, count, caller)
+                reserved.append((priority, caller))
         except QueueFull:
-            for priority in reserved:
-                self.scheduler.release(priority, counts[priority])
+            for priority, caller in reserved:
+                self.scheduler.release(priority, counts[priority, caller], caller)
             raise
         transitions = [self.transitions.begin(job, None) for job in jobs]
         writes = [write for t in transitions if (write := t.write) is not None]
@@ -192,8 +196,8 @@ class Intake:
         try:
             stored = await self._store.insert_many(jobs, write_all)
         except BaseException as e:
-            for priority, count in counts.items():
-                self.scheduler.release(priority, count)
+            for (priority, caller), count in counts.items():
+                self.scheduler.release(priority, count, caller)
             if isinstance(e, Exception) and not isinstance(e, CancelledError):
                 self._store_refused(e)
             raise
@@ -208,7 +212,7 @@ class Intake:
                     )
                 self._enqueue(job, reserved=True, arrived=arrivals[job.created_at])
             else:
-                self.scheduler.release(job.priority)
+                self.scheduler.release(job.priority, caller=job.caller)
         for transition in transitions:
             transition.stored()
         self._wake()
@@ -372,8 +376,13 @@ class Intake:
         ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)
         self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at, now=now)
 
-    def _refuse_busy(self, request: IRequest) -> None:
+    def _refuse_busy(self, request: IRequest, own: CallerQueueFull | None = None) -> None:
         retry = b"%d" % self.retry_after()
+        if own is not None:
+            # The key's own limit, not the queue's: too many requests (ADR-0030).
+            message = f"too many jobs waiting for this key: its limit is {own.limit}"
+            answer_with_error(request, 429, message, {b"Retry-After": retry})
+            return
         answer_with_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
 
     def _caller_left(self, job_id: str) -> None:

@@ -1,7 +1,9 @@
 """The queue's ready jobs by class and model, kept between choices (ADR-0028).
 
-The order (:mod:`foreman.queue.order`) asks three questions of a class's ready
-jobs: the oldest, the oldest for a model, the oldest for any model but one.
+Each class's ready jobs are kept by key (:class:`KeyedLane`, ADR-0030), a
+lane per key. The order (:mod:`foreman.queue.order`) asks three questions of
+a class's (or a few keys') ready jobs: the oldest, the oldest for a model,
+the oldest for any model but one.
 A :class:`Lane` answers each from heaps kept as jobs come and go, so choosing
 the next job costs O(log n) however deep the queue is, not a pass over every
 job. Removal is lazy: an entry counts while its job's live token is the
@@ -40,9 +42,10 @@ def _earliest(*jobs: Job | None) -> Job | None:
 
 
 class Ready(Protocol):
-    """One class's ready jobs, as the order reads them."""
+    """One class's (or one key's) ready jobs, as the order reads them."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def oldest(self) -> Job | None: ...
 
@@ -196,3 +199,61 @@ class PlannedLane:
             heap = everything if model is None else by_model.get(model, [])
             walk = self._walks[model] = _Walk(heap, self._valid)
         return walk
+
+
+class KeyedLane:
+    """One class's ready jobs by key (ADR-0030): a lane per key with jobs.
+
+    The three questions are asked of every key's lane at once, or, through
+    :meth:`among`, of the keys whose turn it is; with one key, the answers
+    are that key's lane's own.
+    """
+
+    def __init__(self, parts: dict[str | None, Ready] | None = None) -> None:
+        self._parts: dict[str | None, Ready] = parts or {}
+
+    @property
+    def size(self) -> int:
+        return sum(part.size for part in self._parts.values())
+
+    def callers(self) -> list[str | None]:
+        """The keys with jobs here."""
+        return list(self._parts)
+
+    def among(self, callers: list[str | None]) -> KeyedLane:
+        """A view of the jobs of ``callers`` only (read it, do not change it)."""
+        if len(callers) == len(self._parts):
+            return self
+        return KeyedLane({caller: self._parts[caller] for caller in callers})
+
+    def add(self, job: Job) -> None:
+        part = self._parts.get(job.caller)
+        if part is None:
+            part = self._parts[job.caller] = Lane()
+        part.add(job)
+
+    def take(self, job: Job) -> None:
+        part = self._parts.get(job.caller)
+        if part is not None:
+            part.take(job)
+            if part.size == 0:
+                del self._parts[job.caller]
+
+    def oldest(self) -> Job | None:
+        return _earliest(*(part.oldest() for part in self._parts.values()))
+
+    def oldest_for(self, model: str | None) -> Job | None:
+        return _earliest(*(part.oldest_for(model) for part in self._parts.values()))
+
+    def oldest_other(self, model: str | None) -> Job | None:
+        return _earliest(*(part.oldest_other(model) for part in self._parts.values()))
+
+    def planned(self) -> KeyedLane:
+        """A view of these lanes for a plan, which leaves them as they are."""
+        return KeyedLane(
+            {
+                caller: part.planned()
+                for caller, part in self._parts.items()
+                if isinstance(part, Lane)
+            }
+        )

@@ -7,12 +7,16 @@ the queue's positions and the property tests all follow one rule:
    work, except that while batch jobs wait, one of them runs at least every
    ``max_wait`` seconds: a *batch turn* is due once no batch job has started
    for ``max_wait`` and the oldest ready batch job has waited that long.
-2. **Within a class, drain by model** (ADR-0009): the oldest job for the
-   resident model, else the class's oldest job.
-3. **The bound.** Once a class's oldest job has waited its class's bound
+2. **Within a class, keys in turn** (ADR-0030, :mod:`foreman.queue.shares`):
+   the class's keys with jobs ready are served in rounds, one job of each
+   key per round; the choice below is made among the keys whose turn it is.
+   With one key (or none) it is made among all the class's jobs.
+3. **Drain by model** (ADR-0009): the oldest job for the resident model,
+   else the oldest job.
+4. **The bound.** Once a class's oldest job has waited its class's bound
    (``max_wait``, ``batch_max_wait``), the class runs in arrival order:
    nothing that came after it starts before it.
-4. **The quantum** (ADR-0024). While a person's call for another model
+5. **The quantum** (ADR-0024). While a person's call for another model
    waits, the resident model's interactive calls that came after it overtake
    it for at most ``swap_quantum`` times the waiting model's load time,
    counted from when the resident model's run began (its load done) or the
@@ -23,8 +27,8 @@ the queue's positions and the property tests all follow one rule:
    in bulk, drains by model up to its own bound: rotating it would only add
    loads.
 
-With nothing overdue, no quantum spent and one class, the order is exactly
-drain by model.
+With nothing overdue, no quantum spent, one class and one key, the order is
+exactly drain by model.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from typing import Protocol
 import attrs
 
 from foreman.queue.job import Job
-from foreman.queue.lanes import Lane, Ready, arrival
+from foreman.queue.lanes import KeyedLane, Ready, arrival
+from foreman.queue.shares import EqualShares, Rounds, Shares
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
 
@@ -69,6 +74,8 @@ class Policy:
     #: waiting model; 0: no quantum.
     swap_quantum: float = DEFAULT_SWAP_QUANTUM
     costs: LoadCosts = attrs.field(factory=_Unknown, eq=False)
+    #: How many jobs each key starts per round, and may have waiting (ADR-0030).
+    shares: Shares = attrs.field(factory=EqualShares, eq=False)
 
     def bound(self, priority: Priority) -> float:
         return self.batch_max_wait if priority is Priority.BATCH else self.max_wait
@@ -97,10 +104,20 @@ class Turns:
     #: The model of the last job started (canonical), and when its run began.
     model: str | None = None
     since: float = float("-inf")
+    #: Each class's rounds between keys (ADR-0030).
+    rounds: dict[Priority, Rounds] = attrs.field(
+        factory=lambda: {priority: Rounds() for priority in Priority}
+    )
 
-    def started(self, job: Job, now: float) -> None:
+    def copy(self) -> Turns:
+        """These turns, to be changed without changing them (a plan)."""
+        rounds = {priority: kept.copy() for priority, kept in self.rounds.items()}
+        return attrs.evolve(self, rounds=rounds)
+
+    def started(self, job: Job, now: float, weight: float = 1.0) -> None:
         if job.batch:
             self.last_batch_start = now
+        self.rounds[job.priority].started(job.caller, weight)
         model = canonical_model_name(job.model)
         if model != self.model:
             self.model = model
@@ -118,10 +135,10 @@ class ReadyJobs:
     scheduler's lanes (kept between choices), a plan's view of them, or
     lanes made for a list of jobs."""
 
-    def __init__(self, lanes: Mapping[Priority, Ready] | None = None) -> None:
-        self.lanes: Mapping[Priority, Ready] = lanes or {
-            Priority.INTERACTIVE: Lane(),
-            Priority.BATCH: Lane(),
+    def __init__(self, lanes: Mapping[Priority, KeyedLane] | None = None) -> None:
+        self.lanes: Mapping[Priority, KeyedLane] = lanes or {
+            Priority.INTERACTIVE: KeyedLane(),
+            Priority.BATCH: KeyedLane(),
         }
 
     def add(self, job: Job) -> None:
@@ -140,8 +157,9 @@ class ReadyJobs:
         if oldest_batch is not None and (
             interactive.size == 0 or _batch_turn_due(oldest_batch, policy, now, turns)
         ):
-            return _within(batch, policy, resident, now, turns)
-        return _within(interactive, policy, resident, now, turns, quantum=True)
+            return _within(batch, policy, resident, now, turns.rounds[Priority.BATCH])
+        rounds = turns.rounds[Priority.INTERACTIVE]
+        return _within(interactive, policy, resident, now, rounds, quantum=turns)
 
 
 def _batch_turn_due(oldest: Job, policy: Policy, now: float, turns: Turns) -> bool:
@@ -149,26 +167,42 @@ def _batch_turn_due(oldest: Job, policy: Policy, now: float, turns: Turns) -> bo
 
 
 def _within(
-    lane: Ready,
+    lane: KeyedLane,
     policy: Policy,
     resident: str | None,
     now: float,
-    turns: Turns,
+    rounds: Rounds,
     *,
-    quantum: bool = False,
+    quantum: Turns | None = None,
 ) -> Job | None:
     oldest = lane.oldest()
     if oldest is None or policy.overdue(oldest, now):
-        return oldest
+        return oldest  # the bound: whoever's it is
+    callers = lane.callers()
+    if len(callers) > 1:
+        # Keys in turn: the choice is among the keys whose turn it is.
+        lane = lane.among(rounds.turn(callers))
+        oldest = lane.oldest()
+    return _drain(lane, oldest, policy, resident, now, quantum)
+
+
+def _drain(
+    lane: Ready,
+    oldest: Job | None,
+    policy: Policy,
+    resident: str | None,
+    now: float,
+    quantum: Turns | None,
+) -> Job | None:
     mine = lane.oldest_for(resident)
     if mine is None:
         return oldest
-    if quantum:
+    if quantum is not None:
         other = lane.oldest_other(resident)
         if (
             other is not None
             and arrival(mine) > arrival(other)
-            and policy.quantum_left(turns, other, now) <= 0
+            and policy.quantum_left(quantum, other, now) <= 0
         ):
             return other  # the resident model's quantum is spent
     return mine
@@ -217,7 +251,7 @@ def planned(
 ) -> Iterator[Job]:
     """:func:`plan` from ``ready`` (the jobs ready at ``start``, changed as
     the plan goes) and ``later`` (those that are not yet)."""
-    turns = attrs.evolve(turns)
+    turns = turns.copy()
     now = start
     waiting = iter(sorted(later, key=lambda job: (job.not_before, job.id)))
     upcoming = next(waiting, None)
@@ -234,11 +268,11 @@ def planned(
         assert job is not None
         yield job
         ready.take(job)
-        turns.started(job, now)
+        turns.started(job, now, policy.shares.weight(job.caller))
         resident = canonical_model_name(job.model)
         now += job_seconds
 
 
-def planned_lanes(lanes: Mapping[Priority, Lane]) -> ReadyJobs:
+def planned_lanes(lanes: Mapping[Priority, KeyedLane]) -> ReadyJobs:
     """The scheduler's lanes as a plan reads them, leaving them as they are."""
     return ReadyJobs({priority: lane.planned() for priority, lane in lanes.items()})

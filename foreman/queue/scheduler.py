@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 import attrs
 
 from foreman.queue.job import Job
-from foreman.queue.lanes import Lane, arrival
+from foreman.queue.lanes import KeyedLane, arrival
 from foreman.queue.order import Policy, ReadyJobs, Turns, planned, planned_lanes
 from foreman.wire.model_names import canonical_model_name
 from foreman.wire.priority import Priority
@@ -42,6 +42,15 @@ from foreman.wire.priority import Priority
 
 class QueueFull(Exception):
     """The queue holds as many jobs of the class as it takes already."""
+
+
+class CallerQueueFull(QueueFull):
+    """The caller's key has as many jobs waiting as its limit allows (ADR-0030)."""
+
+    def __init__(self, caller: str | None, limit: int) -> None:
+        super().__init__(f"the key {caller!r} has {limit} jobs waiting already, its limit")
+        self.caller = caller
+        self.limit = limit
 
 
 #: Batch work waits in bulk: its own bound, far above people's (ADR-0028).
@@ -67,7 +76,7 @@ class Scheduler:
         #: When each job of this process first arrived, on the reactor's clock.
         self._arrived: dict[str, float] = {}
         #: The ready jobs by class (as seen), kept between choices.
-        self._lanes = {priority: Lane() for priority in Priority}
+        self._lanes = {priority: KeyedLane() for priority in Priority}
         #: Jobs not ready yet (backing off): (ready at, id, entry token, job as
         #: seen); an entry counts while its token is the job's.
         self._later: list[tuple[float, str, int, Job]] = []
@@ -82,23 +91,44 @@ class Scheduler:
         #: The sync calls waiting (their callers wait with them).
         self._sync: dict[str, Job] = {}
         self._reserved = dict.fromkeys(Priority, 0)
+        #: Jobs waiting (and places claimed) per key, for the keys' limits.
+        self._per_caller: Counter[str | None] = Counter()
 
     # -- admission -----------------------------------------------------------
 
-    def reserve(self, priority: Priority = Priority.INTERACTIVE, count: int = 1) -> None:
+    def reserve(
+        self, priority: Priority = Priority.INTERACTIVE, count: int = 1, caller: str | None = None
+    ) -> None:
         """Claim places for ``count`` jobs of a class about to be stored, or
         raise :class:`QueueFull`: people's calls are bounded by ``max_queue``,
-        batch work by ``max_batch_queue``."""
+        batch work by ``max_batch_queue``, and a key's jobs of either class
+        by its own limit, if it has one (:class:`CallerQueueFull`)."""
         batch = priority is Priority.BATCH
         queued = self.depth - self._interactive if batch else self._interactive
         limit = self.max_batch_queue if batch else self.max_queue
         if queued + self._reserved[priority] + count > limit:
             raise QueueFull()
+        own = self.policy.shares.max_waiting(caller)
+        if own is not None and self._per_caller[caller] + count > own:
+            raise CallerQueueFull(caller, own)
         self._reserved[priority] += count
+        self._per_caller[caller] += count
 
-    def release(self, priority: Priority = Priority.INTERACTIVE, count: int = 1) -> None:
+    def release(
+        self, priority: Priority = Priority.INTERACTIVE, count: int = 1, caller: str | None = None
+    ) -> None:
         """Give back places claimed by :meth:`reserve` that were not used."""
         self._reserved[priority] -= count
+        self._uncount(caller, count)
+
+    def waiting_for(self, caller: str | None) -> int:
+        """How many jobs of ``caller``'s key wait (places claimed included)."""
+        return self._per_caller.get(caller, 0)
+
+    def _uncount(self, caller: str | None, count: int = 1) -> None:
+        self._per_caller[caller] -= count
+        if self._per_caller[caller] <= 0:
+            del self._per_caller[caller]
 
     def add(
         self,
@@ -121,6 +151,8 @@ class Scheduler:
             self._now = max(self._now, now)
         if reserved:
             self._reserved[job.priority] -= 1
+        else:
+            self._per_caller[job.caller] += 1  # a place a reserve() did not claim
         arrival = self._arrived.setdefault(job.id, job.created_at if arrived is None else arrived)
         ready = job.not_before if ready_at is None else ready_at
         if job.id in self._queued:
@@ -155,7 +187,7 @@ class Scheduler:
         """Take ``job`` out of the queue to start it at ``now``."""
         seen = self._seen[job.id]
         self._out(self._queued[job.id])
-        self.turns.started(seen, now)
+        self.turns.started(seen, now, self.policy.shares.weight(job.caller))
 
     def _out(self, job: Job) -> None:
         """``job`` leaves the queue (its arrival is kept: see :meth:`forget`)."""
@@ -165,6 +197,7 @@ class Scheduler:
         self._tokens.pop(job.id, None)  # its entry in the later heap, if any, is dead
         self._sync.pop(job.id, None)
         self._interactive -= not job.batch
+        self._uncount(job.caller)
         model = canonical_model_name(job.model)
         self._per_model[model] -= 1
         if self._per_model[model] <= 0:
