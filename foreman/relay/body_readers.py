@@ -12,6 +12,7 @@ to stop generating.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -39,6 +40,9 @@ log = Logger()
 
 #: A single NDJSON line larger than this is not a reply but a fault.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: The pieces of a stream kept for its :attr:`LineRelay.tail` (each as it
+#: arrived: enough for an answer's last events, however they were split).
+TAIL_PIECES = 8
 
 _DONE = Failure(ResponseDone())
 
@@ -105,9 +109,20 @@ class LineRelay(CancellableBodyReader):
         self._registered = False
         #: The last complete line relayed so far.
         self.last_line = b""
+        #: The first complete lines relayed, as they arrived together.
+        self.head: bytes | None = None
+        # The last complete lines relayed, as they arrived: a reference per
+        # piece, nothing parsed or copied while the stream runs.
+        self._tail: deque[bytes] = deque(maxlen=TAIL_PIECES)
         # Whether what was relayed ends between two Server-Sent Events.
         self._ended_event = True
         self._last_byte = b""
+
+    @property
+    def tail(self) -> bytes:
+        """The last lines relayed (a few pieces of the stream, joined): where
+        Ollama's counts are, in every dialect."""
+        return b"".join(self._tail)
 
     def connectionMade(self) -> None:
         # Backpressure: the caller's socket pauses the upstream socket.
@@ -133,13 +148,17 @@ class LineRelay(CancellableBodyReader):
             data = self._partial + data
         end = data.rfind(b"\n") + 1
         if end:
-            self._request.write(data[:end])
-            self._ended_event = data[:end].endswith(b"\n\n") or (
+            complete = data[:end]
+            self._request.write(complete)
+            self._ended_event = complete.endswith(b"\n\n") or (
                 end == 1 and self._last_byte == b"\n"
             )
             self._last_byte = b"\n"
             self._partial = data[end:]
             self.last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 1]
+            if self.head is None:
+                self.head = complete
+            self._tail.append(complete)
         else:
             self._partial = data
         if len(self._partial) > MAX_LINE_BYTES:
@@ -158,6 +177,7 @@ class LineRelay(CancellableBodyReader):
             if self._partial:
                 self._request.write(self._partial)
                 self.last_line = self._partial
+                self._tail.append(self._partial)
             self.finished.callback(None)
             return
         # Status 200 is long gone: the only honest signal left is one final

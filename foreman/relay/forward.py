@@ -86,6 +86,10 @@ class Attempt:
     body: bytes | None = None
     #: The last line of a relayed stream (Ollama's final, with its metrics).
     last_line: bytes | None = None
+    #: A relayed stream's first lines and last lines (:class:`LineRelay`'s
+    #: ``head`` and ``tail``): where its dialect puts the tokens counted.
+    head: bytes | None = None
+    tail: bytes | None = None
     #: Seconds a caller should wait before trying again, when foreman knows.
     retry_after: int | None = None
 
@@ -246,7 +250,12 @@ class Relay:
                 lambda broke: (
                     Attempt(Outcome.BROKEN, response.code, broke)
                     if broke
-                    else attrs.evolve(_judged(response.code, b""), last_line=streaming.last_line)
+                    else attrs.evolve(
+                        _judged(response.code, b""),
+                        last_line=streaming.last_line,
+                        head=streaming.head,
+                        tail=streaming.tail,
+                    )
                 )
             )
         whole = WholeBody(call)
