@@ -5,11 +5,17 @@ when foreman relays the reply (a stream's end as :class:`LineRelay` keeps it).""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
+import pytest_twisted
+from treq.client import HTTPClient
 
+from foreman.queue.usage import NO_KEY, UsageTotals
 from foreman.wire.token_counts import TokenCounts, counts_in_reply, counts_in_stream
+from tests.conftest import StartForeman, StartSimulator
+from tests.http_helpers import eventually
 
 
 def ndjson(*documents: dict[str, Any]) -> bytes:
@@ -193,3 +199,116 @@ def test_a_long_stream_is_not_read_past_its_end() -> None:
     early = ndjson(FINAL) + ndjson(*[CHUNK] * 100)
     assert counts_in_stream(early) is None
     assert counts_in_stream(ndjson(*[CHUNK] * 10, FINAL)) == TokenCounts(26, 12)
+
+
+# -- through foreman: the relay keeps a stream's end, the worker counts it -----------------
+
+NATIVE, OPENAI, COMPLETIONS = "/api/chat", "/v1/chat/completions", "/v1/completions"
+RESPONSES, ANTHROPIC, GENERATE = "/v1/responses", "/v1/messages", "/api/generate"
+
+
+def call_body(path: str, stream: bool, *, include_usage: bool = True) -> dict[str, Any]:
+    text = "Why is the sky blue?"
+    messages = [{"role": "user", "content": text}]
+    body: dict[str, Any]
+    if path == NATIVE:
+        body = {"model": "llama3.2", "messages": messages}
+    elif path == GENERATE:
+        body = {"model": "llama3.2", "prompt": text}
+    elif path == ANTHROPIC:
+        body = {"model": "llama3.2", "max_tokens": 64, "messages": messages}
+    elif path == COMPLETIONS:
+        body = {"model": "llama3.2", "prompt": text}
+    elif path == RESPONSES:
+        body = {"model": "llama3.2", "input": text}
+    else:
+        body = {"model": "llama3.2", "messages": messages}
+    body["stream"] = stream
+    if stream and include_usage and path in (OPENAI, COMPLETIONS):
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def as_the_client_reads_it(path: str, stream: bool, body: bytes) -> tuple[int, int]:
+    """The counts a client of the dialect finds in the reply."""
+    if not stream:
+        document = json.loads(body)
+        if path in (NATIVE, GENERATE):
+            return document["prompt_eval_count"], document["eval_count"]
+        usage = document["usage"]
+        if path in (OPENAI, COMPLETIONS):
+            return usage["prompt_tokens"], usage["completion_tokens"]
+        return usage["input_tokens"], usage["output_tokens"]
+    if path in (NATIVE, GENERATE):
+        final = json.loads(body.splitlines()[-1])
+        return final["prompt_eval_count"], final["eval_count"]
+    events = [
+        json.loads(line[len(b"data: ") :])
+        for line in body.splitlines()
+        if line.startswith(b"data: {")
+    ]
+    if path in (OPENAI, COMPLETIONS):
+        usage = next(e["usage"] for e in events if not e["choices"] and e.get("usage"))
+        return usage["prompt_tokens"], usage["completion_tokens"]
+    if path == RESPONSES:
+        completed = next(e for e in events if e["type"] == "response.completed")
+        usage = completed["response"]["usage"]
+        return usage["input_tokens"], usage["output_tokens"]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    return delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]
+
+
+@pytest.mark.parametrize(
+    "tokens_per_second",
+    [pytest.param(0.0, id="at once"), pytest.param(400.0, id="token by token")],
+)
+@pytest_twisted.ensureDeferred
+async def test_each_dialects_counts_are_counted_streamed_or_whole(
+    reactor: Any,
+    start_simulator: StartSimulator,
+    start_foreman: StartForeman,
+    http: HTTPClient,
+    tokens_per_second: float,
+) -> None:
+    # Token by token, a stream arrives in many pieces: its end is a few of them.
+    simulator = await start_simulator(tokens_per_second=tokens_per_second, reply_tokens=40)
+    running = await start_foreman(simulator.url)
+    queue = running.foreman.queue
+    assert queue is not None and queue.usage is not None
+    usage = queue.usage
+
+    def counted() -> UsageTotals:
+        return usage.since_start().get(NO_KEY, UsageTotals())
+
+    def ran_one_more(before: UsageTotals) -> bool:
+        now = counted()
+        return now.calls == before.calls + 1 and now.worker_seconds > before.worker_seconds
+
+    for path in (NATIVE, GENERATE, OPENAI, COMPLETIONS, RESPONSES, ANTHROPIC):
+        for stream in (False, True):
+            before = counted()
+            response = await http.post(running.url + path, json=call_body(path, stream))
+            body = await response.content()
+            assert response.code == 200, (path, stream, body)
+            prompt, output = as_the_client_reads_it(path, stream, body)
+            assert prompt > 0 and output > 0
+            await eventually(partial(ran_one_more, before), reactor)
+            after = counted()
+            assert (
+                after.prompt_tokens - before.prompt_tokens,
+                after.output_tokens - before.output_tokens,
+            ) == (prompt, output), (path, stream)
+
+    # An OpenAI stream without include_usage says no counts: none are made up.
+    before = counted()
+    response = await http.post(
+        running.url + OPENAI, json=call_body(OPENAI, True, include_usage=False)
+    )
+    assert response.code == 200
+    await response.content()
+    await eventually(lambda: ran_one_more(before), reactor)
+    after = counted()
+    assert (after.prompt_tokens, after.output_tokens) == (
+        before.prompt_tokens,
+        before.output_tokens,
+    )

@@ -86,9 +86,13 @@ def ps_report(ps: Mapping[str, Any], queue: Mapping[str, Any], now: float) -> st
     parts.append(summary)
     jobs = [job for job in queue.get("jobs") or [] if isinstance(job, Mapping)]
     if jobs:
+        # Whose each job is, once any was sent with a key (a foreman without
+        # keys, or older than them, keeps its columns).
+        keyed = any(job.get("caller") is not None for job in jobs)
         rows = [
             [
                 plain(job.get("id")),
+                *([plain(job.get("caller"))] if keyed else []),
                 plain(job.get("model")),
                 plain(job.get("endpoint")),
                 plain(job.get("priority")),
@@ -100,8 +104,8 @@ def ps_report(ps: Mapping[str, Any], queue: Mapping[str, Any], now: float) -> st
             ]
             for job in jobs
         ]
-        headers = ["ID", "MODEL", "ENDPOINT", "PRIORITY", "STATE", "POSITION", "WAITED", "AGE"]
-        headers.append("ATTEMPT")
+        headers = ["ID", *(["KEY"] if keyed else []), "MODEL", "ENDPOINT", "PRIORITY", "STATE"]
+        headers += ["POSITION", "WAITED", "AGE", "ATTEMPT"]
         parts.append(table(headers, rows))
     boxes = [box for box in queue.get("boxes") or [] if isinstance(box, Mapping)]
     if boxes:

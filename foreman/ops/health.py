@@ -58,6 +58,8 @@ def _queue_report(
                 "state": job.state.value,
                 "sync": job.sync,
                 "priority": job.priority.value,
+                # The name of the key it was sent with (ADR-0030); null: none.
+                "caller": job.caller,
                 "attempt": job.attempt,
                 "age_seconds": round(max(0.0, now - job.created_at), 3),
                 # Queued: waiting so far; running: how long it waited to start.

@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from foreman.http.connections import Connections
 from foreman.ops.fleet_metrics import FleetCollector
+from foreman.ops.key_metrics import KeyUsageCollector
 from foreman.ops.metrics_state import StateCollector
 from foreman.queue.job import JobState
 from foreman.wire.priority import Priority
@@ -155,6 +156,9 @@ class ForemanMetrics:
             self.queue_wait_seconds.labels(priority.value)
         self._state = StateCollector()
         self.registry.register(self._state)
+        self.registry.register(
+            KeyUsageCollector(lambda: getattr(self._state.worker, "usage", None))
+        )
 
     # -- wiring ------------------------------------------------------------------------
 

@@ -268,7 +268,16 @@ class StatusPage:
             else queue_report(worker, self._inventory, now, self._fleet),
             "recent_jobs": None if self._store is None else await self._recent_jobs(),
             "timeline": None if self._timeline is None else self._timeline.report(),
+            "usage": await self._usage(),
         }
+
+    async def _usage(self) -> list[dict[str, Any]] | None:
+        """Each key's usage, every box's summed (``null``: the queue is off)."""
+        usage = None if self._worker is None else self._worker.usage
+        if usage is None:
+            return None
+        totals = await usage.totals()
+        return [{"key": name, **totals[name].as_json()} for name in sorted(totals)]
 
     async def _resident_models(self, now: float) -> list[dict[str, Any]]:
         """What Ollama holds, with expiry, from a fresh ``/api/ps``.

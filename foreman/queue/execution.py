@@ -34,11 +34,13 @@ from foreman.queue.leases import Fenced
 from foreman.queue.outage import Outage
 from foreman.queue.residency import Residency, pin_keep_alive, whole_reply_body
 from foreman.queue.settlement import CANCELLED_RUNNING, LEFT_RUNNING, STOPPED, Retries, settle
+from foreman.queue.usage import reply_tokens
 from foreman.relay.forward import Attempt, Outcome, Relay
 from foreman.relay.upstream import BytesBodyProducer
 from foreman.wire.clocks import Clocks
 from foreman.wire.endpoints import Dialect
 from foreman.wire.gojson import GoJSONError
+from foreman.wire.token_counts import TokenCounts
 
 log = Logger()
 T = TypeVar("T")
@@ -82,6 +84,10 @@ class Execution:
         self._fenced = False
         #: Another box took the job (or cancelled it) before it ended here.
         self.taken = False
+        #: The run loaded the job's model first (usage per key).
+        self.loaded = False
+        #: The tokens Ollama counted for the reply it delivered, if it did.
+        self.tokens: TokenCounts | None = None
 
     def abandon(self) -> None:
         """Stop the run: it ends cancelled. Between two steps there is nothing
@@ -124,6 +130,7 @@ class Execution:
             self.job = working
             crew.activity.switch("generating")
             attempt = await self._run_step(self._perform())
+            self.tokens = reply_tokens(attempt)
             await self._settle(attempt)
         except CancelledError:
             if self._fenced:
@@ -160,6 +167,7 @@ class Execution:
         began = crew.clocks.now()
         unreachable = await self._run_step(crew.residency.prepare(self.job))
         if crew.residency.loads > loads:
+            self.loaded = True
             crew.loaded(self.job.model, crew.clocks.now() - began)
         return unreachable
 

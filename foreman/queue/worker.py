@@ -56,6 +56,7 @@ from foreman.queue.transitions import (
     TransitionRecorder,
     Transitions,
 )
+from foreman.queue.usage import KeyUsage
 from foreman.queue.visibility import Visibility
 from foreman.relay.forward import Relay
 from foreman.wire.clocks import Clocks
@@ -83,6 +84,7 @@ class Worker(Intake, Visibility, Service):
         costs: ModelCosts | None = None,
         learned_holds: bool = True,
         lease: float = 30.0,
+        usage: KeyUsage | None = None,
     ) -> None:
         self._store = store
         self.scheduler = scheduler
@@ -121,6 +123,10 @@ class Worker(Intake, Visibility, Service):
         #: What each state change writes with it, and who hears of it.
         self.transitions = Transitions()
         self.journal = Journal(store, self.transitions)
+        #: What each key used (calls, tokens, worker time, loads), if counted.
+        self.usage = usage
+        if usage is not None:
+            self.transitions.add(usage.job_moved)
         #: Fired when the running job's execution ends.
         self._on_ended: list[Deferred[None]] = []
         #: Called when another box took a job before or while it ran here (a fleet).
@@ -303,6 +309,19 @@ class Worker(Intake, Visibility, Service):
                 each.callback(None)
         elapsed = self._clock.seconds() - started
         self.average_job_seconds = 0.8 * self.average_job_seconds + 0.2 * elapsed
+        self._count_usage(run, elapsed)
+
+    def _count_usage(self, run: Execution, seconds: float) -> None:
+        """What the run used, for the key its job was sent with."""
+        usage = self.usage
+        if usage is None:
+            return
+        caller = run.queued.caller
+        usage.worked(caller, seconds)
+        if run.loaded:
+            usage.loaded(caller)
+        if run.tokens is not None:
+            usage.tokens(caller, run.tokens.prompt, run.tokens.output)
 
     def _save_soon(self, job: Job, previous: JobState | None) -> None:
         ensureDeferred(self.journal.save_or_keep(job, previous, self._clock.seconds()))

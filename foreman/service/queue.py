@@ -34,6 +34,7 @@ from foreman.queue.runners import thread_runner
 from foreman.queue.scheduler import Scheduler
 from foreman.queue.schema import DATABASE_NAME
 from foreman.queue.store import JobStore, Recovery
+from foreman.queue.usage import KeyUsage
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
 from foreman.relay.inventory import Inventory
@@ -56,6 +57,8 @@ class Queue:
     #: This box's part in a fleet, when the store is shared.
     member: FleetMember | None = None
     progress: BatchProgress | None = None
+    #: What each key used (``await usage.totals()``: every box's, summed).
+    usage: KeyUsage | None = None
 
 
 def build_queue(
@@ -90,6 +93,7 @@ def build_queue(
         relay, inventory, keep_alive=config.keep_alive, embed_model=config.embed_model
     )
     costs = ModelCosts(inventory.model_sizes, remember=_remember_in(store, clocks))
+    usage = KeyUsage(store, reactor, clocks=clocks)
     worker = Worker(
         store,
         Scheduler(
@@ -111,6 +115,7 @@ def build_queue(
         costs=costs,
         learned_holds=config.swap_rule is SwapRule.LEARNED,
         lease=config.box_lease,
+        usage=usage,
     )
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
@@ -140,6 +145,9 @@ def build_queue(
             requeued=recovery.requeued,
             abandoned=recovery.abandoned,
         )
+    # Stopped after the worker, so the last run's usage is written, and
+    # before the store closes.
+    usage.setServiceParent(services)
     worker.setServiceParent(services)
     member = None
     if identity is not None:
@@ -172,7 +180,8 @@ def build_queue(
         ).setServiceParent(services)
     # Batches a stopped foreman left finalizing are finished once it runs.
     reactor.callWhenRunning(progress.resume)
-    return Queue(store, worker, residency, recovery, outbox, member, progress), services
+    queue = Queue(store, worker, residency, recovery, outbox, member, progress, usage)
+    return queue, services
 
 
 def batches_for(queue: Queue, jobs: JobsAPI) -> tuple[FilesAPI, BatchesAPI]:
