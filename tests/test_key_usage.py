@@ -20,6 +20,9 @@ from foreman.ops.health import queue_report
 from foreman.ops.metrics import ForemanMetrics
 from foreman.queue.engines import Connection, Engine
 from foreman.queue.job import Job, JobState
+from foreman.queue.order import Policy
+from foreman.queue.scheduler import CallerQueueFull
+from foreman.queue.shares import EqualShares
 from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
 from foreman.queue.usage import FLUSH_SECONDS, LOCAL_BOX, NO_KEY, KeyUsage, UsageTotals
@@ -226,6 +229,11 @@ def counting(rig: WorkerRig) -> KeyUsage:
 
 
 def submit(rig: WorkerRig, model: str, caller: str | None, tokens: int = 5) -> Job:
+    submitted: Job = fired(rig.worker.submit(submit_job(rig, model, caller, tokens)))
+    return submitted
+
+
+def submit_job(rig: WorkerRig, model: str, caller: str | None, tokens: int = 5) -> Job:
     now = rig.worker.clocks.wall()
     body = {
         "model": model,
@@ -242,8 +250,7 @@ def submit(rig: WorkerRig, model: str, caller: str | None, tokens: int = 5) -> J
         updated_at=now,
         caller=caller,
     )
-    submitted: Job = fired(rig.worker.submit(job))
-    return submitted
+    return job
 
 
 def test_the_worker_counts_each_keys_calls_time_loads_and_tokens(tmp_path: Path) -> None:
@@ -359,4 +366,24 @@ def test_the_queue_report_and_ps_show_whose_each_job_is(tmp_path: Path) -> None:
         job["caller"] = None
     plain = output.ps_report({"models": []}, report, rig.clock.seconds())
     assert "KEY" not in plain
+    rig.stop()
+
+
+class _OneWaiting(EqualShares):
+    def max_waiting(self, caller: str | None) -> int | None:
+        return 1 if caller == "alice" else None
+
+
+def test_a_key_refused_for_its_limit_counts_a_refusal_and_others_go_on(tmp_path: Path) -> None:
+    rig = make_worker_rig(tmp_path, policy=Policy(shares=_OneWaiting()))
+    usage = counting(rig)
+    submit(rig, "llama3.2", "alice")
+    refused = rig.worker.submit(submit_job(rig, "llama3.2", "alice"))
+    failure = []
+    refused.addErrback(failure.append)
+    assert failure and failure[0].check(CallerQueueFull)
+    submit(rig, "llama3.2", "bob")  # bob has no limit of his own
+    counted = usage.since_start()
+    assert counted["alice"].refusals == 1 and counted["alice"].calls == 1
+    assert counted["bob"].refusals == 0
     rig.stop()

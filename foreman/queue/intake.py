@@ -31,6 +31,7 @@ from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING, LEFT_Q
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Transition, Transitions
 from foreman.queue.ulid import new_ulid
+from foreman.queue.usage import KeyUsage
 from foreman.relay.generation import GenerationCall
 from foreman.wire.clocks import Clocks
 from foreman.wire.model_names import canonical_model_name
@@ -53,6 +54,8 @@ class Intake:
     costs: ModelCosts
     journal: Journal
     transitions: Transitions
+    #: Each key's calls, work and refusals (ADR-0030), when counted.
+    usage: KeyUsage | None
     draining: bool
     average_job_seconds: float
     #: Whether this box queues an asynchronous job submitted here at once (a
@@ -99,7 +102,7 @@ class Intake:
             caller=call.caller,
         )
         try:
-            self.scheduler.reserve(job.priority, caller=job.caller)
+            self._reserve(job.priority, 1, job.caller)
         except CallerQueueFull as e:
             self._refuse_busy(request, e)
             return
@@ -135,7 +138,7 @@ class Intake:
         return ensureDeferred(self._submit(job))
 
     async def _submit(self, job: Job) -> Job:
-        self.scheduler.reserve(job.priority, caller=job.caller)
+        self._reserve(job.priority, 1, job.caller)
         # The job and its first event (``queued``) in one transaction: a 202
         # means both are stored. During a stop it is stored all the same and
         # runs after the next start.
@@ -178,7 +181,7 @@ class Intake:
         reserved: list[tuple[Priority, str | None]] = []
         try:
             for (priority, caller), count in counts.items():
-                self.scheduler.reserve(priority, count, caller)
+                self._reserve(priority, count, caller)
                 reserved.append((priority, caller))
         except QueueFull:
             for priority, caller in reserved:
@@ -375,6 +378,15 @@ class Intake:
         # was stepped back, is never longer than the rule that made it.
         ready_at = now + self.clocks.delay_until(job.not_before, at_most=self.retries.backoff_cap)
         self.scheduler.add(job, reserved=reserved, arrived=arrived, ready_at=ready_at, now=now)
+
+    def _reserve(self, priority: Priority, count: int, caller: str | None) -> None:
+        """Claim places in the queue; a refusal counts against the key."""
+        try:
+            self.scheduler.reserve(priority, count, caller)
+        except QueueFull:
+            if self.usage is not None:
+                self.usage.refused(caller)
+            raise
 
     def _refuse_busy(self, request: IRequest, own: CallerQueueFull | None = None) -> None:
         retry = b"%d" % self.retry_after()
