@@ -14,6 +14,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from foreman.client import output
 from foreman.ops.health import queue_report
@@ -379,9 +380,13 @@ def test_a_key_refused_for_its_limit_counts_a_refusal_and_others_go_on(tmp_path:
     usage = counting(rig)
     submit(rig, "llama3.2", "alice")
     refused = rig.worker.submit(submit_job(rig, "llama3.2", "alice"))
-    failure = []
-    refused.addErrback(failure.append)
-    assert failure and failure[0].check(CallerQueueFull)
+    failures: list[Failure] = []
+
+    def caught(failure: Failure) -> None:
+        failures.append(failure)
+
+    refused.addErrback(caught)
+    assert failures and failures[0].check(CallerQueueFull)
     submit(rig, "llama3.2", "bob")  # bob has no limit of his own
     counted = usage.since_start()
     assert counted["alice"].refusals == 1 and counted["alice"].calls == 1
