@@ -21,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 
-from foreman.client import commands
+from foreman.client import commands, key_commands
 from foreman.client.commands import EPILOG, Context, ExitCode, HelpFormatter, UsageProblem
 from foreman.client.jobs_client import ForemanError, ForemanUnreachable, WaitTimeout
 
@@ -44,7 +44,11 @@ def _run_launchd(context: Context) -> int:
     return status
 
 
-REGISTRARS: tuple[Callable[[Any], None], ...] = (*commands.REGISTRARS, _register_launchd)
+REGISTRARS: tuple[Callable[[Any], None], ...] = (
+    *commands.REGISTRARS,
+    key_commands.register,
+    _register_launchd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,11 +161,19 @@ class StartupRefused(SystemExit):
     """A configuration foreman will not run with; the message says why."""
 
 
-def check_exposure(config: Config) -> None:
-    """Refuse to listen beyond loopback unauthenticated (ADR-0010)."""
-    if config.token or config.allow_unauthenticated or is_loopback_only(config.listen):
+def needs_a_credential(config: Config) -> bool:
+    """Whether the listener reaches beyond loopback with neither a token nor
+    ``--allow-unauthenticated``: then a key must be needed to get in."""
+    return not (config.token or config.allow_unauthenticated or is_loopback_only(config.listen))
+
+
+def check_exposure(config: Config, *, keys: bool = False) -> None:
+    """Refuse to listen beyond loopback unauthenticated (ADR-0010); ``keys``:
+    whether there are keys (docs/keys.md), which count as a credential."""
+    if keys or not needs_a_credential(config):
         return
     raise StartupRefused(
         f"foreman: refusing to listen on {config.listen!r} without a token: set FOREMAN_TOKEN "
-        "or --token-file, listen on loopback, or pass --allow-unauthenticated"
+        "or --token-file, add a key (foreman keys add, on loopback first), listen on "
+        "loopback, or pass --allow-unauthenticated"
     )

@@ -13,7 +13,7 @@ of the end first; the answer is always the stored view, never the event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import quote, urlencode
@@ -179,6 +179,40 @@ class JobsClient:
     async def queue(self) -> dict[str, Any]:
         """``GET /api/foreman/queue``: what runs and waits in foreman's queue."""
         return cast(dict[str, Any], await self._http.call_json("GET", "/api/foreman/queue"))
+
+    async def keys(self) -> list[dict[str, Any]]:
+        """``GET /api/foreman/keys`` (admin): every key, revoked ones too."""
+        answer = await self._http.call_json("GET", "/api/foreman/keys")
+        keys = answer.get("keys") if isinstance(answer, dict) else None
+        if not isinstance(keys, list):
+            raise ClientError(f"foreman's answer to GET /api/foreman/keys has no keys: {answer!r}")
+        return [key for key in keys if isinstance(key, dict)]
+
+    async def add_key(
+        self,
+        name: str,
+        scopes: Sequence[str] | None = None,
+        *,
+        weight: float | None = None,
+        max_waiting: int | None = None,
+    ) -> dict[str, Any]:
+        """``POST /api/foreman/keys`` (admin): a new key, its ``key`` shown this once.
+
+        Without ``scopes``, foreman's default: ``generate``, ``embed`` and ``jobs``.
+        """
+        body: dict[str, Any] = {"name": name}
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        if weight is not None:
+            body["weight"] = weight
+        if max_waiting is not None:
+            body["max_waiting"] = max_waiting
+        return cast(dict[str, Any], await self._http.call_json("POST", "/api/foreman/keys", body))
+
+    async def revoke_key(self, name: str) -> dict[str, Any]:
+        """``DELETE /api/foreman/keys/{name}`` (admin): refused from now on, at every box."""
+        path = "/api/foreman/keys/" + quote(name, safe="")
+        return cast(dict[str, Any], await self._http.call_json("DELETE", path))
 
     async def wait(
         self,

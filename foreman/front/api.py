@@ -29,10 +29,11 @@ from foreman.front.fleet_face import (
     tags_body,
 )
 from foreman.front.forwarding import FleetGeneration
+from foreman.front.keys_api import KeysAPI
 from foreman.front.own import OwnAnswers
 from foreman.front.own import whole as _whole
 from foreman.http import routing
-from foreman.http.auth import BearerTokenGuard
+from foreman.http.auth import BearerTokenGuard, caller_of
 from foreman.http.errors import (
     JSON_CONTENT_TYPE,
     embedding_model_not_found,
@@ -88,6 +89,7 @@ class ForemanAPI(OwnAnswers):
         fleet: FleetMember | None = None,
         fleet_calls: FleetGeneration | None = None,
         batches: tuple[FilesAPI, BatchesAPI] | None = None,
+        keys: KeysAPI | None = None,
     ) -> None:
         self._relay = relay
         self._fleet = fleet
@@ -101,6 +103,8 @@ class ForemanAPI(OwnAnswers):
         self._batches: IResource | None = None
         if batches is not None:
             self._files, self._batches = (api.app.resource() for api in batches)
+        self._keys = None if keys is None else keys.app.resource()
+        self._key_book = None if keys is None else keys.book
         self._simulated = simulated
         self._ui: IResource | None = None
         self._metrics = metrics
@@ -166,6 +170,15 @@ class ForemanAPI(OwnAnswers):
         if not request.postpath:
             request.postpath = [b""]
         return app
+
+    @app.route("/api/foreman/keys", branch=True)
+    def keys(self, request: IRequest) -> IResource | bytes:
+        # docs/keys.md; its routes are relative to ``/api/foreman/keys``.
+        if self._keys is None:
+            return routing.page_not_found(request)
+        if not request.postpath:
+            request.postpath = [b""]
+        return self._keys
 
     @app.route("/ui", branch=True)
     def ui(self, request: IRequest) -> IResource | bytes:
@@ -312,8 +325,14 @@ class ForemanAPI(OwnAnswers):
         # box's Ollama again (a round trip on every forwarded call).
         if not self._fleet_has(model) and await self._inventory.knows_model(model) is False:
             return write_json_error(request, 404, model_not_found(model))
+        caller = caller_of(request)
         call = GenerationCall(
-            endpoint=endpoint, model=model, body=raw, stream=stream, priority=priority
+            endpoint=endpoint,
+            model=model,
+            body=raw,
+            stream=stream,
+            priority=priority,
+            caller=None if caller is None else caller.name,
         )
         await self._generation.run(call, request)
         return None
@@ -354,7 +373,8 @@ class ForemanAPI(OwnAnswers):
 
 
 class _Guarded(Resource):
-    """Checks the Bearer token before any route (or 404) is considered.
+    """Finds the caller and checks what it may do before any route (or 404)
+    is considered (:class:`~foreman.http.auth.BearerTokenGuard`).
 
     The status page's paths are let through: it checks access itself.
     """
@@ -367,7 +387,9 @@ class _Guarded(Resource):
         self._guard = guard
 
     def render(self, request: IRequest) -> bytes | int:
-        if not (serves(request) or self._guard.allows(request)):
-            return self._guard.refuse(request)
+        if not serves(request):
+            refused = self._guard.check(request)
+            if refused is not None:
+                return refused
         result: bytes | int = self._inner.render(request)
         return result if result is not None else NOT_DONE_YET

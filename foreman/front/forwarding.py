@@ -8,7 +8,9 @@ a relay of the call to that box's foreman, exactly as the relay does to
 Ollama (streaming line by line or event by event, backpressure, a hang-up
 closing the connection, which cancels the work there), before a single byte
 has been sent to the caller. The caller's credentials stay here: the other
-box is shown the fleet's secret. A call that arrives forwarded
+box is shown the fleet's secret, and the name of the caller's key
+(``X-Foreman-Caller``, believed there only beside that secret), so that the
+call is that key's there too (its share, its usage). A call that arrives forwarded
 (``X-Foreman-Forwarded``) runs where it is, never forwarded again. A box that
 cannot be reached before it answers gives the call to the next candidate, and
 at last to this box; once it has answered, its answer (an error in the
@@ -26,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent, IRequest
 
 from foreman.front.placement import Candidate, Homes, candidates
+from foreman.http.auth import CALLER_HEADER, caller_of
 from foreman.relay.forward import Outcome, Relay
 from foreman.relay.generation import GenerationCall, GenerationRunner
 from foreman.relay.upstream import BytesBodyProducer, Target
@@ -86,13 +89,13 @@ class FleetGeneration:
         """Relay ``call`` to ``box``; whether it answered (else nothing was sent)."""
         assert box.url is not None
         relay = self._relay_to(box.url)
-        request.requestHeaders.setRawHeaders(FORWARDED_HEADER, [self._me.encode("ascii")])
+        self._mark_forwarded(request, call.caller)
         try:
             attempt = await relay.relay(
                 request, b"POST", request.path, BytesBodyProducer(call.body)
             )
         finally:
-            request.requestHeaders.removeHeader(FORWARDED_HEADER)
+            self._unmark(request)
         if attempt.outcome is Outcome.UNREACHABLE:
             log.warn(
                 "Box {url} could not take a call for {model} ({error}); trying the next",
@@ -123,18 +126,36 @@ class FleetGeneration:
         having.sort(
             key=lambda box: wanted not in {canonical_model_name(m) for m in box.get("loaded", ())}
         )
+        caller = caller_of(request)
         for box in having:
             relay = self._relay_to(str(box["url"]))
-            request.requestHeaders.setRawHeaders(FORWARDED_HEADER, [self._me.encode("ascii")])
+            self._mark_forwarded(request, None if caller is None else caller.name)
             try:
                 producer = None if body is None else BytesBodyProducer(body)
                 attempt = await relay.relay(request, request.method, request.path, producer)
             finally:
-                request.requestHeaders.removeHeader(FORWARDED_HEADER)
+                self._unmark(request)
             if attempt.outcome is not Outcome.UNREACHABLE:
                 self.forwarded += 1
                 return True
         return False
+
+    def _mark_forwarded(self, request: IRequest, caller: str | None) -> None:
+        """Say, on the call as it leaves, which box forwards it and whose it is.
+
+        Whatever the caller sent as ``X-Foreman-Caller`` goes: the other box
+        believes the header, beside the fleet's secret.
+        """
+        headers = request.requestHeaders
+        headers.setRawHeaders(FORWARDED_HEADER, [self._me.encode("ascii")])
+        headers.removeHeader(CALLER_HEADER)
+        if caller is not None:
+            headers.setRawHeaders(CALLER_HEADER, [caller.encode("utf-8")])
+
+    @staticmethod
+    def _unmark(request: IRequest) -> None:
+        request.requestHeaders.removeHeader(FORWARDED_HEADER)
+        request.requestHeaders.removeHeader(CALLER_HEADER)
 
     def _relay_to(self, url: str) -> Relay:
         relay = self._relays.get(url)

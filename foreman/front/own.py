@@ -21,6 +21,7 @@ from foreman.ops.health import MAX_QUEUE_PAGE, QUEUE_PAGE, health_report, queue_
 from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.status_page import redirect_to_page, wants_page
 from foreman.queue.fleet.member import FleetMember
+from foreman.queue.key_book import KeyBook
 from foreman.queue.worker import Worker
 from foreman.relay.forward import Relay
 from foreman.relay.inventory import Inventory
@@ -42,6 +43,7 @@ class OwnAnswers:
     _fleet: FleetMember | None
     _metrics: ForemanMetrics | None
     _simulated: bool
+    _key_book: KeyBook | None
 
     @app.route("/", methods=["GET", "HEAD"])
     def root(self, request: IRequest) -> bytes | None:
@@ -61,6 +63,11 @@ class OwnAnswers:
             worker=self._worker,
             fleet=self._fleet,
         )
+        if self._key_book is not None:
+            # Keys that could not be read fail closed: only the token opens.
+            report["keys"] = self._key_book.health()
+            if not self._key_book.loaded:
+                report["status"], report["degraded"] = "degraded", True
         return whole(request, json.dumps(report).encode())
 
     @app.route("/metrics", methods=["GET", "HEAD"])

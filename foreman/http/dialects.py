@@ -63,10 +63,26 @@ def request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
-def error_document(dialect: Dialect, status: int, message: str) -> bytes:
-    """The JSON of an error answer in ``dialect``."""
+def error_document(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    *,
+    openai_type: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    """The JSON of an error answer in ``dialect``.
+
+    ``openai_type`` and ``code`` name an OpenAI error where OpenAI's own API
+    has one that Ollama never writes (a refused key: ``invalid_api_key``).
+    """
     if dialect is Dialect.OPENAI:
-        error = {"message": message, "type": _openai_type(status), "param": None, "code": None}
+        error = {
+            "message": message,
+            "type": openai_type or _openai_type(status),
+            "param": None,
+            "code": code,
+        }
         return json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n"
     if dialect is Dialect.ANTHROPIC:
         envelope = {

@@ -3,7 +3,10 @@
 A Klein app of its own, mounted under ``/jobs`` by :class:`foreman.front.api.ForemanAPI`
 (so the token guard and gin's 404/405 apply as everywhere). Routes here are
 relative to ``/jobs``. Only asynchronous jobs are visible: a sync call's job
-has an id its caller never sees, and is cancelled by hanging up.
+has an id its caller never sees, and is cancelled by hanging up. A key with
+the ``jobs`` scope sees and touches only its own jobs (``Job.caller``, the
+key's name): anyone else's answer 404, as if they did not exist; the token
+and admin keys see all (docs/keys.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from foreman.jobs.batches.table import (
     batch_job_ids,
     insert_batch,
 )
+from foreman.jobs.owners import only, owner_of, sees
 from foreman.jobs.requests import idempotency_key, parse_submission
 from foreman.jobs.views import job_view, summary
 from foreman.queue.engines import Connection
@@ -59,6 +63,10 @@ class _StoreDown(Exception):
 
 class _Unavailable(Exception):
     """``/jobs`` is switched off (``--no-queue``)."""
+
+
+class _KeyTaken(Exception):
+    """An ``Idempotency-Key`` another API key's work was sent with."""
 
 
 class JobsAPI:
@@ -105,11 +113,11 @@ class JobsAPI:
             raise _Unavailable()
         return self._worker, self._store
 
-    async def _job(self, job_id: str) -> Job | None:
-        """The asynchronous job ``job_id``, if there is one."""
+    async def _job(self, job_id: str, request: IRequest) -> Job | None:
+        """The asynchronous job ``job_id``, if there is one the caller may see."""
         _, store = self._queue()
         job = await self._stored(store, store.get(job_id))
-        return None if job is None or job.sync else job
+        return None if job is None or job.sync or not sees(request, job.caller) else job
 
     # -- submit --------------------------------------------------------------------
 
@@ -130,7 +138,7 @@ class JobsAPI:
         if await self._knows_model(submission.model) is False:
             return write_json_error(request, 404, model_not_found(submission.model))
         now = worker.clocks.wall()
-        job = submission.job(new_ulid(now), now, key)
+        job = attrs.evolve(submission.job(new_ulid(now), now, key), caller=owner_of(request))
         try:
             # A caller hanging up now must not cut the submit in half (a
             # stored job the worker never heard of): it finishes regardless.
@@ -159,7 +167,7 @@ class JobsAPI:
             except BadRequest as e:
                 raise BadRequest(f"job {index}: {e}") from None
         if key is not None:
-            known = await self._known_list(store, key)
+            known = await self._known_list(store, key, request)
             if known is not None:
                 return _accepted_list(request, *known)
         for model in sorted({submission.model for submission in submissions}):
@@ -174,9 +182,12 @@ class JobsAPI:
             created_at=now,
             in_progress_at=now,
             idempotency_key=key,
+            caller=owner_of(request),
         )
         jobs = [
-            attrs.evolve(submission.job(new_ulid(now), now, None), batch_id=batch.id)
+            attrs.evolve(
+                submission.job(new_ulid(now), now, None), batch_id=batch.id, caller=batch.caller
+            )
             for submission in submissions
         ]
         try:
@@ -185,7 +196,7 @@ class JobsAPI:
             retry = b"%d" % worker.retry_after()
             return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
         except Exception:
-            known = None if key is None else await self._known_list(store, key)
+            known = None if key is None else await self._known_list(store, key, request)
             if known is not None:  # the same list, sent twice at once: the first one's
                 return _accepted_list(request, *known)
             log.failure("Could not record a list of jobs")
@@ -194,20 +205,27 @@ class JobsAPI:
             return write_json_error(request, 503, message, {b"Retry-After": retry})
         return _accepted_list(request, batch.id, [job.id for job in jobs])
 
-    async def _known_list(self, store: JobStore, key: str) -> tuple[str, list[str]] | None:
-        def known(db: Connection) -> tuple[str, list[str]] | None:
+    async def _known_list(
+        self, store: JobStore, key: str, request: IRequest
+    ) -> tuple[str, list[str]] | None:
+        def known(db: Connection) -> tuple[str, list[str]] | str | None:
             batch = batch_by_idempotency_key(db, key)
+            if batch is not None and not sees(request, batch.caller):
+                return batch.id  # another key's: its ids are not shown
             return None if batch is None else (batch.id, batch_job_ids(db, batch.id))
 
-        return await self._stored(store, store.transact(known))
+        found = await self._stored(store, store.transact(known))
+        if isinstance(found, str):
+            raise _KeyTaken(key)
+        return found
 
     @staticmethod
     def _accepted(
         request: IRequest, same: Callable[[Job], bool], job: Job, key: str | None
     ) -> bytes:
-        if key is not None and not same(job):
-            message = f"Idempotency-Key {key!r} was already used for a different request"
-            return write_json_error(request, 422, message)
+        # Another key's job says no more than that the key is taken.
+        if key is not None and not (sees(request, job.caller) and same(job)):
+            return write_json_error(request, 422, _key_in_use(key))
         request.setHeader(b"Location", f"/jobs/{job.id}".encode())
         return json_answer(request, {"job_id": job.id}, 202)
 
@@ -226,16 +244,17 @@ class JobsAPI:
         except ValueError:
             names = ", ".join(each.value for each in JobState)
             raise BadRequest(f"state must be one of {names}") from None
-        page = await self._stored(
-            store, store.listing(limit=limit + 1, state=wanted, model=model, before=before)
+        listed = store.listing(
+            limit=limit + 1, state=wanted, model=model, before=before, owner=only(request)
         )
+        page = await self._stored(store, listed)
         jobs = page[:limit]
         following = jobs[-1].id if len(page) > limit else None
         return json_answer(request, {"jobs": [summary(job) for job in jobs], "next": following})
 
     @app.route("/<job_id>", methods=["GET", "HEAD"])
     async def show(self, request: IRequest, job_id: str) -> bytes:
-        job = await self._job(job_id)
+        job = await self._job(job_id, request)
         if job is None:
             return _no_such_job(request, job_id)
         request.setHeader(b"Cache-Control", b"no-store")
@@ -254,7 +273,7 @@ class JobsAPI:
 
     @app.route("/<job_id>/artifacts/<name>", methods=["GET", "HEAD"])
     async def artifact(self, request: IRequest, job_id: str, name: str) -> bytes:
-        job = await self._job(job_id)
+        job = await self._job(job_id, request)
         if job is None:
             return _no_such_job(request, job_id)
         found = artifact_content(job, name)
@@ -270,7 +289,7 @@ class JobsAPI:
     @app.route("/<job_id>/cancel", methods=["POST"])
     async def cancel(self, request: IRequest, job_id: str) -> bytes:
         worker, store = self._queue()
-        job = await self._job(job_id)
+        job = await self._job(job_id, request)
         if job is None:
             return _no_such_job(request, job_id)
         if job.state.terminal:
@@ -301,12 +320,20 @@ class JobsAPI:
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
         return write_json_error(request, 501, NO_QUEUE)
 
+    @app.handle_errors(_KeyTaken)
+    def key_taken(self, request: IRequest, failure: Failure) -> bytes:
+        return write_json_error(request, 422, _key_in_use(str(failure.value)))
+
     @app.handle_errors(_StoreDown)
     def store_down(self, request: IRequest, failure: Failure) -> bytes:
         message = f"foreman: the job store cannot be reached now ({failure.value}); try again"
         return write_json_error(request, 503, message, {b"Retry-After": b"5"})
 
     routing.answer_routing_errors(app)
+
+
+def _key_in_use(key: str) -> str:
+    return f"Idempotency-Key {key!r} was already used for a different request"
 
 
 def _accepted_list(request: IRequest, batch_id: str, job_ids: list[str]) -> bytes:

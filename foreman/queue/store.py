@@ -323,15 +323,20 @@ class JobStore(FleetStore):
         state: JobState | None = None,
         model: str | None = None,
         before: str | None = None,
+        owner: str | None = None,
     ) -> Deferred[list[Job]]:
         """Asynchronous jobs, newest first, ids below ``before``, at most ``limit``.
 
-        ``model`` matches every name Ollama takes for the same model. The
+        ``model`` matches every name Ollama takes for the same model;
+        ``owner``: only the jobs of the key of that name (``caller``). The
         jobs come without ``body`` and ``result``: a page is a summary,
         and those two can be large.
         """
         conditions: list[str] = ["sync = 0"]
         parameters: list[object] = []
+        if owner is not None:
+            conditions.append("caller = ?")
+            parameters.append(owner)
         if state is not None:
             conditions.append("state = ?")
             parameters.append(state.value)

@@ -24,9 +24,11 @@ from foreman.config import (
     StartupRefused,
     UpstreamMode,
     check_exposure,
+    needs_a_credential,
 )
 from foreman.front.api import ForemanAPI
 from foreman.front.forwarding import FleetGeneration
+from foreman.front.keys_api import KeysAPI
 from foreman.http.auth import OPEN_PATHS, BearerTokenGuard
 from foreman.http.cors import OriginPolicy
 from foreman.http.site import ForemanSite
@@ -37,6 +39,7 @@ from foreman.ops.metrics import ForemanMetrics
 from foreman.ops.open_files import raise_open_files_limit
 from foreman.ops.reactor_clock import use_monotonic_clock
 from foreman.ops.timeline import Timeline
+from foreman.queue.key_book import KeyBook
 from foreman.relay.forward import Relay
 from foreman.relay.generation import DirectGeneration, GenerationRunner
 from foreman.relay.inventory import Inventory
@@ -187,11 +190,14 @@ class Foreman:
     simulated: bool
     queue: Queue | None
     metrics: ForemanMetrics
+    #: The keys callers may present (docs/keys.md); ``None`` without the queue.
+    keys: KeyBook | None = None
 
 
 def build_foreman(config: Config, reactor: Any) -> Foreman:
     """Wire every part of foreman; the caller decides where it listens."""
-    check_exposure(config)
+    if not config.queue:
+        check_exposure(config)  # no job store: no keys
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -228,10 +234,14 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
 
     queue: Queue | None = None
     generation: GenerationRunner = DirectGeneration(relay)
+    key_book: KeyBook | None = None
     if config.queue:
         queue, queue_services = build_queue(config, reactor, relay, inventory)
         queue_services.setServiceParent(root)
         generation = queue.worker
+        key_book = queue.keys
+        # Keys count as a credential for a listener beyond loopback.
+        check_exposure(config, keys=key_book is not None and key_book.any_keys)
     fleet_secret: str | None = None
     if queue is not None and queue.member is not None:
         # A fleet: a sync call runs on the box where it starts soonest (ADR-0027).
@@ -282,9 +292,21 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         fleet=queue.member if queue else None,
         fleet_calls=generation if isinstance(generation, FleetGeneration) else None,
         batches=None if queue is None else batches_for(queue, jobs),
+        keys=KeysAPI(
+            key_book, usage=None if queue is None or queue.usage is None else queue.usage.totals
+        ),
     )
     open_paths = OPEN_PATHS | ({b"/metrics"} if config.metrics_public else set())
-    guard = BearerTokenGuard(config.token, open_paths=frozenset(open_paths), fleet=fleet_secret)
+    guard = BearerTokenGuard(
+        config.token,
+        open_paths=frozenset(open_paths),
+        fleet=fleet_secret,
+        keys=key_book,
+        # Beyond loopback without a token, only keys let anyone in: the last
+        # one revoked shuts the door rather than opening it.
+        open_when_keyless=not needs_a_credential(config),
+        refused=None if queue is None or queue.usage is None else queue.usage.refused,
+    )
     site = ForemanSite(
         api.resource(guard),
         max_body_size=config.max_body_size,
@@ -313,6 +335,7 @@ def build_foreman(config: Config, reactor: Any) -> Foreman:
         simulated=simulated,
         queue=queue,
         metrics=metrics,
+        keys=key_book,
     )
 
 
@@ -336,9 +359,17 @@ def make_service(config: Config, reactor: Any = None) -> ForemanService:
         "foreman listening on {listen}, relaying to {url}{auth}",
         listen=config.listen,
         url=foreman.relay.target.base_url,
-        auth=" (Bearer token required)" if config.token else " (no token required)",
+        auth=_credentials_needed(config, foreman.keys),
     )
     return foreman.root
+
+
+def _credentials_needed(config: Config, keys: KeyBook | None) -> str:
+    if config.token:
+        return " (the token or a key required)"
+    if (keys is not None and keys.any_keys) or needs_a_credential(config):
+        return " (a key required)"
+    return " (no token required)"
 
 
 def _is_select_reactor(reactor: Any) -> bool:

@@ -1,4 +1,4 @@
-"""The job queue assembled: the store, the worker, the outbox, batches, a fleet's box."""
+"""The job queue assembled: the store, the worker, the outbox, batches, the keys, a fleet's box."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from foreman.queue.costs import ModelCosts, Remember
 from foreman.queue.engines import engine_for
 from foreman.queue.fleet.identity import identify
 from foreman.queue.fleet.member import FleetMember
+from foreman.queue.key_book import KeyBook
 from foreman.queue.lifecycle import OneAfterAnother, StoreService, recover_queue, ttl_sweeper
 from foreman.queue.order import Policy
 from foreman.queue.residency import Residency
@@ -59,6 +60,8 @@ class Queue:
     progress: BatchProgress | None = None
     #: What each key used (``await usage.totals()``: every box's, summed).
     usage: KeyUsage | None = None
+    #: The keys callers may present, and each key's share (docs/keys.md).
+    keys: KeyBook | None = None
 
 
 def build_queue(
@@ -94,6 +97,8 @@ def build_queue(
     )
     costs = ModelCosts(inventory.model_sizes, remember=_remember_in(store, clocks))
     usage = KeyUsage(store, reactor, clocks=clocks)
+    # Read once the store is open (below); the order asks it each key's share.
+    keys = KeyBook(store, reactor, token=config.token is not None, threads=reactor)
     worker = Worker(
         store,
         Scheduler(
@@ -102,6 +107,7 @@ def build_queue(
                 config.max_wait,
                 config.batch_max_wait,
                 swap_quantum=config.swap_quantum if config.swap_rule is SwapRule.LEARNED else 0,
+                shares=keys,
             ),
             max_batch_queue=config.max_batch_queue,
         ),
@@ -133,6 +139,10 @@ def build_queue(
             f"foreman: cannot open the job store {engine.description}: {e}"
         ) from None
     StoreService(store, pool).setServiceParent(services)
+    # Before the first request can arrive; a failure leaves the keys shut
+    # (only the token opens) until a look succeeds. Stopped before the store.
+    keys.load_now()
+    keys.setServiceParent(services)
     # Started after the store (its pending deliveries are read from it, the
     # events of recovery's returns to the queue among them) and, children
     # being stopped in reverse, stopped before it. Events the worker stores
@@ -180,7 +190,7 @@ def build_queue(
         ).setServiceParent(services)
     # Batches a stopped foreman left finalizing are finished once it runs.
     reactor.callWhenRunning(progress.resume)
-    queue = Queue(store, worker, residency, recovery, outbox, member, progress, usage)
+    queue = Queue(store, worker, residency, recovery, outbox, member, progress, usage, keys)
     return queue, services
 
 

@@ -7,7 +7,9 @@ relay's ``/v1`` catch-all, beside the Files API
 or not at all: its input is read and checked line by line first
 (:mod:`foreman.jobs.batches.lines`), then the batch row and one job per line
 (the batch class) are stored in one transaction, and the worker drains them
-by model with everything else. Errors are OpenAI's error objects.
+by model with everything else. Errors are OpenAI's error objects. A key
+with the ``jobs`` scope sees only its own batches, made from its own files;
+their lines are its jobs (:mod:`foreman.jobs.owners`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from foreman.jobs.batches.openai_http import (
 from foreman.jobs.batches.progress import BatchProgress, record_event
 from foreman.jobs.events import Outbox
 from foreman.jobs.outbox import StoredEvent
+from foreman.jobs.owners import only, owner_of, sees
 from foreman.jobs.requests import idempotency_key, is_http_url
 from foreman.queue.engines import Connection
 from foreman.queue.job import Job
@@ -74,6 +77,10 @@ class BatchesAPI:
         store = self._s.store
         if key is not None:
             known = await store.transact(lambda db: table.batch_by_idempotency_key(db, key))
+            if known is not None and not sees(request, known.caller):
+                raise ApiError(
+                    422, f"Idempotency-Key {key!r} was already used for a different request"
+                )
             if known is not None:
                 return json_answer(request, batch_object(known))
         endpoint = document.get("endpoint")
@@ -90,7 +97,15 @@ class BatchesAPI:
             raise ApiError(
                 400, "Missing required parameter: 'input_file_id'.", param="input_file_id"
             )
-        content = await store.transact(lambda db: table.file_content(db, file_id))
+        owner = owner_of(request)
+
+        def readable(db: Connection) -> bytes | None:
+            row = table.get_file(db, file_id)
+            if row is None or not sees(request, row.caller):
+                return None  # another key's file is none of this one's
+            return table.file_content(db, file_id)
+
+        content = await store.transact(readable)
         if content is None:
             raise no_file(file_id)
         try:
@@ -124,9 +139,10 @@ class BatchesAPI:
             expires_at=now + WINDOW_SECONDS,
             webhook_url=webhook_url,
             idempotency_key=key,
+            caller=owner,
         )
         jobs = [
-            _line_job(line.submission.job(new_ulid(now), now, None), batch.id, line.custom_id)
+            _line_job(line.submission.job(new_ulid(now), now, None), batch, line.custom_id)
             for line in lines
         ]
         event: list[StoredEvent | None] = []
@@ -158,19 +174,21 @@ class BatchesAPI:
     @app.route("/", methods=["GET"])
     async def listing(self, request: IRequest) -> bytes:
         limit = page_limit(request, 20, 100)
-        after = argument(request, "after")
+        after, owner = argument(request, "after"), only(request)
         rows = await self._s.store.transact(
-            lambda db: table.list_batches(db, kind="openai", after=after, limit=limit + 1)
+            lambda db: table.list_batches(
+                db, kind="openai", after=after, limit=limit + 1, owner=owner
+            )
         )
         return page(request, [batch_object(row) for row in rows[:limit]], len(rows) > limit)
 
     @app.route("/<batch_id>", methods=["GET"])
     async def show(self, request: IRequest, batch_id: str) -> bytes:
-        return json_answer(request, batch_object(await self._batch(batch_id)))
+        return json_answer(request, batch_object(await self._batch(batch_id, request)))
 
     @app.route("/<batch_id>/cancel", methods=["POST"])
     async def cancel(self, request: IRequest, batch_id: str) -> bytes:
-        batch = await self._batch(batch_id)
+        batch = await self._batch(batch_id, request)
         if batch.state != "in_progress":
             if batch.state in ("cancelling", "cancelled"):
                 return json_answer(request, batch_object(batch))
@@ -215,11 +233,12 @@ class BatchesAPI:
         finalizing, _ = await uncancellable(cancelling)
         if finalizing:
             await surface.progress.finish_soon(batch_id)
-        return json_answer(request, batch_object(await self._batch(batch_id)))
+        return json_answer(request, batch_object(await self._batch(batch_id, request)))
 
-    async def _batch(self, batch_id: str) -> table.BatchRow:
+    async def _batch(self, batch_id: str, request: IRequest) -> table.BatchRow:
+        """The batch ``batch_id``, if the caller may see it; else OpenAI's 404."""
         row = await self._s.store.transact(lambda db: table.get_batch(db, batch_id))
-        if row is None or row.kind != "openai":
+        if row is None or row.kind != "openai" or not sees(request, row.caller):
             raise _no_batch(batch_id)
         return row
 
@@ -230,8 +249,9 @@ def _no_batch(batch_id: str) -> ApiError:
     return ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
 
 
-def _line_job(job: Job, batch_id: str, custom_id: str) -> Job:
-    return attrs.evolve(job, batch_id=batch_id, custom_id=custom_id)
+def _line_job(job: Job, batch: table.BatchRow, custom_id: str) -> Job:
+    """A line's job: the batch's, in the name of its key."""
+    return attrs.evolve(job, batch_id=batch.id, custom_id=custom_id, caller=batch.caller)
 
 
 def _metadata(value: object) -> str | None:

@@ -195,7 +195,9 @@ class BatchProgress:
                 if content:
                     file_id = files[kind] = new_file_id(now)
                     name = f"{batch_id}_{kind}.jsonl"
-                    row = table.FileRow(file_id, "batch_output", name, len(content), now, batch_id)
+                    row = table.FileRow(
+                        file_id, "batch_output", name, len(content), now, batch_id, batch.caller
+                    )
                     table.insert_file(db, row, content)
             state = "completed" if batch.cancelling_at is None else "cancelled"
             if not table.end_batch(

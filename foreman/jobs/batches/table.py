@@ -32,9 +32,11 @@ class FileRow:
     bytes: int
     created_at: float
     batch_id: str | None = None
+    #: The name of the key that uploaded it, or whose batch made it (docs/keys.md).
+    caller: str | None = None
 
 
-_FILE_COLUMNS = "id, purpose, filename, bytes, created_at, batch_id"
+_FILE_COLUMNS = "id, purpose, filename, bytes, created_at, batch_id, caller"
 
 
 @attrs.frozen
@@ -64,6 +66,8 @@ class BatchRow:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     finished_at: float | None = None
+    #: The name of the key that made it; its lines are that key's jobs (docs/keys.md).
+    caller: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -79,7 +83,7 @@ def _batch(row: Sequence[Any]) -> BatchRow:
 
 
 def _file(row: Sequence[Any]) -> FileRow:
-    return FileRow(row[0], row[1], row[2], row[3], row[4], row[5])
+    return FileRow(*row)
 
 
 # -- files ----------------------------------------------------------------------------
@@ -87,7 +91,7 @@ def _file(row: Sequence[Any]) -> FileRow:
 
 def insert_file(db: Connection, file: FileRow, content: bytes) -> None:
     db.execute(
-        f"INSERT INTO files ({_FILE_COLUMNS}, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO files ({_FILE_COLUMNS}, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (*attrs.astuple(file), content),
     )
 
@@ -103,10 +107,20 @@ def file_content(db: Connection, file_id: str) -> bytes | None:
 
 
 def list_files(
-    db: Connection, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
+    db: Connection,
+    *,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    owner: str | None = None,
 ) -> list[FileRow]:
-    """A page of files by id (ids sort by creation), after the cursor ``after``."""
+    """A page of files by id (ids sort by creation), after the cursor ``after``;
+    ``owner``: only the files of the key of that name."""
     where, parameters = [], []
+    if owner is not None:
+        where.append("caller = ?")
+        parameters.append(owner)
     if purpose is not None:
         where.append("purpose = ?")
         parameters.append(purpose)
@@ -154,9 +168,15 @@ def batch_by_idempotency_key(db: Connection, key: str) -> BatchRow | None:
     return None if row is None else _batch(row)
 
 
-def list_batches(db: Connection, *, kind: str, after: str | None, limit: int) -> list[BatchRow]:
-    """A page of batches, newest first, after the cursor ``after``."""
+def list_batches(
+    db: Connection, *, kind: str, after: str | None, limit: int, owner: str | None = None
+) -> list[BatchRow]:
+    """A page of batches, newest first, after the cursor ``after``; ``owner``:
+    only the batches of the key of that name."""
     clause, parameters = "kind = ?", [kind]
+    if owner is not None:
+        clause += " AND caller = ?"
+        parameters.append(owner)
     if after is not None:
         clause += " AND id < ?"
         parameters.append(after)
