@@ -285,10 +285,24 @@ async def test_the_status_page_takes_an_admin_key_and_no_other(
     assert (await call(http, url, "GET", "/ui/status.json", admin)).code == 200
     assert (await call(http, url, "GET", "/ui/status.json", other)).code == 401
     form = Headers({b"Content-Type": [b"application/x-www-form-urlencoded"]})
-    for secret, status in [(admin, 204), (other, 401)]:
+    cookies = []
+    for secret, status in [(admin, 204), (other, 401), (TOKEN, 204)]:
         signed = await http.post(url + "/ui/login", data=f"token={secret}".encode(), headers=form)
         assert signed.code == status
         await signed.content()
+        if status == 204:
+            cookie = signed.headers.getRawHeaders(b"set-cookie")[0].split(b";")[0]
+            cookies.append(Headers({b"Cookie": [cookie]}))
+
+    async def data(cookie: Headers) -> int:
+        response = await http.get(url + "/ui/status.json", headers=cookie)
+        await response.content()
+        return int(response.code)
+
+    assert [await data(cookie) for cookie in cookies] == [200, 200]
+    # A session an admin key opened ends when the key is revoked; the token's stays.
+    assert (await call(http, url, "DELETE", f"{KEYS}/ops", TOKEN)).code == 200
+    assert [await data(cookie) for cookie in cookies] == [401, 200]
 
 
 @pytest_twisted.ensureDeferred

@@ -228,6 +228,14 @@ class BearerTokenGuard:
             return not self.enabled
         return caller.admin
 
+    def admits(self, name: str | None) -> bool:
+        """Whether an admin known as ``name`` (a key's; ``None``: the token's)
+        still is one: a revoked key's sign-ins end with it."""
+        if name is None:
+            return True
+        known = None if self._keys is None else self._keys.named(name)
+        return known is not None and known.admin
+
     def refuse(self, request: IRequest) -> bytes:
         """A 401 for ``request``, in its dialect."""
         return self._refuse(request, 401, _unknown_message(request))

@@ -30,18 +30,31 @@ MAX_FORM_BYTES = 4096
 
 class Sessions:
     """Sign-ins, in memory: a restart signs everyone out, which is fine for a
-    page that asks again. Only digests of the cookie values are kept."""
+    page that asks again. Only digests of the cookie values are kept, each
+    with the name of the key that signed in (``None``: the token), so that a
+    revoked key's sessions end with it."""
 
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self._started: dict[bytes, float] = {}
+        self._owners: dict[bytes, str | None] = {}
 
-    def open(self) -> str:
+    def open(self, owner: str | None = None) -> str:
         value = secrets.token_urlsafe(32)
         if len(self._started) >= MAX_SESSIONS:
-            del self._started[min(self._started, key=self._started.__getitem__)]
-        self._started[_digest(value.encode())] = self._now()
+            self._forget(min(self._started, key=self._started.__getitem__))
+        digest = _digest(value.encode())
+        self._started[digest] = self._now()
+        self._owners[digest] = owner
         return value
+
+    def owner(self, value: bytes | None) -> str | None:
+        """The name of the key that opened the session ``value`` (``None``: the token)."""
+        return self._owners.get(_digest(value)) if value else None
+
+    def _forget(self, digest: bytes) -> None:
+        self._started.pop(digest, None)
+        self._owners.pop(digest, None)
 
     def valid(self, value: bytes | None) -> bool:
         if not value:
@@ -50,13 +63,13 @@ class Sessions:
         if started is None:
             return False
         if self._now() - started >= SESSION_SECONDS:
-            del self._started[_digest(value)]
+            self._forget(_digest(value))
             return False
         return True
 
     def close(self, value: bytes | None) -> None:
         if value:
-            self._started.pop(_digest(value), None)
+            self._forget(_digest(value))
 
 
 def _digest(value: bytes) -> bytes:

@@ -205,7 +205,11 @@ class StatusPage:
             # A header that is present decides: a wrong token is not rescued
             # by a cookie, as it is not anywhere else in foreman.
             return "bearer" if self._guard.allows(request) else None
-        return "cookie" if self.sessions.valid(request.getCookie(COOKIE_NAME)) else None
+        cookie = request.getCookie(COOKIE_NAME)
+        # A session opened with a key ends when the key is revoked.
+        if self.sessions.valid(cookie) and self._guard.admits(self.sessions.owner(cookie)):
+            return "cookie"
+        return None
 
     # -- signing in and out ------------------------------------------------------------
 
@@ -230,9 +234,10 @@ class StatusPage:
             return write_json_error(request, 400, "a sign-in form has one field: token")
         token = (fields.get("token") or [""])[-1].strip()
         presented = cast(IRequest, Presented(token.encode("utf-8")))
-        if not token or not self._guard.allows(presented):
+        caller = self._guard.identify(presented) if token else None
+        if caller is None or not caller.admin:
             return write_json_error(request, 401, "unauthorized: that token is not right")
-        set_cookie(request, self.sessions.open(), SESSION_SECONDS)
+        set_cookie(request, self.sessions.open(caller.name), SESSION_SECONDS)
         request.setResponseCode(204)
         return b""
 
