@@ -101,3 +101,6 @@ def test_the_dialects_routes_have_labels_of_their_own() -> None:
     assert route_of("/v1/files/file-01J/content") == "/v1/files/{id}/content"
     assert route_of("/v1/batches/batch_01J/cancel") == "/v1/batches/{id}/cancel"
     assert route_of("/v1/batches/batch_01J") == "/v1/batches/{id}"
+    # The keys API: a key's name folds into a pattern.
+    assert route_of("/api/foreman/keys") == "/api/foreman/keys"
+    assert route_of("/api/foreman/keys/alice") == "/api/foreman/keys/{name}"

@@ -40,7 +40,7 @@ from foreman.queue.engines import Connection
 from foreman.queue.fleet.member import FleetMember
 from foreman.queue.job import Job, JobState
 from foreman.queue.journal import StoreUnavailable
-from foreman.queue.scheduler import QueueFull
+from foreman.queue.scheduler import CallerQueueFull, QueueFull
 from foreman.queue.store import JobStore
 from foreman.queue.ulid import is_ulid, new_ulid
 from foreman.queue.worker import Worker
@@ -143,9 +143,8 @@ class JobsAPI:
             # A caller hanging up now must not cut the submit in half (a
             # stored job the worker never heard of): it finishes regardless.
             stored = await uncancellable(worker.submit(job))
-        except QueueFull:
-            retry = b"%d" % worker.retry_after()
-            return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+        except QueueFull as e:
+            return _busy(request, worker, e)
         except Exception:
             log.failure("Could not record a new job")
             message = "foreman: could not record the job; see its log"
@@ -192,9 +191,8 @@ class JobsAPI:
         ]
         try:
             await uncancellable(worker.submit_many(jobs, lambda db: insert_batch(db, batch)))
-        except QueueFull:
-            retry = b"%d" % worker.retry_after()
-            return write_json_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
+        except QueueFull as e:
+            return _busy(request, worker, e)
         except Exception:
             known = None if key is None else await self._known_list(store, key, request)
             if known is not None:  # the same list, sent twice at once: the first one's
@@ -392,3 +390,12 @@ def _limit(text: str | None) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
     return limit
+
+
+def _busy(request: IRequest, worker: Worker, refused: QueueFull) -> bytes:
+    """The queue's refusal: 503 when the queue is full, 429 when the
+    caller's key has as many jobs waiting as its limit (ADR-0030)."""
+    retry = {b"Retry-After": b"%d" % worker.retry_after()}
+    if isinstance(refused, CallerQueueFull):
+        return write_json_error(request, 429, str(refused), retry)
+    return write_json_error(request, 503, SERVER_BUSY, retry)

@@ -179,7 +179,8 @@ def check_options(foreman_args: Sequence[str]) -> Config:
     except StartupRefused:
         raise LaunchdError(
             f"foreman would refuse to listen on {options.config.listen!r} without a token: "
-            "pass --token-file FILE, listen on loopback, or pass --allow-unauthenticated",
+            "pass --token-file FILE, listen on loopback, or pass --allow-unauthenticated "
+            "(keys made with foreman keys add are still required when there are any)",
             2,
         ) from None
     return options.config

@@ -45,6 +45,8 @@ _ROUTE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^/v1/files/[^/]+$"), "/v1/files/{id}"),
     (re.compile(r"^/v1/batches/[^/]+/cancel$"), "/v1/batches/{id}/cancel"),
     (re.compile(r"^/v1/batches/[^/]+$"), "/v1/batches/{id}"),
+    # A key's name stays out of the label: names are the keys' own metrics' labels.
+    (re.compile(r"^/api/foreman/keys/[^/]+$"), "/api/foreman/keys/{name}"),
 )
 _KNOWN_ROUTES = frozenset(
     {
@@ -66,6 +68,7 @@ _KNOWN_ROUTES = frozenset(
         "/api/copy",
         "/api/delete",
         "/api/foreman/queue",
+        "/api/foreman/keys",
         # The OpenAI and Anthropic dialects (docs/api.md).
         "/v1/chat/completions",
         "/v1/completions",

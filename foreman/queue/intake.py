@@ -392,8 +392,7 @@ class Intake:
         retry = b"%d" % self.retry_after()
         if own is not None:
             # The key's own limit, not the queue's: too many requests (ADR-0030).
-            message = f"too many jobs waiting for this key: its limit is {own.limit}"
-            answer_with_error(request, 429, message, {b"Retry-After": retry})
+            answer_with_error(request, 429, str(own), {b"Retry-After": retry})
             return
         answer_with_error(request, 503, SERVER_BUSY, {b"Retry-After": retry})
 

@@ -48,7 +48,7 @@ class CallerQueueFull(QueueFull):
     """The caller's key has as many jobs waiting as its limit allows (ADR-0030)."""
 
     def __init__(self, caller: str | None, limit: int) -> None:
-        super().__init__(f"the key {caller!r} has {limit} jobs waiting already, its limit")
+        super().__init__(f"too many jobs waiting for this key: its limit is {limit}")
         self.caller = caller
         self.limit = limit
 

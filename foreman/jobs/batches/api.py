@@ -48,7 +48,7 @@ from foreman.jobs.owners import only, owner_of, sees
 from foreman.jobs.requests import idempotency_key, is_http_url
 from foreman.queue.engines import Connection
 from foreman.queue.job import Job
-from foreman.queue.scheduler import QueueFull
+from foreman.queue.scheduler import CallerQueueFull, QueueFull
 from foreman.queue.settlement import CANCELLED_QUEUED
 from foreman.queue.store import JobStore
 from foreman.queue.ulid import new_ulid
@@ -159,8 +159,10 @@ class BatchesAPI:
             # A caller hanging up now must not cut the create in half (stored
             # lines the worker never heard of): it finishes regardless.
             await uncancellable(self._s.worker.submit_many(jobs, also))
-        except QueueFull:
+        except QueueFull as e:
             retry = b"%d" % self._s.worker.retry_after()
+            if isinstance(e, CallerQueueFull):
+                raise ApiError(429, str(e), headers={b"Retry-After": retry}) from None
             raise ApiError(
                 503,
                 f"{SERVER_BUSY} (the batch's {len(jobs)} requests are more than"
