@@ -100,15 +100,19 @@ class _Body(Protocol):
 
 
 class Client:
-    """A persistent-connection HTTP client with a timeout on every call."""
+    """A persistent-connection HTTP client with a timeout on every call; with
+    ``token``, every call carries ``Authorization: Bearer <token>``."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, token: str | None = None) -> None:
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
         self.agent = Agent(reactor, pool=self.pool)
+        self.headers = HEADERS.copy()
+        if token is not None:
+            self.headers.setRawHeaders(b"Authorization", [f"Bearer {token}".encode()])
 
-    def post(self, url: str, document: dict[str, Any]) -> defer.Deferred[Reply]:
+    def post(self, url: str, document: dict[str, Any] | list[Any]) -> defer.Deferred[Reply]:
         call = defer.ensureDeferred(self._request(b"POST", url, json.dumps(document).encode()))
         call.addTimeout(REQUEST_TIMEOUT, self.reactor)
         return call
@@ -121,7 +125,7 @@ class Client:
     async def _request(self, method: bytes, url: str, body: bytes | None) -> Reply:
         started = time.perf_counter()
         producer = BytesBodyProducer(body) if body is not None else None
-        response: IResponse = await self.agent.request(method, url.encode(), HEADERS, producer)
+        response: IResponse = await self.agent.request(method, url.encode(), self.headers, producer)
         body_reader = _Body()
         response.deliverBody(body_reader)
         content = await body_reader.done

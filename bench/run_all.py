@@ -150,6 +150,8 @@ def _scheduler_rows(figures: dict[str, Any]) -> Iterator[Row]:
         yield from _classes_rows(figures["classes"])
     if "agents" in figures:
         yield from _agents_rows(figures["agents"])
+    if "keys" in figures:
+        yield from _keys_rows(figures["keys"])
 
 
 def _classes_rows(figures: dict[str, Any]) -> Iterator[Row]:
@@ -208,6 +210,29 @@ def _agents_rows(figures: dict[str, Any]) -> Iterator[Row]:
             ),
             f"≥ {targets['min_share'] * 100:.0f} %, ≤ {targets['max_wait']:g} s"
             + ("" if scenario["targets_set"] else " ((b)'s, for reference)"),
+        )
+
+
+def _keys_rows(figures: dict[str, Any]) -> Iterator[Row]:
+    """Keys served in turn: FIFO / today's rule (one token) / a key per batch."""
+    ways = ("fifo", "today", "keys")
+    for scenario in figures["scenarios"]:
+        what = f"scheduler, keys ({scenario['name']})"
+        small = min(scenario["key_loads"], key=lambda k: k["jobs"])
+        big = max(scenario["key_loads"], key=lambda k: k["jobs"])
+        for each, target in ((small, "sooner with keys"), (big, "")):
+            yield (
+                f"{what}: key {each['name']}'s {each['jobs']} jobs done, "
+                "FIFO / today's rule / keys",
+                " / ".join(
+                    f"{scenario[w]['keys'][each['name']]['completion_s']:.1f} s" for w in ways
+                ),
+                target,
+            )
+        yield (
+            f"{what}: loads, makespan, same three ways",
+            " / ".join(f"{scenario[w]['loads']}, {scenario[w]['makespan_s']:.0f} s" for w in ways),
+            "",
         )
 
 

@@ -55,8 +55,18 @@ Part 2 uses a simulator in its own process, as ``bench/overhead.py`` does.
    that knows the models' load times; calls served, loads, each agent's
    share and longest wait, against the issue's targets.
 
+5. **Keys served in turn** (``bench/_keys.py``, issue 21): two keys (100
+   jobs over two models, then 10 on a third) and three keys (200 / 30 / 5,
+   a model each), each batch a list sent to ``POST /jobs`` a second after
+   the last, with a person's sync chat every few seconds; FIFO (straight at
+   the simulator, one sequential sender in submission order), through
+   foreman with every batch under the admin token (today's rule: one
+   caller) and with a key per batch (keys in turn); each key's completion
+   and median job wait, the person's wait, loads, makespan, worker
+   utilisation.
+
 Usage: ``python bench/scheduler.py [--quick] [--json FILE] [--seed N]
-[--only mixed|overhead|classes|agents ...]``
+[--only mixed|overhead|classes|agents|keys ...]``
 """
 
 from __future__ import annotations
@@ -80,10 +90,12 @@ from twisted.internet import threads
 from twisted.internet.interfaces import IListeningPort
 
 from bench import _agents as agents
+from bench import _keys as keys
 from bench import scheduler_classes as classes
 from bench._agents_report import report as agents_report
 from bench._classes_report import report as classes_report
 from bench._common import main as bench_main
+from bench._keys_report import report as keys_report
 from bench._processes import foreman, simulated_ollama
 from bench._simulator import (
     BIG_MODELS,
@@ -347,7 +359,7 @@ async def queue_overhead(reactor: Any, settings: Settings) -> dict[str, Any]:
 
 
 #: The parts of the run, in order; ``--only`` picks some.
-PARTS = ("mixed", "overhead", "classes", "agents")
+PARTS = ("mixed", "overhead", "classes", "agents", "keys")
 
 
 async def run(
@@ -389,6 +401,8 @@ async def run(
         results["classes"] = await classes.run(reactor, class_settings, seed)
     if "agents" in parts:
         results["agents"] = await agents.run(reactor, quick)
+    if "keys" in parts:
+        results["keys"] = await keys.run(reactor, quick, seed)
     results["wall_seconds"] = time.monotonic() - started
     return results
 
@@ -505,6 +519,8 @@ def report(results: dict[str, Any]) -> str:
         out += [classes_report(results["classes"]), ""]
     if "agents" in results:
         out += [agents_report(results["agents"]), ""]
+    if "keys" in results:
+        out += [keys_report(results["keys"]), ""]
     out.append(f"Wall time {results['wall_seconds']:.0f} s.")
     return "\n".join(out)
 
