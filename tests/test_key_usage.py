@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 
 class FlakyStore(JobStore):
-    """A store whose transactions the test can make fail (a full disk)."""
+    """A store whose transactions and reads the test can make fail (a full disk)."""
 
     refusing = False
 
@@ -41,6 +41,11 @@ class FlakyStore(JobStore):
         if self.refusing:
             return fail(OSError("disk I/O error"))
         return super().transact(work)
+
+    def read(self, work: Callable[[Connection], T]) -> Deferred[T]:
+        if self.refusing:
+            return fail(OSError("disk I/O error"))
+        return super().read(work)
 
 
 @pytest.fixture
@@ -159,6 +164,23 @@ def test_a_refused_write_is_kept_and_written_later_with_what_came_since(
     store.refusing = True
     with pytest.raises(OSError):
         fired(Deferred.fromCoroutine(usage.totals()))
+
+
+def test_no_timed_write_while_the_jobs_own_writes_are_refused(store: FlakyStore) -> None:
+    # A write to a locked store holds the store's one thread for its busy
+    # timeout, ahead of the jobs' own writes: while the worker's journal says
+    # the store refuses, the counts wait, and go once it takes writes again.
+    clock = Clock()
+    usage = started(store, clock)
+    troubled = [True]
+    usage.paused = lambda: troubled[0]
+    usage.called("alice")
+    for _ in range(3):
+        clock.advance(FLUSH_SECONDS)
+    assert usage.refused_writes == 0 and stored_rows(store) == {}
+    troubled[0] = False
+    clock.advance(FLUSH_SECONDS)
+    assert stored_rows(store) == {("alice", LOCAL_BOX): (1, 0, 0, 0.0, 0, 0)}
 
 
 def test_a_stop_writes_what_is_left(store: FlakyStore) -> None:

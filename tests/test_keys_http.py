@@ -91,7 +91,7 @@ async def test_a_wrong_key_is_401_and_a_missing_scope_403_in_the_callers_dialect
         if dialect == "native":
             assert set(error) == {"error"} and "unauthorized" in error["error"]
         elif dialect == "openai":
-            assert error["error"]["type"] == "invalid_request_error"
+            assert error["error"]["type"] == "api_error"
             assert error["error"]["code"] == "invalid_api_key"
         else:
             assert error["type"] == "error"

@@ -242,8 +242,9 @@ class BearerTokenGuard:
 
     @staticmethod
     def _refuse(request: IRequest, status: int, message: str) -> bytes:
-        """A refusal in the caller's dialect, with OpenAI's type and code
-        where OpenAI's own API has them."""
+        """A refusal in the caller's dialect. OpenAI's error keeps the
+        ``type`` Ollama's middleware writes for the status (``api_error``), as
+        every answer of foreman's does, and names OpenAI's ``code``."""
         dialect = dialect_of(request.path or b"")
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", error_content_type(dialect))
@@ -252,9 +253,7 @@ class BearerTokenGuard:
             code = "invalid_api_key"
         else:
             code = "insufficient_permissions"
-        return error_document(
-            dialect, status, message, openai_type="invalid_request_error", code=code
-        )
+        return error_document(dialect, status, message, code=code)
 
 
 def _unknown_message(request: IRequest) -> str:

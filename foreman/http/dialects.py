@@ -68,18 +68,17 @@ def error_document(
     status: int,
     message: str,
     *,
-    openai_type: str | None = None,
     code: str | None = None,
 ) -> bytes:
     """The JSON of an error answer in ``dialect``.
 
-    ``openai_type`` and ``code`` name an OpenAI error where OpenAI's own API
-    has one that Ollama never writes (a refused key: ``invalid_api_key``).
+    ``code`` names an OpenAI error's ``code`` where OpenAI's own API has one
+    that Ollama never writes (a refused key: ``invalid_api_key``).
     """
     if dialect is Dialect.OPENAI:
         error = {
             "message": message,
-            "type": openai_type or _openai_type(status),
+            "type": _openai_type(status),
             "param": None,
             "code": code,
         }

@@ -36,6 +36,9 @@ def summary(job: Job) -> dict[str, Any]:
         # /v1/batches), and the line's custom_id: null for a job alone.
         "batch_id": job.batch_id,
         "custom_id": job.custom_id,
+        # The name of the key it was sent with (docs/keys.md); null for the
+        # token, or with no keys.
+        "key": job.caller,
     }
 
 

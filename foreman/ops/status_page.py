@@ -317,7 +317,7 @@ class StatusPage:
 
     async def _recent_jobs(self) -> list[dict[str, Any]]:
         assert self._store is not None
-        return await self._store.transact(_recent_jobs)
+        return await self._store.read(_recent_jobs)
 
     # -- errors ------------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ class KeyBook(Service):
         await self._lock.acquire()
         try:
             known = None if force or not self.loaded else self._mark
-            mark, rows = await self._store.transact(lambda db: _read(db, known))
+            mark, rows = await self._store.read(lambda db: _read(db, known))
             self._apply(mark, rows)
         except Exception as e:
             self._failed(e)
@@ -270,7 +270,7 @@ class KeyBook(Service):
 
     def listing(self) -> Deferred[list[KeyRow]]:
         """Every key, revoked ones too (for ``GET /api/foreman/keys``)."""
-        return self._store.transact(keys.list_keys)
+        return self._store.read(keys.list_keys)
 
     def _forget(self, name: str) -> None:
         self._by_name.pop(name, None)

@@ -306,6 +306,12 @@ class JobStore(FleetStore):
 
     # -- reads -----------------------------------------------------------------
 
+    def read(self, work: Callable[[Connection], T]) -> Deferred[T]:
+        """Run ``work(connection)`` on the store's thread, outside a write
+        transaction: for reads that come often (a poll, a page), which must
+        not wait for the write lock while another program holds it."""
+        return self._run(lambda: work(self._db))
+
     def get(self, job_id: str) -> Deferred[Job | None]:
         def get() -> Job | None:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -1,7 +1,7 @@
 """What each key used: calls, tokens, worker time, loads, refusals (issue 21, ADR-0030).
 
 :class:`KeyUsage` counts on the reactor thread, in memory, per key name, and
-writes what it counted to the ``key_usage`` table every few seconds while
+writes what it counted to the ``key_usage`` table every half minute while
 there is something to write, and once more at a stop. Each box of a fleet
 writes rows of its own (``box``: its id; ``local`` for a foreman alone), adding
 to them with one upsert, and a listing sums the boxes. A write the store
@@ -28,7 +28,7 @@ A call sent with no key (the admin token, or no keys at all) counts under
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -51,7 +51,7 @@ NO_KEY = "(no key)"
 #: The box a foreman alone writes its rows as (a fleet's boxes write their ids).
 LOCAL_BOX = "local"
 #: Seconds between two writes while there is something to write.
-FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 30.0
 #: The longest wait between two tries of a write the store refused.
 RETRY_CAP = 60.0
 
@@ -146,6 +146,10 @@ class KeyUsage(Service):
         self.error: str | None = None
         #: Writes the store refused since start.
         self.refused_writes = 0
+        #: Whether the store is known to refuse writes now (the worker's
+        #: journal says so): a timed write waits rather than hold the store's
+        #: one thread for its busy timeout ahead of the jobs' own writes.
+        self.paused: Callable[[], bool] = lambda: False
 
     # -- counting (reactor thread) -----------------------------------------------------
 
@@ -196,7 +200,7 @@ class KeyUsage(Service):
     async def totals(self) -> dict[str, UsageTotals]:
         """Every key's usage, summed over the boxes: what the store holds and
         what this box has not written yet. Fails as the store's read fails."""
-        stored = await self._store.transact(_read_totals)
+        stored = await self._store.read(_read_totals)
         # Read now, after the store answered: a write the store finished
         # before this read has left ``_writing`` by now (the store's thread
         # answers in order), and one it had not finished is still there.
@@ -273,6 +277,9 @@ class KeyUsage(Service):
 
     def _timed(self) -> None:
         self._timer = None
+        if self.paused():
+            self._write_soon(self._interval)
+            return
         self.flush()
 
     def _cancel_timer(self) -> None:

@@ -123,6 +123,8 @@ def build_queue(
         lease=config.box_lease,
         usage=usage,
     )
+    # Counts wait while the jobs' own writes are refused (a locked store).
+    usage.paused = lambda: worker.journal.troubled
     # Recording before anything is written, recovery included: every
     # transition of a /jobs job stores its event in the same transaction.
     worker.record_transitions(JobEvents(outbox, inline_limit=config.artifact_inline_limit))
