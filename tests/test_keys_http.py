@@ -346,3 +346,23 @@ async def test_beyond_loopback_keys_count_as_a_credential(
     assert (await call(http, exposed.url, "GET", "/api/tags")).code == 401
     health = json.loads((await call(http, exposed.url, "GET", "/healthz")).body)
     assert health["keys"]["loaded"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_embeddings_count_as_calls_of_their_key_with_their_prompt_tokens(
+    guarded: RunningForeman, http: HTTPClient
+) -> None:
+    url = guarded.url
+    embedder = await make_key(http, url, "embedder", "embed")
+    native = await call(http, url, "POST", "/api/embed", embedder, EMBED)
+    assert native.code == 200
+    openai = await call(http, url, "POST", "/v1/embeddings", embedder, EMBED)
+    assert openai.code == 200
+    # A refused one (no such model) is Ollama's 404, relayed: not a call served.
+    missing = await call(http, url, "POST", "/api/embed", embedder, {**EMBED, "model": "nope"})
+    assert missing.code == 404
+    listed = await call(http, url, "GET", KEYS, TOKEN)
+    usage = {key["name"]: key["usage"] for key in listed.json()["keys"]}["embedder"]
+    counted = native.json()["prompt_eval_count"] + openai.json()["usage"]["prompt_tokens"]
+    assert (usage["calls"], usage["prompt_tokens"], usage["output_tokens"]) == (2, counted, 0)
+    assert counted > 0

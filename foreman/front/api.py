@@ -51,8 +51,9 @@ from foreman.ops.timeline import Timeline
 from foreman.queue.boxes import BoxRecord
 from foreman.queue.fleet.member import FleetMember
 from foreman.queue.store import JobStore
+from foreman.queue.usage import reply_tokens
 from foreman.queue.worker import Worker
-from foreman.relay.forward import Relay
+from foreman.relay.forward import Attempt, Outcome, Relay, answer_unreachable
 from foreman.relay.generation import GenerationCall, GenerationRunner
 from foreman.relay.inventory import Inventory
 from foreman.relay.upstream import BytesBodyProducer
@@ -296,8 +297,23 @@ class ForemanAPI(OwnAnswers):
                 return None
             if await self._inventory.knows_model(model) is False:
                 return write_json_error(request, 404, embedding_model_not_found(model))
-        await self._relay.forward(request, b"POST", request.path, BytesBodyProducer(raw))
+        attempt = await self._relay.relay(request, b"POST", request.path, BytesBodyProducer(raw))
+        answer_unreachable(request, attempt)
+        self._count_embedding(request, attempt)
         return None
+
+    def _count_embedding(self, request: IRequest, attempt: Attempt) -> None:
+        """An embedding answered here is a call of the caller's key, with the
+        prompt tokens Ollama counted (docs/keys.md); it never enters the queue."""
+        usage = None if self._worker is None else self._worker.usage
+        if usage is None or attempt.outcome is not Outcome.DELIVERED:
+            return
+        caller = caller_of(request)
+        name = None if caller is None else caller.name
+        usage.called(name)
+        tokens = reply_tokens(attempt)
+        if tokens is not None:
+            usage.tokens(name, tokens.prompt, tokens.output)
 
     async def _generate(self, request: IRequest, endpoint: Endpoint) -> bytes | None:
         raw, parsed = read_json(request)

@@ -94,6 +94,17 @@ class Attempt:
     retry_after: int | None = None
 
 
+def answer_unreachable(request: IRequest, attempt: Attempt) -> None:
+    """Answer ``request`` with foreman's own error when ``attempt`` could not
+    reach Ollama (502; 503 with ``Retry-After`` when the call was cut); a
+    reply Ollama gave has been relayed already."""
+    if attempt.outcome is Outcome.UNREACHABLE:
+        headers = None
+        if attempt.retry_after is not None:
+            headers = {b"Retry-After": b"%d" % attempt.retry_after}
+        answer_with_error(request, attempt.status or 502, attempt.error or "", headers)
+
+
 #: Told of every delivered reply: (path, whole body or last streamed line).
 ReplyObserver = Callable[[bytes, bytes], None]
 
@@ -173,11 +184,7 @@ class Relay:
         """
 
         def answer(attempt: Attempt) -> None:
-            if attempt.outcome is Outcome.UNREACHABLE:
-                headers = None
-                if attempt.retry_after is not None:
-                    headers = {b"Retry-After": b"%d" % attempt.retry_after}
-                answer_with_error(request, attempt.status or 502, attempt.error or "", headers)
+            answer_unreachable(request, attempt)
 
         return self.relay(request, method, path, body).addCallback(answer)
 
