@@ -1,5 +1,6 @@
-"""The queue's doors: sync calls and ``/jobs`` submits coming in, cancels and
-hang-ups, and jobs recovered at start-up (ADR-0009).
+"""The queue's doors: sync calls and ``/jobs`` submits coming in, hang-ups,
+and jobs recovered at start-up (ADR-0009); cancels are
+:mod:`foreman.queue.cancels`'.
 
 Each job enters the scheduler with its stamps read on the reactor's clock
 (ADR-0023) and its arrival noted for the swap rule (ADR-0024). A part of
@@ -21,13 +22,14 @@ from twisted.web.iweb import IRequest
 from foreman.http.errors import SERVER_BUSY, answer_with_error
 from foreman.http.site import STOPPING_MESSAGE, STOPPING_RETRY_AFTER
 from foreman.queue.callers import Callers
+from foreman.queue.cancels import Cancels
 from foreman.queue.costs import ModelCosts
 from foreman.queue.engines import Connection
 from foreman.queue.execution import Execution
 from foreman.queue.job import Job, JobState
-from foreman.queue.journal import Journal, StoreUnavailable
+from foreman.queue.journal import Journal
 from foreman.queue.scheduler import CallerQueueFull, QueueFull, Scheduler
-from foreman.queue.settlement import CANCELLED_QUEUED, CANCELLED_RUNNING, LEFT_QUEUED, Retries
+from foreman.queue.settlement import LEFT_QUEUED, Retries
 from foreman.queue.store import JobStore
 from foreman.queue.transitions import Transition, Transitions
 from foreman.queue.ulid import new_ulid
@@ -42,7 +44,7 @@ log = Logger()
 QUEUE_POSITION_HEADER = b"X-Foreman-Queue-Position"
 
 
-class Intake:
+class Intake(Cancels):
     _store: JobStore
     _clock: IReactorTime
     _callers: Callers
@@ -226,73 +228,6 @@ class Intake:
         says so) and the worker pauses until it takes writes again."""
         self.journal.refused_elsewhere(error, self._clock.seconds())
         self._wake()
-
-    def cancel(self, job_id: str) -> Deferred[Job | None]:
-        """Cancel a queued or running asynchronous job; fires with the job as it
-        ended (cancelled, or a terminal state it reached first), or ``None``
-        if the worker does not hold it. Sync jobs are their callers' to cancel.
-        Fails with :class:`StoreUnavailable` when the cancel of a queued job
-        cannot be recorded: the job stays queued.
-        """
-        return ensureDeferred(self._cancel(job_id))
-
-    async def _cancel(self, job_id: str) -> Job | None:
-        if job_id in self._callers:
-            return None
-        if self._store.box is not None and not self._running(job_id):
-            # A fleet: the job may be queued for any box, or run on another;
-            # the store's cancel wins whoever owns it (ADR-0026).
-            queued = self.scheduler.remove(job_id)
-            try:
-                return await self._cancel_elsewhere(job_id)
-            except StoreUnavailable:
-                if queued is not None:
-                    self._enqueue(queued)
-                raise
-        queued = self.scheduler.remove(job_id)
-        if queued is not None:
-            now = self._clock.seconds()
-            job = queued.moved(JobState.CANCELLED, self.clocks.wall(), last_error=CANCELLED_QUEUED)
-            try:
-                await self.journal.save(job, queued.state, now)
-            except StoreUnavailable:
-                self._enqueue(queued)
-                raise
-            return job
-        if self.current is None or self.current.id != job_id:
-            # Ended already, with its last state still to be written?
-            return self.journal.holds(job_id)
-        ended: Deferred[None] = Deferred()
-        self._on_ended.append(ended)
-        self._abandon(job_id)
-        await ended  # the job's execution, its last save included, is over
-        return self.journal.holds(job_id) or await self._store.get(job_id)
-
-    async def _cancel_elsewhere(self, job_id: str) -> Job | None:
-        """Cancel ``job_id`` in the fleet's store, whichever box owns it: its
-        owner's later writes are fenced off, and it stops the run when it
-        hears (the fleet's notification, or its next look)."""
-        now = self._clock.seconds()
-        stored = await self._store.get(job_id)
-        if stored is None or stored.state.terminal:
-            return stored
-        why = CANCELLED_QUEUED if stored.state is JobState.QUEUED else CANCELLED_RUNNING
-        transition = self.transitions.begin(
-            stored.moved(JobState.CANCELLED, self.clocks.wall(), last_error=why), stored.state
-        )
-        write = transition.write
-        try:
-            cancelled = await self._store.cancel(
-                job_id,
-                now=self.clocks.wall(),
-                also=None if write is None else lambda db, _job, _previous: write(db),
-            )
-        except Exception as e:
-            self.journal.refused_elsewhere(e, now)
-            raise StoreUnavailable(self.journal.error) from e
-        if cancelled is not None:
-            transition.stored()
-        return cancelled
 
     def restore(self, jobs: list[Job], requeued: Sequence[Transition] = ()) -> None:
         """Queue jobs recovered from the store at start-up (beyond any bound);
