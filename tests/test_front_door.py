@@ -58,10 +58,6 @@ async def test_headers_trickling_in_get_408_within_the_limit(
     assert answer.json() == {"error": "foreman: the request's headers took longer than 1s"}
     assert answer.headers[b"connection"] == b"close"
     assert 1.0 <= took < 2.5
-    print(
-        "DBG",
-        [(e.get("log_namespace"), e.get("log_format"), e.get("path")) for e in log_events][-10:],
-    )
     await eventually(lambda: bool(access(log_events, "/api/tags")), reactor, 8)
     assert access(log_events, "/api/tags")[0]["status"] == 408
 
